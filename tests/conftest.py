@@ -1,0 +1,79 @@
+"""Shared fixtures: a tiny VGG, a trained tiny checkpoint, the real-data path, markers, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from vggexport.model import VGG, ModelConfig
+
+# Tests never touch the network: data comes from ../shared or is generated.
+os.environ["VGGEXPORT_OFFLINE"] = "1"
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINY = {"width": 0.0625, "head": 32, "dropout": 0.0}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_data = pytest.mark.skip(reason=f"real Fashion-MNIST not found at {REAL_DATA}")
+    has_data = (REAL_DATA / "FashionMNIST" / "raw").is_dir()
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "realdata" in item.keywords and not has_data:
+            item.add_marker(skip_data)
+
+
+def tiny_config(**overrides: object) -> ModelConfig:
+    return ModelConfig(**{**TINY, **overrides})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def tiny_vgg() -> VGG:
+    torch.manual_seed(0)
+    return VGG(tiny_config()).eval()
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    if not (REAL_DATA / "FashionMNIST" / "raw").is_dir():
+        pytest.skip(f"real Fashion-MNIST not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+class Cli:
+    """Runs the real click command in-process and returns click's Result."""
+
+    def __init__(self) -> None:
+        self.runner = CliRunner()
+
+    def __call__(self, *args: object) -> Result:
+        from vggexport.cli import cli
+
+        return self.runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def run_cli() -> Cli:
+    return Cli()
+
+
+TINY_TRAIN_ARGS = ("--dataset", "synthetic", "--width", "0.0625", "--head", "32", "--epochs", "1",
+                   "--batch-size", "64", "--device", "cpu")
+
+
+@pytest.fixture(scope="session")
+def trained_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny synthetic training run shared by the export, verify and serve tests."""
+    from vggexport.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("artifacts")
+    train(TrainConfig(dataset="synthetic", width=0.0625, head=32, epochs=1, batch_size=64,
+                      device="cpu", artifacts=str(root)))
+    return root

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY_TRAIN_ARGS, Cli
+from vggexport.cli import cli
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in sorted(cli.commands))])
+def test_help(run_cli: Cli, command: list[str]) -> None:
+    result = run_cli(*command, "--help")
+    assert result.exit_code == 0
+    assert "Usage: " in result.output
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys; from vggexport.cli import cli; print('torch' in sys.modules, 'onnxruntime' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_train_command(run_cli: Cli, tmp_path: Path) -> None:
+    result = run_cli("train", *TINY_TRAIN_ARGS, "--max-steps", "5", "--artifacts", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "vgg11_bn" / "best.pt").is_file()
+    assert "32x32" in result.output and "precision fp32" in result.output
+
+
+def test_train_no_batch_norm_uses_torchvision_name(run_cli: Cli, tmp_path: Path) -> None:
+    result = run_cli("train", *TINY_TRAIN_ARGS, "--cfg", "b", "--no-batch-norm", "--max-steps", "2",
+                     "--artifacts", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "vgg13" / "last.pt").is_file()
+
+
+def one_line_error(result) -> str:  # type: ignore[no-untyped-def]
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--cfg", "Z"], "--cfg"),
+        (["--dataset", "imagenet"], "--dataset"),
+        (["--image-size", "48"], "multiple of 32"),
+        (["--device", "tpu"], "unknown device"),
+        (["--device", "cuda:7"], "cuda:7"),
+        (["--precision", "fp16", "--device", "cpu"], "fp16"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--batch-size", "100000"], "exceeds"),
+    ],
+)
+def test_train_bad_options(run_cli: Cli, tmp_path: Path, args: list[str], expected: str) -> None:
+    if "cuda:7" in args and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    line = one_line_error(run_cli("train", *TINY_TRAIN_ARGS, *args, "--artifacts", tmp_path))
+    assert expected in line
+    assert not list(tmp_path.rglob("*.pt"))
+
+
+def test_missing_data_exit_code_2(run_cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("VGGEXPORT_DATA_DIR", raising=False)
+    result = run_cli("train", "--data-dir", tmp_path / "empty", "--artifacts", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "fashion-mnist not found" in one_line_error(result)
+
+
+def test_unwritable_artifacts(run_cli: Cli, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    line = one_line_error(run_cli("train", *TINY_TRAIN_ARGS, "--artifacts", blocker / "sub"))
+    assert "cannot write" in line
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", b""])
+def test_resume_corrupt_checkpoint(run_cli: Cli, tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "vgg11_bn").mkdir()
+    (tmp_path / "vgg11_bn" / "last.pt").write_bytes(content)
+    line = one_line_error(run_cli("train", *TINY_TRAIN_ARGS, "--resume", "--artifacts", tmp_path))
+    assert "last.pt" in line
+
+
+def test_resume_foreign_checkpoint(run_cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "vgg11_bn").mkdir()
+    torch.save({"weights": torch.ones(2)}, tmp_path / "vgg11_bn" / "last.pt")
+    assert "not a vggexport checkpoint" in one_line_error(
+        run_cli("train", *TINY_TRAIN_ARGS, "--resume", "--artifacts", tmp_path))
+
+
+def test_python_dash_m(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "vggexport", "--version"], capture_output=True, text=True, check=True)
+    assert "vggexport" in out.stdout

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vggexport.data import (
+    FASHION_CLASSES, batch_indices, load_dataset, make_synthetic, read_idx,
+)
+from vggexport.errors import DataNotFoundError, VggExportError
+from vggexport.transforms import augment, preprocess, random_crop
+
+
+def write_idx(path: Path, array: np.ndarray, *, compress: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+
+
+def make_idx_root(root: Path, *, compress: bool, n_train: int = 50, n_test: int = 20) -> Path:
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), compress=compress)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)), compress=compress)
+    return root
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_loads_generated_idx(tmp_path: Path, compress: bool) -> None:
+    data = load_dataset("fashion-mnist", make_idx_root(tmp_path, compress=compress))
+    assert data.train_images.shape == (50, 1, 28, 28) and data.train_images.dtype == torch.uint8
+    assert data.test_labels.shape == (20,) and data.test_labels.dtype == torch.int64
+    assert data.class_names == FASHION_CLASSES and data.mean == (0.2860,) and data.hflip
+
+
+def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VGGEXPORT_DATA_DIR", str(make_idx_root(tmp_path, compress=True)))
+    assert len(load_dataset("fashion-mnist").train_labels) == 50
+
+
+def test_missing_data_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("VGGEXPORT_DATA_DIR", raising=False)
+    with pytest.raises(DataNotFoundError) as info:
+        load_dataset("fashion-mnist", tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in str(info.value) and "--data-dir" in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_truncated_idx_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x-idx"
+    write_idx(path, np.zeros((4, 28, 28)), compress=False)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(VggExportError, match="truncated"):
+        read_idx(path)
+
+
+def test_foreign_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x-idx"
+    path.write_bytes(b"PK\x03\x04 not an idx file")
+    with pytest.raises(VggExportError, match="not an unsigned-byte IDX"):
+        read_idx(path)
+
+
+def test_unknown_dataset() -> None:
+    with pytest.raises(VggExportError, match="unknown dataset"):
+        load_dataset("imagenet-22k")
+
+
+def test_image_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label, colour in (("dark", 20), ("light", 230)):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40 + i, 30), (colour, colour, colour)).save(folder / f"{i}.png")
+            (folder / "notes.txt").write_text("not an image")
+    data = load_dataset("imagefolder", tmp_path, image_size=32, channels=3)
+    assert data.class_names == ("dark", "light")
+    assert data.train_images.shape == (6, 3, 32, 32) and len(data.test_labels) == 6
+
+
+@pytest.mark.realdata
+def test_real_fashion_mnist(real_data_dir: Path) -> None:
+    data = load_dataset("fashion-mnist", real_data_dir)
+    assert data.train_images.shape == (60_000, 1, 28, 28) and data.test_images.shape == (10_000, 1, 28, 28)
+    assert torch.bincount(data.test_labels).tolist() == [1000] * 10
+    assert abs(data.train_images.float().div(255).mean().item() - 0.2860) < 1e-3
+
+
+def test_batch_indices_shuffle_per_epoch_and_shard() -> None:
+    first = torch.cat(list(batch_indices(100, 10, seed=1, epoch=0)))
+    again = torch.cat(list(batch_indices(100, 10, seed=1, epoch=0)))
+    second = torch.cat(list(batch_indices(100, 10, seed=1, epoch=1)))
+    assert torch.equal(first, again) and not torch.equal(first, second)
+    assert sorted(first.tolist()) == list(range(100))
+    shards = [torch.cat(list(batch_indices(100, 10, seed=1, epoch=0, rank=r, world_size=2))) for r in (0, 1)]
+    assert set(shards[0].tolist()).isdisjoint(shards[1].tolist())
+
+
+def test_preprocess_resizes_and_normalizes() -> None:
+    images = torch.full((2, 1, 28, 28), 255, dtype=torch.uint8)
+    out = preprocess(images, image_size=32, mean=(0.5,), std=(0.25,))
+    assert out.shape == (2, 1, 32, 32)
+    torch.testing.assert_close(out, torch.full_like(out, 2.0))
+
+
+def test_augment_keeps_shape_and_content() -> None:
+    x = torch.rand(8, 1, 32, 32)
+    out = augment(x, crop_padding=2, hflip=True, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert torch.equal(random_crop(x, 0), x)
+    # a crop only shifts: each output row is a (shifted) slice of an input row or padding
+    assert out.abs().sum() <= x.abs().sum() + 1e-4
+
+
+def test_synthetic_is_deterministic() -> None:
+    assert torch.equal(make_synthetic().train_images, make_synthetic().train_images)

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_export import make_checkpoint
+from vggexport.errors import VggExportError
+from vggexport.export import export_onnx, export_torchscript
+from vggexport.runners import OnnxRuntimeRunner, TorchRunner, TorchScriptRunner, make_runner
+from vggexport.spec import ExportSpec
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("runners")
+    ckpt = make_checkpoint(folder)
+    export_onnx(ckpt, folder / "model.onnx", ExportSpec())
+    export_torchscript(ckpt, folder / "model.torchscript.pt")
+    return folder
+
+
+def test_every_runner_is_a_context_manager(exported: Path) -> None:
+    batch = np.random.default_rng(0).standard_normal((3, 1, 32, 32), dtype=np.float32)
+    outputs = []
+    for runner in (TorchRunner(exported / "best.pt"), TorchScriptRunner(exported / "model.torchscript.pt"),
+                   OnnxRuntimeRunner(exported / "model.onnx", provider="cpu")):
+        assert not runner.is_active
+        with runner as active:
+            assert active.is_active
+            outputs.append(active.infer(batch))
+        assert not runner.is_active
+        with pytest.raises(RuntimeError, match="before activate"):
+            runner.infer(batch)
+    for out in outputs[1:]:
+        np.testing.assert_allclose(out, outputs[0], atol=1e-4, rtol=1e-3)
+
+
+def test_ort_reports_its_provider(exported: Path) -> None:
+    with OnnxRuntimeRunner(exported / "model.onnx", provider="auto") as runner:
+        expected = "CUDAExecutionProvider" if torch.cuda.is_available() else "CPUExecutionProvider"
+        assert runner.provider == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU failure")
+def test_ort_cuda_without_gpu_fails_loudly(exported: Path) -> None:
+    with pytest.raises(VggExportError, match="CUDA execution provider did not start"):
+        OnnxRuntimeRunner(exported / "model.onnx", provider="cuda").activate()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU failure")
+def test_torchscript_cuda_without_gpu_fails_loudly(exported: Path) -> None:
+    with pytest.raises(VggExportError, match="CUDA is not available"):
+        make_runner("torchscript-cuda", exported).activate()
+
+
+@pytest.mark.gpu
+def test_cuda_runners_match_cpu(exported: Path) -> None:
+    batch = np.random.default_rng(1).standard_normal((64, 1, 32, 32), dtype=np.float32)
+    with TorchRunner(exported / "best.pt") as reference:
+        expected = reference.infer(batch)
+    for runner in (TorchRunner(exported / "best.pt", device="cuda"),
+                   TorchScriptRunner(exported / "model.torchscript.pt", device="cuda"),
+                   OnnxRuntimeRunner(exported / "model.onnx", provider="cuda")):
+        with runner:
+            assert "cuda" in runner.provider.lower()
+            np.testing.assert_allclose(runner.infer(batch), expected, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x01garbage", b"not onnx at all"])
+def test_corrupt_onnx(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    with pytest.raises(VggExportError, match="not a readable ONNX model|not a vggexport export"):
+        OnnxRuntimeRunner(path).activate()
+
+
+def test_foreign_onnx(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "foreign.onnx"))
+    with pytest.raises(VggExportError, match="not a vggexport export"):
+        OnnxRuntimeRunner(tmp_path / "foreign.onnx").activate()
+
+
+def test_corrupt_torchscript(tmp_path: Path) -> None:
+    path = tmp_path / "model.torchscript.pt"
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(VggExportError, match="not a readable TorchScript model"):
+        TorchScriptRunner(path).activate()
+
+
+def test_wrong_input_shape_is_a_user_error(exported: Path) -> None:
+    with OnnxRuntimeRunner(exported / "model.onnx") as runner:
+        with pytest.raises(VggExportError, match="input shape"):
+            runner.infer(np.zeros((2, 3, 32, 32), np.float32))
+        with pytest.raises(VggExportError, match="float32"):
+            runner.infer(np.zeros((2, 1, 32, 32), np.float64))

@@ -1,0 +1,201 @@
+"""The ``vggexport`` command line: parse options into a frozen config, call the library.
+
+torch and onnxruntime are imported inside the commands so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from vggexport import __version__
+from vggexport.errors import VggExportError
+from vggexport.names import CFG_NAMES, DATASETS, OPTIMIZERS, PRECISIONS, PROVIDERS, RUNTIMES
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class CLI(click.Group):
+    """Turns user errors (ours and click's) into one line on stderr and an exit code, no traceback."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except VggExportError as exc:
+            fail(str(exc), exc.exit_code)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            fail("interrupted", 130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+    return apply
+
+
+model_options = compose(
+    click.option("--cfg", type=click.Choice(CFG_NAMES, case_sensitive=False), default="A", show_default=True,
+                 callback=lambda _c, _p, v: v.upper(), help="VGG config: A=VGG-11, B=VGG-13, D=VGG-16, E=VGG-19."),
+    click.option("--batch-norm/--no-batch-norm", default=True, show_default=True,
+                 help="Batch norm after every conv (torchvision's *_bn models)."),
+    click.option("--artifacts", type=click.Path(file_okay=False), default="artifacts", show_default=True,
+                 help="Output folder; each model gets <artifacts>/<name>/ (name as torchvision's, e.g. vgg11_bn)."),
+)
+checkpoint_option = click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                                 help="Checkpoint to export (default: <artifacts>/<name>/best.pt).")
+
+
+@click.group(cls=CLI, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vggexport")
+def cli() -> None:
+    """Train, export, verify and serve VGG image classifiers.
+
+    \b
+    vggexport train                 # Fashion-MNIST, VGG-11 (cfg A)
+    vggexport export --cfg A        # TorchScript + ONNX
+    vggexport verify --cfg A        # parity of every runtime against PyTorch
+    vggexport serve --cfg A         # KServe v2 over HTTP with ONNX Runtime
+    """
+
+
+@cli.command()
+@model_options
+@click.option("--dataset", type=click.Choice(DATASETS), default="fashion-mnist", show_default=True)
+@click.option("--data-dir", type=click.Path(), default=None,
+              help="Dataset root (torchvision layout); else $VGGEXPORT_DATA_DIR, else the user cache.")
+@click.option("--image-size", type=int, default=None, help="Multiple of 32 [default: 224 on CUDA, 32 on CPU].")
+@click.option("--width", type=float, default=None, help="Channel multiplier [default: 1.0 on CUDA, 0.25 on CPU].")
+@click.option("--head", type=int, default=512, show_default=True, help="Classifier width (4096 in the paper).")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate [default: 0.05 for sgd, 0.002 for adam].")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto = bf16 on CUDA or on a CPU with native bf16 (AMX/AVX-512 BF16), else fp32.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N optimizer steps.")
+@click.option("--resume", is_flag=True, help="Continue from <artifacts>/<name>/last.pt.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--deterministic", is_flag=True, help="Deterministic algorithms (bit-exact resume).")
+def train(cfg: str, batch_norm: bool, artifacts: str, compile_: bool, **options: Any) -> None:
+    """Train a VGG and write best.pt, last.pt, metrics.jsonl and curves.png."""
+    from vggexport.train import TrainConfig, train as run_training
+
+    run_training(TrainConfig(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, compile=compile_, **options))
+
+
+opset_option = click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18-23).")
+tolerance_options = compose(
+    click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance (fp32)."),
+    click.option("--rtol", type=float, default=1e-3, show_default=True, help="Relative tolerance (fp32)."),
+)
+
+
+def selection(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None = None) -> Any:
+    from vggexport.workflow import ModelSelection
+
+    return ModelSelection(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, checkpoint=checkpoint)
+
+
+def make_spec(opset: int = 18, atol: float = 1e-4, rtol: float = 1e-3) -> Any:
+    from vggexport.spec import ExportSpec
+
+    return ExportSpec(opset=opset, atol=atol, rtol=rtol)
+
+
+@cli.command()
+@model_options
+@checkpoint_option
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output file [default: <artifacts>/<name>/model.torchscript.pt].")
+def torchscript(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, out: str | None) -> None:
+    """Export a checkpoint to TorchScript (with its metadata in _extra_files)."""
+    from vggexport.workflow import export_torchscript
+
+    click.echo(f"wrote {export_torchscript(selection(cfg, batch_norm, artifacts, checkpoint), out)}")
+
+
+@cli.command()
+@model_options
+@checkpoint_option
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output file [default: <artifacts>/<name>/model.onnx].")
+@opset_option
+@click.option("--with-preprocessing", is_flag=True,
+              help="Also write a variant that takes uint8 pixels of any size and resizes/normalizes inside.")
+def onnx(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, out: str | None, opset: int,
+         with_preprocessing: bool) -> None:
+    """Export a checkpoint to a self-describing ONNX file (dynamic batch, metadata_props)."""
+    from vggexport.workflow import export_onnx
+
+    spec = make_spec(opset)
+    for path in export_onnx(selection(cfg, batch_norm, artifacts, checkpoint), spec, out, with_preprocessing):
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
+@model_options
+@checkpoint_option
+@opset_option
+@click.option("--with-preprocessing", is_flag=True, help="Also write the uint8-input ONNX variant.")
+def export(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, opset: int,
+           with_preprocessing: bool) -> None:
+    """Run both exports: TorchScript and ONNX."""
+    from vggexport.workflow import export_onnx, export_torchscript
+
+    chosen = selection(cfg, batch_norm, artifacts, checkpoint)
+    spec = make_spec(opset)
+    click.echo(f"wrote {export_torchscript(chosen)}")
+    for path in export_onnx(chosen, spec, None, with_preprocessing):
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
+@model_options
+@checkpoint_option
+@tolerance_options
+@click.option("--runtimes", "runtimes", multiple=True, type=click.Choice(RUNTIMES),
+              help="Runtimes to check (repeatable) [default: every one available here].")
+@click.option("--data-dir", type=click.Path(), default=None, help="Where the dataset's test split is.")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Use only the first N test images.")
+@click.option("--random-only", is_flag=True, help="Skip the real-data check (random inputs only).")
+@click.option("--device", default="cpu", show_default=True, help="Device of the PyTorch fp32 reference (cpu, cuda).")
+@click.option("--report", type=click.Path(dir_okay=False), default=None,
+              help="JSON report [default: <artifacts>/<name>/parity.json].")
+def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, atol: float,
+           rtol: float, runtimes: tuple[str, ...], data_dir: str | None, samples: int | None,
+           random_only: bool, report: str | None, device: str) -> int:
+    """Check every exported runtime against PyTorch eager fp32, on random and real data."""
+    from vggexport.reporting import print_parity
+    from vggexport.workflow import verify as run_verify
+
+    result = run_verify(selection(cfg, batch_norm, artifacts, checkpoint), make_spec(atol=atol, rtol=rtol),
+                        runtimes=runtimes, data_dir=data_dir, samples=samples, random_only=random_only,
+                        report=report, device=device)
+    print_parity(result)
+    return 0 if result.passed else 1
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""TorchScript and ONNX exports that describe themselves.
+
+Both exports carry the model's ModelConfig, labels, preprocessing and the
+checkpoint's sha256, so an application that knows nothing of vggexport can
+preprocess and label from the file alone.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vggexport import __version__
+from vggexport.checkpoint import Checkpoint
+from vggexport.errors import VggExportError
+from vggexport.fileio import write_atomic
+from vggexport.model import VGG, ModelConfig
+from vggexport.spec import ExportSpec
+from vggexport.transforms import preprocess
+
+TORCHSCRIPT_CONFIG = "model_config.json"
+TORCHSCRIPT_METADATA = "metadata.json"
+
+
+def export_metadata(ckpt: Checkpoint, *, preprocessing: bool = False) -> dict[str, str]:
+    """Flat string key/values: ONNX metadata_props and TorchScript extra files both take these."""
+    config = ckpt.model_config
+    accuracy = ckpt.metrics.get("test_accuracy")
+    if preprocessing:
+        input_format = "uint8 pixels (N, C, H, W), any H and W; resized and normalized inside the graph"
+    else:
+        input_format = "float32 (N, C, H, W) = (pixel / 255 - mean) / std at image_size x image_size"
+    return {
+        "model_name": config.name,
+        "cfg": config.cfg,
+        "class_names": json.dumps(list(config.class_names)),
+        "mean": json.dumps(list(config.mean)),
+        "std": json.dumps(list(config.std)),
+        "image_size": str(config.image_size),
+        "in_channels": str(config.in_channels),
+        "input_format": input_format,
+        "resize": "bilinear, align_corners=false, antialias when shrinking",
+        "dataset": config.dataset,
+        "test_accuracy": "" if accuracy is None else f"{accuracy:.6f}",
+        "checkpoint_sha256": ckpt.sha256(),
+        "vggexport_version": __version__,
+        "model_config": json.dumps(config.to_dict()),
+    }
+
+
+def example_input(config: ModelConfig, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, config.in_channels, config.image_size, config.image_size)
+
+
+def export_torchscript(ckpt: Checkpoint, out: str | Path) -> Path:
+    """Trace on CPU in eval mode; the graph has no device constants, so it loads on CUDA too."""
+    model = ckpt.build_model("cpu")
+    extra = {TORCHSCRIPT_CONFIG: json.dumps(ckpt.model_config.to_dict()),
+             TORCHSCRIPT_METADATA: json.dumps(export_metadata(ckpt))}
+    with warnings.catch_warnings():
+        # torch.jit is deprecated upstream; it still works and we test that it does.
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example_input(ckpt.model_config), check_trace=False)
+        return write_atomic(out, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))
+
+
+def load_torchscript(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise VggExportError(f"no TorchScript model at {path}: run `vggexport torchscript` first")
+    extra = {TORCHSCRIPT_CONFIG: "", TORCHSCRIPT_METADATA: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except (RuntimeError, ValueError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VggExportError(f"{path} is not a readable TorchScript model ({first[:120]})") from None
+    if not extra[TORCHSCRIPT_METADATA]:
+        raise VggExportError(f"{path} is TorchScript but not a vggexport export (no {TORCHSCRIPT_METADATA})")
+    return module.eval(), json.loads(extra[TORCHSCRIPT_METADATA])
+
+
+class Preprocessing(torch.nn.Module):
+    """Raw uint8 pixels in, logits out: resize and normalize inside the graph."""
+
+    def __init__(self, model: VGG) -> None:
+        super().__init__()
+        self.model = model
+        self.image_size = model.config.image_size
+        self.mean, self.std = model.config.mean, model.config.std
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = preprocess(pixels, image_size=self.image_size, mean=self.mean, std=self.std, always_resize=True)
+        return self.model(x)
+
+
+def onnx_program(ckpt: Checkpoint, spec: ExportSpec, *, preprocessing: bool) -> Any:
+    """Run torch.onnx's dynamo exporter; batch (and H, W with preprocessing) are symbolic."""
+    model: torch.nn.Module = ckpt.build_model("cpu")
+    config = ckpt.model_config
+    batch = torch.export.Dim(spec.batch_axis, min=1, max=65536)
+    if preprocessing:
+        model = Preprocessing(model).eval()
+        side = config.image_size + 5  # unlike image_size, so the exporter cannot specialize the resize away
+        example = torch.randint(0, 256, (2, config.in_channels, side, side), dtype=torch.uint8)
+        height, width = torch.export.Dim("height", min=2, max=8192), torch.export.Dim("width", min=2, max=8192)
+        dynamic = {"pixels": {0: batch, 2: height, 3: width}}
+    else:
+        example = example_input(config)
+        dynamic = {"x": {0: batch}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(
+            model, (example,), dynamo=True, opset_version=spec.opset, input_names=[spec.input_name],
+            output_names=[spec.output_name], dynamic_shapes=dynamic, external_data=False, verbose=False,
+            optimize=True,
+        )
+
+
+def export_onnx(ckpt: Checkpoint, out: str | Path, spec: ExportSpec, *, preprocessing: bool = False) -> Path:
+    import onnx
+
+    program = onnx_program(ckpt, spec, preprocessing=preprocessing)
+    proto = program.model_proto
+    del proto.metadata_props[:]
+    for key, value in export_metadata(ckpt, preprocessing=preprocessing).items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = (f"{ckpt.model_config.name} image classifier exported by vggexport {__version__}; "
+                        "see metadata_props for labels and preprocessing")
+    proto.producer_name, proto.producer_version = "vggexport", __version__
+    onnx.checker.check_model(proto, full_check=True)
+    return write_atomic(out, lambda tmp: onnx.save_model(proto, str(tmp)))
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata_props of a vggexport ONNX file, or a clear error for anything else."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise VggExportError(f"no ONNX model at {path}: run `vggexport onnx` first")
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, onnx raises its own; all mean "not ONNX"
+        raise VggExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    if "model_config" not in metadata:
+        raise VggExportError(f"{path} is ONNX but not a vggexport export (no model_config metadata)")
+    return metadata

@@ -1,0 +1,91 @@
+"""Training output a person reads: a progress bar, one line per epoch, metrics.jsonl, curves.png."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from vggexport.fileio import write_atomic, write_text_atomic
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def epoch_progress(total_steps: int, epoch: int, epochs: int) -> Iterator[Progress]:
+    columns = (
+        TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f} {task.fields[ips]:.0f} img/s"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        progress.add_task("train", total=total_steps, loss=float("nan"), acc=0.0, ips=0.0)
+        yield progress
+
+
+def epoch_line(record: dict[str, Any]) -> str:
+    return (
+        f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}  "
+        f"test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.4f}  "
+        f"{record['images_per_second']:.0f} img/s  {record['elapsed_s']:.0f}s"
+    )
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
+    """Rewrite the whole file atomically, so a resumed run never duplicates or truncates lines."""
+    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def plot_curves(path: Path, records: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_ax.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
+    loss_ax.plot(epochs, [r["test_loss"] for r in records], "o-", label="test")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    acc_ax.plot(epochs, [r["train_accuracy"] for r in records], "o-", label="train")
+    acc_ax.plot(epochs, [r["test_accuracy"] for r in records], "o-", label="test")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def print_parity(report: Any) -> None:
+    """One table: a row per runtime and check, failures in red, then the verdict."""
+    from rich.table import Table
+
+    table = Table(title=f"parity of {report.model} against PyTorch eager fp32", show_lines=False)
+    for column in ("runtime", "provider", "check", "max abs", "max rel", "min cos", "top-1 agree", "accuracy", "ok"):
+        table.add_column(column, justify="right" if column not in ("runtime", "provider", "check") else "left")
+    for result in report.runtimes:
+        if result.error:
+            table.add_row(result.runtime, result.provider, "-", "", "", "", "", "", f"[red]{result.error}[/red]")
+        for check, cmp in result.checks.items():
+            accuracy = "" if cmp.accuracy is None else f"{cmp.accuracy:.4f}"
+            failed = cmp.failures(report.spec, judge_top1=check == "real")
+            table.add_row(result.runtime, result.provider, check, f"{cmp.max_abs:.2e}", f"{cmp.max_rel:.2e}",
+                          f"{cmp.min_cosine:.6f}", f"{cmp.top1_agreement:.2%}", accuracy,
+                          "[red]FAIL[/red]" if failed else "[green]ok[/green]")
+    console.print(table)
+    console.print("[green]parity: all runtimes agree[/green]" if report.passed else
+                  f"[red]parity FAILED[/red]\n{report.summary()}")

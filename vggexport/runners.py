@@ -1,0 +1,217 @@
+"""One runner contract for every backend (Polygraphy's BaseRunner is the model).
+
+``activate`` loads, ``infer`` maps a float32 NCHW batch to logits, ``deactivate``
+frees; a runner is also a context manager. verify, the benchmarks and the
+server all go through these, so they all measure and serve the same thing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from vggexport.errors import VggExportError
+
+
+class Runner(ABC):
+    name: str = "runner"
+
+    def __init__(self) -> None:
+        self.is_active = False
+
+    def activate(self) -> Runner:
+        if not self.is_active:
+            self.activate_impl()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self.deactivate_impl()
+            self.is_active = False
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if not self.is_active:
+            raise RuntimeError(f"{self.name} runner used before activate()")
+        return self.infer_impl(batch)
+
+    @property
+    @abstractmethod
+    def provider(self) -> str:
+        """What actually computes: a torch device or an ONNX Runtime execution provider."""
+
+    @abstractmethod
+    def activate_impl(self) -> None: ...
+
+    @abstractmethod
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def deactivate_impl(self) -> None:
+        """Drop references; subclasses with more to free override this."""
+
+    def __enter__(self) -> Runner:
+        return self.activate()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.deactivate()
+
+
+class TorchRunner(Runner):
+    """PyTorch eager from a module or a checkpoint path. fp32 with TF32 off: the reference."""
+
+    name = "pytorch"
+
+    def __init__(self, source: Any, *, device: str = "cpu", precision: str = "fp32") -> None:
+        super().__init__()
+        self.source, self.device_name, self.precision = source, device, precision
+        self.model: Any = None
+
+    @property
+    def provider(self) -> str:
+        return self.device_name if self.precision == "fp32" else f"{self.device_name} {self.precision} autocast"
+
+    def activate_impl(self) -> None:
+        import torch
+
+        from vggexport.hardware import resolve_device
+
+        resolve_device(self.device_name)  # a clear error when CUDA is asked for and absent
+        if self.device_name.startswith("cuda"):
+            # TF32 would make the reference itself ~1e-3 off; parity is judged against true fp32.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        self.model = self.load()
+
+    def load(self) -> Any:
+        from vggexport.checkpoint import load_checkpoint
+
+        if isinstance(self.source, (str, Path)):
+            return load_checkpoint(self.source).build_model(self.device_name)
+        return self.source.to(self.device_name).eval()
+
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        from vggexport.hardware import autocast
+
+        with torch.inference_mode(), autocast(torch.device(self.device_name), self.precision):
+            out = self.model(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device_name))
+        return out.float().cpu().numpy()
+
+    def deactivate_impl(self) -> None:
+        self.model = None
+
+
+class TorchScriptRunner(TorchRunner):
+    name = "torchscript"
+
+    def __init__(self, path: str | Path, *, device: str = "cpu") -> None:
+        super().__init__(path, device=device)
+        self.metadata: dict[str, Any] = {}
+
+    def load(self) -> Any:
+        from vggexport.export import load_torchscript
+
+        model, self.metadata = load_torchscript(self.source, self.device_name)
+        return model
+
+
+CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
+
+
+def session_options(*, threads: int | None = None) -> Any:
+    """The tuned CPU session (see tools/bench_infer.py and BENCHMARKS.md for why these values)."""
+    import os
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    options.log_severity_level = 3
+    return options
+
+
+class OnnxRuntimeRunner(Runner):
+    """ONNX Runtime with an explicit provider: cpu, cuda, or auto (CUDA only when it really starts).
+
+    ORT silently falls back to CPU when the CUDA provider cannot start
+    (microsoft/onnxruntime#23372); asking for cuda here fails loudly instead.
+    """
+
+    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None) -> None:
+        super().__init__()
+        if provider not in ("auto", "cpu", "cuda"):
+            raise VggExportError(f"unknown provider {provider!r}: use auto, cuda or cpu")
+        self.path, self.requested, self.threads = Path(path), provider, threads
+        self.session: Any = None
+        self.metadata: dict[str, str] = {}
+        self.name = f"onnxruntime-{provider}"
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0] if self.session is not None else self.requested
+
+    @property
+    def input_name(self) -> str:
+        return self.session.get_inputs()[0].name
+
+    def activate_impl(self) -> None:
+        import onnxruntime as ort
+
+        from vggexport.export import read_onnx_metadata
+
+        self.metadata = read_onnx_metadata(self.path)
+        wants_cuda = self.requested == "cuda" or (self.requested == "auto" and CUDA_EP in ort.get_available_providers())
+        if wants_cuda and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels that torch installs
+        providers = [CUDA_EP, CPU_EP] if wants_cuda else [CPU_EP]
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads=self.threads),
+                                                providers=providers)
+        except Exception as exc:  # ORT raises its own pybind types (Fail, InvalidGraph, ...)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise VggExportError(f"ONNX Runtime cannot load {self.path}: {first[:160]}") from None
+        if self.requested == "cuda" and CUDA_EP not in self.session.get_providers():
+            self.session = None
+            raise VggExportError("the CUDA execution provider did not start (no GPU, or CUDA/cuDNN libraries "
+                                 "missing); use --provider cpu or auto")
+        self.name = "onnxruntime-cuda" if self.provider == CUDA_EP else "onnxruntime-cpu"
+
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        self.check_input(batch)
+        return self.session.run(None, {self.input_name: batch})[0]
+
+    def check_input(self, batch: np.ndarray) -> None:
+        """A wrong shape or dtype is the caller's mistake: say so in one line, not with ORT's stack."""
+        spec = self.session.get_inputs()[0]
+        dtype = ORT_DTYPES.get(spec.type)
+        if dtype is not None and batch.dtype != dtype:
+            raise VggExportError(f"input dtype {batch.dtype} does not match the model's {np.dtype(dtype).name}")
+        fixed = [d if isinstance(d, int) else None for d in spec.shape]
+        if batch.ndim != len(fixed) or any(f is not None and f != n for f, n in zip(fixed, batch.shape)):
+            wanted = ", ".join(str(d) if isinstance(d, int) else str(d) for d in spec.shape)
+            raise VggExportError(f"input shape {tuple(batch.shape)} does not match the model's ({wanted})")
+
+    def deactivate_impl(self) -> None:
+        self.session = None
+
+
+def make_runner(runtime: str, model_dir: Path) -> Runner:
+    """Runner for a runtime name of ``vggexport.names.RUNTIMES`` over a model folder's exports."""
+    from vggexport import artifacts as paths
+
+    if runtime in ("torchscript", "torchscript-cuda"):
+        runner = TorchScriptRunner(model_dir / paths.TORCHSCRIPT, device="cuda" if runtime.endswith("cuda") else "cpu")
+        runner.name = runtime
+        return runner
+    if runtime in ("onnxruntime-cpu", "onnxruntime-cuda"):
+        return OnnxRuntimeRunner(model_dir / paths.ONNX, provider=runtime.rsplit("-", 1)[1])
+    raise VggExportError(f"unknown runtime {runtime!r}")

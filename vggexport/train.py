@@ -1,0 +1,269 @@
+"""The training loop: whole-dataset tensors on the device, batched augmentation, atomic checkpoints."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vggexport import artifacts as paths
+from vggexport.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from vggexport.data import ImageData, batch_indices, load_dataset
+from vggexport.errors import VggExportError
+from vggexport.fileio import ensure_writable_dir
+from vggexport.names import OPTIMIZERS
+from vggexport.hardware import autocast, describe_device, resolve_device, resolve_precision
+from vggexport.model import VGG, ModelConfig, build_model
+from vggexport.reporting import console, epoch_line, epoch_progress, plot_curves, read_metrics, write_metrics
+from vggexport.transforms import augment, normalize, preprocess, to_unit
+
+DEFAULT_LR = {"sgd": 0.05, "adam": 2e-3}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.05}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training option, parsed once by the CLI. ``None`` means: choose for the device."""
+
+    cfg: str = "A"
+    batch_norm: bool = True
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    image_size: int | None = None  # 224 on CUDA (the paper's), 32 on CPU
+    width: float | None = None  # 1.0 on CUDA, 0.25 on CPU (d2l's small VGG)
+    head: int = 512
+    dropout: float = 0.3
+    epochs: int = 8
+    batch_size: int = 256
+    lr: float | None = None
+    optimizer: str = "sgd"
+    weight_decay: float | None = None  # 5e-4 for sgd, 0.05 for adam (AdamW's decoupled decay)
+    label_smoothing: float = 0.1
+    warmup: float = 0.15  # fraction of all steps spent ramping the learning rate up
+    crop: bool = True  # random-crop augmentation (flips are on where the dataset allows them)
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    max_steps: int | None = None
+    resume: bool = False
+    artifacts: str = str(paths.DEFAULT_ARTIFACTS)
+    compile: bool = False
+    deterministic: bool = False
+    eval_batch_size: int = 1000
+
+
+def learning_rate(step: int, total_steps: int, peak: float, warmup: float) -> float:
+    """Linear warm-up, then cosine decay to zero: a function of the step alone, so resume needs no state."""
+    warmup_steps = max(1, int(total_steps * warmup))
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(name: str, model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    # Weight decay on conv/linear weights only; decaying BN scales and biases only hurts.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    if name == "adam":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise VggExportError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: ImageData, config: ModelConfig, *, batch_size: int,
+             precision: str = "fp32") -> dict[str, float]:
+    """Loss and accuracy over exactly the test set's samples, in eval mode (dropout off, BN frozen)."""
+    was_training = model.training
+    model.eval()
+    device = data.test_images.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for start in range(0, len(data.test_labels), batch_size):
+        images = data.test_images[start : start + batch_size]
+        labels = data.test_labels[start : start + batch_size]
+        x = preprocess(images, image_size=config.image_size, mean=config.mean, std=config.std)
+        with autocast(device, precision):
+            logits = model(x.contiguous(memory_format=torch.channels_last)).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+    model.train(was_training)
+    total = len(data.test_labels)
+    return {"test_loss": loss_sum.item() / total, "test_accuracy": correct.item() / total}
+
+
+def model_config_for(config: TrainConfig, data: ImageData, device: torch.device) -> ModelConfig:
+    on_cuda = device.type == "cuda"
+    try:
+        return ModelConfig(
+            cfg=config.cfg, batch_norm=config.batch_norm, in_channels=data.in_channels,
+            num_classes=len(data.class_names), image_size=config.image_size or (224 if on_cuda else 32),
+            head=config.head, dropout=config.dropout, width=config.width or (1.0 if on_cuda else 0.25),
+            mean=data.mean, std=data.std, class_names=data.class_names, dataset=data.name,
+        )
+    except ValueError as exc:
+        raise VggExportError(str(exc)) from None
+
+
+def check_resumable(ckpt: Checkpoint, model_config: ModelConfig) -> None:
+    saved = ckpt.model_config
+    if saved != model_config:
+        diff = {k: (v, getattr(model_config, k)) for k, v in saved.to_dict().items()
+                if v != model_config.to_dict()[k] and k != "class_names"}
+        raise VggExportError(f"cannot resume {ckpt.path}: it was trained with a different model ({diff})")
+
+
+@dataclass
+class TrainResult:
+    model_config: ModelConfig
+    out_dir: Path
+    best_accuracy: float
+    final: dict[str, Any]
+    steps: int
+
+
+class Trainer:
+    """One training run; state lives here so the loop functions stay short."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        if config.optimizer not in OPTIMIZERS:
+            raise VggExportError(f"unknown optimizer {config.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        torch.manual_seed(config.seed)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        host_data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size or 32,
+                                 channels=3)
+        self.model_config = model_config_for(config, host_data, self.device)
+        self.data = host_data.to(self.device)
+        self.out_dir = ensure_writable_dir(paths.model_dir(config.artifacts, self.model_config.name))
+        self.model: VGG = build_model(self.model_config).to(self.device, memory_format=torch.channels_last)
+        self.peak_lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
+        decay = config.weight_decay if config.weight_decay is not None else DEFAULT_WEIGHT_DECAY[config.optimizer]
+        self.optimizer = make_optimizer(config.optimizer, self.model, self.peak_lr, decay)
+        self.steps_per_epoch = len(self.data.train_labels) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise VggExportError(f"batch size {config.batch_size} exceeds the {len(self.data.train_labels)} training images")
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.step, self.start_epoch, self.best_accuracy = 0, 0, -1.0
+        self.records: list[dict[str, Any]] = []
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        if config.resume:
+            self.restore()
+
+    def restore(self) -> None:
+        ckpt = load_checkpoint(self.out_dir / paths.LAST, map_location=self.device)
+        check_resumable(ckpt, self.model_config)
+        state = ckpt.payload
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.start_epoch = int(state["step"]), int(state["epoch"])
+        self.best_accuracy = float(state["best_accuracy"])
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self.records = [r for r in read_metrics(self.out_dir / paths.METRICS) if r["epoch"] <= self.start_epoch]
+        console.print(f"resumed {ckpt.path} at epoch {self.start_epoch}, step {self.step}")
+
+    def train_batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        index = index.to(self.device)
+        labels = self.data.train_labels[index]
+        x = to_unit(self.data.train_images[index], image_size=self.model_config.image_size)
+        padding = self.model_config.image_size // 16 if self.config.crop else 0
+        x = augment(x, crop_padding=padding, hflip=self.data.hflip, generator=generator)
+        x = normalize(x, mean=self.model_config.mean, std=self.model_config.std)
+        x = x.contiguous(memory_format=torch.channels_last)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.step, self.total_steps, self.peak_lr, self.config.warmup)
+        with autocast(self.device, self.precision):
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return loss.detach() * len(labels), (logits.argmax(1) == labels).sum()
+
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        generator = torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, started = 0, time.perf_counter()
+        batches = batch_indices(len(self.data.train_labels), self.config.batch_size, seed=self.config.seed, epoch=epoch)
+        with epoch_progress(self.steps_per_epoch, epoch + 1, self.config.epochs) as progress:
+            for i, index in enumerate(batches):
+                batch_loss, batch_correct = self.train_batch(index, generator)
+                loss_sum += batch_loss
+                correct += batch_correct
+                seen += len(index)
+                if i % 20 == 19 or self.stopping():
+                    # .item() syncs the device: do it every 20 steps, not every step.
+                    ips = seen / (time.perf_counter() - started)
+                    progress.update(0, completed=i + 1, loss=loss_sum.item() / seen, acc=correct.item() / seen, ips=ips)
+                if self.stopping():
+                    break
+        seconds = time.perf_counter() - started
+        return {"train_loss": loss_sum.item() / max(seen, 1), "train_accuracy": correct.item() / max(seen, 1),
+                "images_per_second": seen / seconds, "train_seconds": seconds}
+
+    def stopping(self) -> bool:
+        return self.config.max_steps is not None and self.step >= self.config.max_steps
+
+    def finish_epoch(self, epoch: int, train_stats: dict[str, float], started: float) -> dict[str, Any]:
+        test_stats = evaluate(self.model, self.data, self.model_config,
+                              batch_size=self.config.eval_batch_size, precision=self.precision)
+        record = {"epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+                  "elapsed_s": time.perf_counter() - started, **train_stats, **test_stats}
+        self.records.append(record)
+        is_best = record["test_accuracy"] > self.best_accuracy
+        self.best_accuracy = max(self.best_accuracy, record["test_accuracy"])
+        state = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch + 1, "step": self.step, "best_accuracy": self.best_accuracy,
+            "metrics": test_stats, "train_config": asdict(self.config), "precision": self.precision,
+            "rng_cpu": torch.get_rng_state(),
+            **({"rng_cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
+        }
+        save_checkpoint(self.out_dir / paths.LAST, model_config=self.model_config, state=state)
+        if is_best:
+            save_checkpoint(self.out_dir / paths.BEST, model_config=self.model_config, state=state)
+        write_metrics(self.out_dir / paths.METRICS, self.records)
+        plot_curves(self.out_dir / paths.CURVES, self.records, f"{self.model_config.name} on {self.data.name}")
+        console.print(epoch_line(record))
+        return record
+
+    def run(self) -> TrainResult:
+        mc = self.model_config
+        console.print(
+            f"training {mc.name} (width {mc.width}, head {mc.head}) on {self.data.name} at "
+            f"{mc.image_size}x{mc.image_size}, {describe_device(self.device)}, precision {self.precision}, "
+            f"{self.config.epochs} epochs x {self.steps_per_epoch} steps, batch {self.config.batch_size}"
+        )
+        started = time.perf_counter()
+        record: dict[str, Any] = self.records[-1] if self.records else {}
+        for epoch in range(self.start_epoch, self.config.epochs):
+            if self.stopping():
+                break
+            record = self.finish_epoch(epoch, self.run_epoch(epoch), started)
+        if not record:
+            raise VggExportError(f"nothing to train: {self.out_dir / paths.LAST} already has {self.start_epoch} "
+                                 f"epochs; raise --epochs to continue")
+        console.print(f"best test accuracy {self.best_accuracy:.4f}; checkpoints in {self.out_dir}")
+        return TrainResult(mc, self.out_dir, self.best_accuracy, record, self.step)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    return Trainer(config).run()

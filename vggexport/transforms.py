@@ -1,0 +1,65 @@
+"""Batch-level preprocessing and augmentation, done on the tensor's device.
+
+One ``preprocess`` serves training, evaluation, export (``--with-preprocessing``)
+and the server's image endpoint, so every path normalizes identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def to_unit(images: torch.Tensor, *, image_size: int, always_resize: bool = False) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 in [0, 1] at (image_size, image_size).
+
+    ``always_resize`` keeps the resize in exported graphs whose H and W are dynamic
+    (a same-size bilinear resize is an identity).
+    """
+    x = images.to(torch.float32) / 255.0
+    if always_resize or x.shape[-2:] != (image_size, image_size):
+        # antialias only matters when shrinking; it keeps big photos from aliasing.
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+def normalize(x: torch.Tensor, *, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def preprocess(
+    images: torch.Tensor, *, image_size: int, mean: Sequence[float], std: Sequence[float],
+    always_resize: bool = False,
+) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> normalized float32 (N, C, image_size, image_size)."""
+    return normalize(to_unit(images, image_size=image_size, always_resize=always_resize), mean=mean, std=std)
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pad by ``padding`` (black, before normalizing) and crop each image at a random offset."""
+    if padding <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator, device="cpu").to(x.device)
+    rows = (offsets[0].view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (offsets[1].view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    channel = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    return padded[batch, channel, rows, cols]
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=generator, device="cpu").lt(0.5).to(x.device)
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def augment(
+    x: torch.Tensor, *, crop_padding: int, hflip: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    x = random_crop(x, crop_padding, generator)
+    return random_hflip(x, generator) if hflip else x
