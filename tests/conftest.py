@@ -77,3 +77,69 @@ def trained_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train(TrainConfig(dataset="synthetic", width=0.0625, head=32, epochs=1, batch_size=64,
                       device="cpu", artifacts=str(root)))
     return root
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A real `vggexport serve` process on 127.0.0.1."""
+
+    def __init__(self, model: Path, *extra: str) -> None:
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.model = model
+        args = [sys.executable, "-m", "vggexport", "serve", "--model", str(model), "--port", str(self.port), *extra]
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early: {self.process.stdout.read() if self.process.stdout else ''}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise TimeoutError("server did not become ready")
+
+    def stop(self) -> int:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def served_onnx(trained_artifacts: Path) -> Path:
+    from vggexport.checkpoint import load_checkpoint
+    from vggexport.export import export_onnx
+    from vggexport.spec import ExportSpec
+
+    folder = trained_artifacts / "vgg11_bn"
+    path = folder / "model.onnx"
+    if not path.is_file():
+        export_onnx(load_checkpoint(folder / "best.pt"), path, ExportSpec())
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(served_onnx: Path):  # type: ignore[no-untyped-def]
+    process = ServerProcess(served_onnx, "--max-batch-size", "64", "--max-queue-delay-ms", "5",
+                            "--max-body-mb", "1", "--provider", "cpu").wait_ready()
+    yield process
+    process.stop()

@@ -46,7 +46,7 @@ def test_keyword_only_builders(builder, cfg: str) -> None:  # type: ignore[no-un
 
 def test_init_matches_torchvision_recipe() -> None:
     torch.manual_seed(0)
-    model = build_model(tiny_config(width=0.5, head=256))
+    model = build_model(tiny_config(width=0.5, head=256)).requires_grad_(False)
     linear = model.classifier[3]
     assert abs(float(linear.weight.std()) - 0.01) < 0.002
     assert float(linear.bias.abs().max()) == 0.0

@@ -93,6 +93,6 @@ def test_resume_with_other_architecture_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.realdata
 def test_short_real_training_beats_chance(real_data_dir: Path, tmp_path: Path) -> None:
-    result = train(TrainConfig(data_dir=str(real_data_dir), width=0.125, head=64, batch_size=128, epochs=1,
-                               max_steps=60, device="cpu", lr=0.05, artifacts=str(tmp_path)))
-    assert result.final["test_accuracy"] > 0.5  # chance is 0.1
+    result = train(TrainConfig(data_dir=str(real_data_dir), width=0.125, head=64, epochs=1, max_steps=150,
+                               device="cpu", artifacts=str(tmp_path)))
+    assert result.final["test_accuracy"] > 0.6  # chance is 0.1

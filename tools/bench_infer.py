@@ -79,10 +79,10 @@ def main() -> None:
                 latency = statistics.median(measure(runner, inputs[1], args.seconds)) * 1e3
             rows.append((runner.name, runner.provider, throughput, latency))
     base = rows[0][2]
-    print(f"{'runner':<18}{'provider':<24}" + "".join(f"{'b' + str(b) + ' img/s':>14}{'ratio':>7}" for b in BATCHES)
+    print(f"{'runner':<18}{'provider':<24}" + "".join(f"{'b' + str(b) + ' img/s':>14}{'ratio':>10}" for b in BATCHES)
           + f"{'b1 latency ms':>15}")
     for name, provider, throughput, latency in rows:
-        cells = "".join(f"{throughput[b]:>14.0f}{throughput[b] / base[b]:>6.2f}x" for b in BATCHES)
+        cells = "".join(f"{throughput[b]:>14.0f}{throughput[b] / base[b]:>9.2f}x" for b in BATCHES)
         print(f"{name:<18}{provider:<24}{cells}{latency:>15.3f}")
 
 

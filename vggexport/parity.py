@@ -59,7 +59,7 @@ class Comparison:
     def failures(self, spec: ExportSpec, *, judge_top1: bool) -> list[str]:
         found = []
         if self.violations:
-            found.append(f"{self.violations} values outside atol={spec.atol:g} rtol={spec.rtol:g} "
+            found.append(f"{self.violations} values outside atol={self.atol:g} rtol={self.rtol:g} "
                          f"(max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g})")
         if judge_top1 and self.top1_agreement < spec.min_top1_agreement:
             found.append(f"top-1 agreement {self.top1_agreement:.4%} < {spec.min_top1_agreement:.2%} "

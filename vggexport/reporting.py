@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vggexport.fileio import write_atomic, write_text_atomic
 
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Logs and CI have no terminal width; 132 columns keeps the parity table readable there.
+console = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 132)
 
 
 @contextmanager

@@ -39,13 +39,13 @@ class TrainConfig:
     head: int = 512
     dropout: float = 0.3
     epochs: int = 8
-    batch_size: int = 256
+    batch_size: int = 128
     lr: float | None = None
-    optimizer: str = "sgd"
+    optimizer: str = "adam"
     weight_decay: float | None = None  # 5e-4 for sgd, 0.05 for adam (AdamW's decoupled decay)
     label_smoothing: float = 0.1
     warmup: float = 0.15  # fraction of all steps spent ramping the learning rate up
-    crop: bool = True  # random-crop augmentation (flips are on where the dataset allows them)
+    crop_padding: int | None = None  # random-crop shift in pixels; None = image_size // 32
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0
@@ -181,7 +181,8 @@ class Trainer:
         index = index.to(self.device)
         labels = self.data.train_labels[index]
         x = to_unit(self.data.train_images[index], image_size=self.model_config.image_size)
-        padding = self.model_config.image_size // 16 if self.config.crop else 0
+        padding = self.config.crop_padding
+        padding = self.model_config.image_size // 32 if padding is None else padding
         x = augment(x, crop_padding=padding, hflip=self.data.hflip, generator=generator)
         x = normalize(x, mean=self.model_config.mean, std=self.model_config.std)
         x = x.contiguous(memory_format=torch.channels_last)

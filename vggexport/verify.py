@@ -44,6 +44,7 @@ class ParityReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "passed": self.passed, "atol": self.spec.atol, "rtol": self.spec.rtol,
+                "cuda_atol": self.spec.cuda_atol, "cuda_rtol": self.spec.cuda_rtol,
                 "min_top1_agreement": self.spec.min_top1_agreement,
                 "runtimes": [r.to_dict() for r in self.runtimes]}
 
@@ -57,13 +58,14 @@ def random_inputs(shape: tuple[int, int, int], batch_sizes: Iterable[int], seed:
 
 
 def compare_runner(reference_outputs: dict[str, list[np.ndarray]], runner: Runner, inputs: dict[str, Batches],
-                   spec: ExportSpec) -> RuntimeParity:
+                   spec: ExportSpec, reference_provider: str = "cpu") -> RuntimeParity:
     result = RuntimeParity(runner.name, runner.provider)
     try:
         with runner:
             result.runtime, result.provider = runner.name, runner.provider
+            atol, rtol = spec.tolerances(reference_provider, runner.provider)
             for check, batches in inputs.items():
-                comparison = Comparison(spec.atol, spec.rtol)
+                comparison = Comparison(atol, rtol)
                 for reference, (batch, labels) in zip(reference_outputs[check], batches()):
                     comparison.update(reference, runner.infer(batch), labels)
                 result.checks[check] = comparison
@@ -90,7 +92,7 @@ def run_parity(reference: Runner, candidates: Iterable[Runner], inputs: dict[str
         reference_result.checks[check] = accuracy
     report.runtimes.append(reference_result)
     for runner in candidates:
-        report.runtimes.append(compare_runner(reference_outputs, runner, inputs, spec))
+        report.runtimes.append(compare_runner(reference_outputs, runner, inputs, spec, reference.provider))
     return report
 
 

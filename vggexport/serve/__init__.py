@@ -1,0 +1,1 @@
+"""HTTP serving: the Open Inference Protocol (KServe v2) over ONNX Runtime, with dynamic batching."""

@@ -1,0 +1,156 @@
+"""The ASGI app: ``create_app`` builds it; endpoints only translate HTTP to service calls."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+
+from vggexport import __version__
+from vggexport.errors import VggExportError
+from vggexport.serve.metrics import create_metrics
+from vggexport.serve.protocol import HEADER_LENGTH, ProtocolError, encode_response, parse_request
+from vggexport.serve.service import INPUT, OUTPUT, PROBABILITIES, ModelService, ServeConfig, softmax
+
+log = logging.getLogger("vggexport.serve")
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise VggExportError(f"request body of {declared} bytes exceeds the {limit}-byte limit", http_status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise VggExportError(f"request body exceeds the {limit}-byte limit", http_status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    metrics = create_metrics()
+    service = ModelService(config, metrics)
+    log.info("serving %s from %s on %s", service.name, config.model, service.runner.provider)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.batcher.start()
+        yield
+        await service.batcher.stop()
+
+    app = FastAPI(title="vggexport", version=__version__, lifespan=lifespan)
+    app.state.service, app.state.metrics = service, metrics
+
+    @app.exception_handler(VggExportError)
+    async def user_error(_: Request, exc: VggExportError) -> JSONResponse:
+        metrics.failure.labels(service.name, "client" if exc.http_status < 500 else "server").inc()
+        return error(exc.http_status, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"msg": "invalid request"}
+        return error(422, f"invalid request: {first.get('msg')}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
+
+    def model_or_404(name: str) -> ModelService:
+        if name != service.name:
+            raise VggExportError(f"unknown model {name!r}; this server serves {service.name!r}", http_status=404)
+        return service
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> dict[str, bool]:
+        return {"ready": service.runner.is_active}
+
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "vggexport", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str = "1") -> dict[str, Any]:
+        return model_or_404(name).metadata().model_dump()
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str = "1") -> dict[str, Any]:
+        return {"name": model_or_404(name).name, "ready": service.runner.is_active}
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str = "1") -> Response:
+        started = time.perf_counter()
+        model = model_or_404(name)
+        body = await read_body(request, config.max_body_bytes)
+        parsed, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
+        unknown = [o.name for o in parsed.outputs or [] if o.name not in (OUTPUT, PROBABILITIES)]
+        if unknown:
+            raise ProtocolError(f"unknown output {unknown[0]!r}: choose {OUTPUT!r} or {PROBABILITIES!r}")
+        if len(tensors) != 1:
+            raise ProtocolError(f"expected exactly one input ({INPUT!r}), got {len(tensors)}")
+        ((input_name, array),) = tensors.items()
+        logits = await model.infer(model.check_input(input_name, array))
+        wanted = [o.name for o in parsed.outputs] if parsed.outputs else [OUTPUT]
+        outputs = {n: logits if n == OUTPUT else softmax(logits) for n in wanted}
+        payload, header_length = encode_response(model.name, parsed, outputs)
+        metrics.success.labels(model.name).inc()
+        metrics.request_latency.labels("infer").observe(time.perf_counter() - started)
+        headers = {HEADER_LENGTH: str(header_length)} if header_length is not None else {}
+        media = "application/octet-stream" if header_length is not None else "application/json"
+        return Response(payload, media_type=media, headers=headers)
+
+    @app.post("/v2/models/{name}/classify")
+    async def classify(name: str, request: Request, top_k: int = 3) -> dict[str, Any]:
+        """A PNG or JPEG (raw body, or multipart field ``file``) in; top-k labels with probabilities out."""
+        started = time.perf_counter()
+        model = model_or_404(name)
+        raw = await read_body(request, config.max_body_bytes)
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raw = await image_from_multipart(request, raw)
+        logits = await model.infer(model.decode_image(raw))
+        metrics.success.labels(model.name).inc()
+        metrics.request_latency.labels("classify").observe(time.perf_counter() - started)
+        return {"model_name": model.name, "predictions": model.top_k(logits, top_k)[0]}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def image_from_multipart(request: Request, raw: bytes) -> bytes:
+    from starlette.datastructures import UploadFile
+    from starlette.requests import Request as StarletteRequest
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    try:
+        form = await StarletteRequest(request.scope, replay).form()
+    except Exception:  # python-multipart raises several types for broken forms
+        raise ProtocolError("malformed multipart body") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise ProtocolError("multipart body needs an image in the field 'file'")
+    return await upload.read()
+
