@@ -15,7 +15,7 @@ python3 -m vggexport train --data-dir "$DATA" --epochs 1 --artifacts "$ART"
 step export
 python3 -m vggexport export --artifacts "$ART" --with-preprocessing
 step "verify: CUDA runtimes on all 10,000 test images"
-python3 -m vggexport verify --artifacts "$ART" --data-dir "$DATA" --device cuda --runtimes torchscript-cuda --runtimes onnxruntime-cuda --report "$ART/parity-cuda.json"
+python3 -m vggexport verify --artifacts "$ART" --data-dir "$DATA" --device cuda --runtimes torchscript-cuda --runtimes onnxruntime-cuda --report "$ART/vgg11_bn/parity-cuda.json"
 step "verify: CPU runtimes on 1,000 test images"
 python3 -m vggexport verify --artifacts "$ART" --data-dir "$DATA" --samples 1000 --runtimes torchscript --runtimes onnxruntime-cpu
 step "gpu tests"
@@ -24,4 +24,5 @@ step "bench_train on cuda"
 python3 tools/bench_train.py --data-dir "$DATA" --device cuda --steps 30
 step "bench_infer on the trained 224x224 model"
 python3 tools/bench_infer.py --checkpoint "$ART/vgg11_bn/best.pt" --seconds 1
+mkdir -p "${OUT:-/tmp/out}" && cp "$ART"/vgg11_bn/*.json "$ART"/vgg11_bn/metrics.jsonl "${OUT:-/tmp/out}/" 2>/dev/null
 step done

@@ -208,8 +208,8 @@ def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, a
               help="ONNX Runtime execution provider; cuda fails at start-up if CUDA cannot run.")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Dynamic batching limit; 1 turns batching off.")
-@click.option("--max-queue-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="How long the first request of a batch waits for others.")
+@click.option("--max-queue-delay-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="How long a batch waits for more requests (0: take whatever queued while the last batch ran).")
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, host: str, port: int, provider: str,

@@ -125,7 +125,7 @@ CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
 
 
-def session_options(*, threads: int | None = None) -> Any:
+def session_options(*, threads: int | None = None, spinning: bool = True) -> Any:
     """The tuned CPU session (see tools/bench_infer.py and BENCHMARKS.md for why these values)."""
     import os
 
@@ -136,6 +136,9 @@ def session_options(*, threads: int | None = None) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
     options.log_severity_level = 3
+    if not spinning:
+        # A server shares its cores with the event loop: idle ORT threads must sleep, not spin.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -146,11 +149,12 @@ class OnnxRuntimeRunner(Runner):
     (microsoft/onnxruntime#23372); asking for cuda here fails loudly instead.
     """
 
-    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None,
+                 spinning: bool = True) -> None:
         super().__init__()
         if provider not in ("auto", "cpu", "cuda"):
             raise VggExportError(f"unknown provider {provider!r}: use auto, cuda or cpu")
-        self.path, self.requested, self.threads = Path(path), provider, threads
+        self.path, self.requested, self.threads, self.spinning = Path(path), provider, threads, spinning
         self.session: Any = None
         self.metadata: dict[str, str] = {}
         self.name = f"onnxruntime-{provider}"
@@ -174,7 +178,7 @@ class OnnxRuntimeRunner(Runner):
             ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels that torch installs
         providers = [CUDA_EP, CPU_EP] if wants_cuda else [CPU_EP]
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads=self.threads),
+            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads=self.threads, spinning=self.spinning),
                                                 providers=providers)
         except Exception as exc:  # ORT raises its own pybind types (Fail, InvalidGraph, ...)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

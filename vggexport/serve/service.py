@@ -24,7 +24,7 @@ class ServeConfig:
     model: str
     provider: str = "auto"
     max_batch_size: int = 64
-    max_queue_delay_ms: float = 2.0
+    max_queue_delay_ms: float = 0.0
     max_body_bytes: int = 16 * 1024 * 1024
     threads: int | None = None
 
@@ -32,7 +32,8 @@ class ServeConfig:
 class ModelService:
     def __init__(self, config: ServeConfig, metrics: ServerMetrics) -> None:
         self.config = config
-        self.runner = OnnxRuntimeRunner(Path(config.model), provider=config.provider, threads=config.threads)
+        self.runner = OnnxRuntimeRunner(Path(config.model), provider=config.provider, threads=config.threads,
+                                        spinning=False)
         self.runner.activate()
         meta = self.runner.metadata
         self.name = meta["model_name"]
