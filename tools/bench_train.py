@@ -92,16 +92,18 @@ def train_flops_per_image(model_config: ModelConfig) -> float:
     return 2.0 * 3.0 * macs
 
 
-def matmul_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, repeat: int = 5) -> float:
+def matmul_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:
+    """Square matmul throughput, repeated for about ``seconds`` (emulated bf16 is slow: one product may be all)."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     if device.type == "cuda":
         torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(repeat):
+    started, repeat = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
         a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        repeat += 1
     return 2 * n**3 * repeat / (time.perf_counter() - started) / 1e9
 
 
@@ -120,8 +122,9 @@ def main() -> None:
     small = TrainConfig(**common, image_size=32, batch_size=256)
     ips, trainer = our_loop(small, max(args.steps, 10))
     achieved = ips * train_flops_per_image(trainer.model_config) / 1e9
-    fp32 = matmul_gflops(torch.float32, trainer.device)
-    bf16 = matmul_gflops(torch.bfloat16, trainer.device)
+    size = 2048 if trainer.device.type == "cuda" else 1024
+    fp32 = matmul_gflops(torch.float32, trainer.device, size)
+    bf16 = matmul_gflops(torch.bfloat16, trainer.device, size)
     print(f"32x32 default model (width {trainer.model_config.width}, batch 256): {ips:.0f} img/s = {achieved:.1f} GFLOP/s; "
           f"fp32 matmul {fp32:.1f} GFLOP/s ({achieved / fp32:.0%}), bf16 matmul {bf16:.1f} GFLOP/s "
           f"({achieved / bf16:.0%})")

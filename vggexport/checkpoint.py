@@ -18,6 +18,7 @@ import torch
 from vggexport import __version__
 from vggexport.errors import VggExportError
 from vggexport.fileio import sha256_file, write_atomic
+from vggexport.manifest import check_artifact
 from vggexport.model import VGG, ModelConfig, build_model
 
 FORMAT = "vggexport.checkpoint"
@@ -66,6 +67,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     path = Path(path)
     if not path.is_file():
         raise VggExportError(f"no checkpoint at {path}: run `vggexport train` first (or pass --checkpoint)")
+    check_artifact(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:

@@ -72,29 +72,34 @@ def cli() -> None:
     """
 
 
+train_options = compose(
+    click.option("--dataset", type=click.Choice(DATASETS), default="fashion-mnist", show_default=True),
+    click.option("--data-dir", type=click.Path(), default=None,
+                 help="Dataset root (torchvision layout); else $VGGEXPORT_DATA_DIR, else the user cache."),
+    click.option("--image-size", type=int, default=None, help="Multiple of 32 [default: 224 on CUDA, 32 on CPU]."),
+    click.option("--width", type=float, default=None, help="Channel multiplier [default: 1.0 on CUDA, 0.25 on CPU]."),
+    click.option("--head", type=int, default=512, show_default=True, help="Classifier width (4096 in the paper)."),
+    click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True),
+    click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="Peak learning rate [default: 0.05 for sgd, 0.002 for adam]."),
+    click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
+                 help="adam is AdamW (decoupled weight decay 0.05); sgd is Nesterov momentum 0.9."),
+    click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+                 help="auto = bf16 on CUDA or on a CPU with native bf16 (AMX/AVX-512 BF16), else fp32."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N optimizer steps."),
+    click.option("--resume", is_flag=True, help="Continue from <artifacts>/<name>/last.pt."),
+    click.option("--compile", "compile_", is_flag=True, help="torch.compile the model."),
+    click.option("--deterministic", is_flag=True, help="Deterministic algorithms (bit-exact resume)."),
+)
+
+
 @cli.command()
 @model_options
-@click.option("--dataset", type=click.Choice(DATASETS), default="fashion-mnist", show_default=True)
-@click.option("--data-dir", type=click.Path(), default=None,
-              help="Dataset root (torchvision layout); else $VGGEXPORT_DATA_DIR, else the user cache.")
-@click.option("--image-size", type=int, default=None, help="Multiple of 32 [default: 224 on CUDA, 32 on CPU].")
-@click.option("--width", type=float, default=None, help="Channel multiplier [default: 1.0 on CUDA, 0.25 on CPU].")
-@click.option("--head", type=int, default=512, show_default=True, help="Classifier width (4096 in the paper).")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate [default: 0.05 for sgd, 0.002 for adam].")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
-              help="adam is AdamW (decoupled weight decay 0.05); sgd is Nesterov momentum 0.9.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="auto = bf16 on CUDA or on a CPU with native bf16 (AMX/AVX-512 BF16), else fp32.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N optimizer steps.")
-@click.option("--resume", is_flag=True, help="Continue from <artifacts>/<name>/last.pt.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option("--deterministic", is_flag=True, help="Deterministic algorithms (bit-exact resume).")
+@train_options
 def train(cfg: str, batch_norm: bool, artifacts: str, compile_: bool, **options: Any) -> None:
     """Train a VGG and write best.pt, last.pt, metrics.jsonl and curves.png."""
     from vggexport.train import TrainConfig, train as run_training
@@ -217,9 +222,7 @@ def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, ho
     """Serve the ONNX model over HTTP: KServe v2 (Triton-compatible) plus an image endpoint."""
     import logging
 
-    import uvicorn
-
-    from vggexport.serve.app import create_app
+    from vggexport.serve.app import serve_forever
     from vggexport.serve.service import ServeConfig
 
     path = model_path or str(selection(cfg, batch_norm, artifacts).model_dir / "model.onnx")
@@ -227,11 +230,50 @@ def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, ho
                          max_queue_delay_ms=max_queue_delay_ms, max_body_bytes=int(max_body_mb * 2**20),
                          threads=threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    app = create_app(config)
-    service = app.state.service
-    click.echo(f"serving {service.name} on http://{host}:{port}/v2/models/{service.name} "
-               f"({service.runner.provider}, max batch {max_batch_size})", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    serve_forever(config, host=host, port=port)
+
+
+@cli.command()
+@model_options
+@click.option("--repository", type=click.Path(file_okay=False), default=None,
+              help="Model repository root [default: <artifacts>/triton].")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances.")
+@click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="instance_group kind.")
+@click.option("--allow-unverified", is_flag=True, help="Write it even without a passed parity.json.")
+def triton(cfg: str, batch_norm: bool, artifacts: str, repository: str | None, max_batch_size: int, instances: int,
+           kind: str, allow_unverified: bool) -> None:
+    """Write a Triton Inference Server model repository (config.pbtxt, 1/model.onnx, labels.txt)."""
+    from pathlib import Path
+
+    from vggexport.triton import TritonConfig, write_repository
+
+    chosen = selection(cfg, batch_norm, artifacts)
+    root = Path(repository) if repository else Path(artifacts) / "triton"
+    config = TritonConfig(max_batch_size=max_batch_size, instances=instances, kind=kind)
+    target = write_repository(chosen.model_dir, root, config, allow_unverified=allow_unverified)
+    click.echo(f"wrote {target}/config.pbtxt, {target}/1/model.onnx, {target}/labels.txt")
+
+
+@cli.command()
+@model_options
+@train_options
+@click.option("--serve/--no-serve", "serve_on", default=True, show_default=True,
+              help="Serve at the end; --no-serve ends after a smoke request to a short-lived server.")
+@click.option("--force", is_flag=True, help="Re-run every stage, even those that are up to date.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True)
+def pipeline(cfg: str, batch_norm: bool, artifacts: str, compile_: bool, serve_on: bool, force: bool, host: str,
+             port: int, provider: str, **options: Any) -> None:
+    """Train -> export -> verify -> serve in one command, skipping stages that are up to date."""
+    from vggexport.pipeline import Pipeline, PipelineConfig
+    from vggexport.train import TrainConfig
+
+    train_config = TrainConfig(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, compile=compile_, **options)
+    Pipeline(PipelineConfig(train=train_config, serve=serve_on, force=force, host=host, port=port,
+                            provider=provider)).run()
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from vggexport import __version__
 from vggexport.checkpoint import Checkpoint
 from vggexport.errors import VggExportError
 from vggexport.fileio import write_atomic
+from vggexport.manifest import check_artifact, update_manifest
 from vggexport.model import VGG, ModelConfig
 from vggexport.spec import ExportSpec
 from vggexport.transforms import preprocess
@@ -66,13 +67,16 @@ def export_torchscript(ckpt: Checkpoint, out: str | Path) -> Path:
         warnings.simplefilter("ignore")
         with torch.no_grad():
             traced = torch.jit.trace(model, example_input(ckpt.model_config), check_trace=False)
-        return write_atomic(out, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))
+        written = write_atomic(out, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))
+    update_manifest(written.parent, [written])
+    return written
 
 
 def load_torchscript(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise VggExportError(f"no TorchScript model at {path}: run `vggexport torchscript` first")
+    check_artifact(path)
     extra = {TORCHSCRIPT_CONFIG: "", TORCHSCRIPT_METADATA: ""}
     try:
         with warnings.catch_warnings():
@@ -135,7 +139,9 @@ def export_onnx(ckpt: Checkpoint, out: str | Path, spec: ExportSpec, *, preproce
                         "see metadata_props for labels and preprocessing")
     proto.producer_name, proto.producer_version = "vggexport", __version__
     onnx.checker.check_model(proto, full_check=True)
-    return write_atomic(out, lambda tmp: onnx.save_model(proto, str(tmp)))
+    written = write_atomic(out, lambda tmp: onnx.save_model(proto, str(tmp)))
+    update_manifest(written.parent, [written])
+    return written
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
@@ -145,6 +151,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise VggExportError(f"no ONNX model at {path}: run `vggexport onnx` first")
+    check_artifact(path)
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, onnx raises its own; all mean "not ONNX"

@@ -58,6 +58,12 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
+def prefers_channels_last(device: torch.device, width: float) -> bool:
+    """NHWC wins on CUDA and for narrow models on the CPU; at full width oneDNN on AVX2 runs NCHW faster
+    (measured on the 2-core CI machine: width 0.25 964 vs 711 img/s, width 1.0 62 vs 69 img/s)."""
+    return device.type == "cuda" or width < 1.0
+
+
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"

@@ -17,7 +17,10 @@ from vggexport.data import ImageData, batch_indices, load_dataset
 from vggexport.errors import VggExportError
 from vggexport.fileio import ensure_writable_dir
 from vggexport.names import OPTIMIZERS
-from vggexport.hardware import autocast, describe_device, resolve_device, resolve_precision
+from vggexport.manifest import dataset_identity, environment, update_manifest
+from vggexport.hardware import (
+    autocast, describe_device, prefers_channels_last, resolve_device, resolve_precision,
+)
 from vggexport.model import VGG, ModelConfig, build_model
 from vggexport.reporting import console, epoch_line, epoch_progress, plot_curves, read_metrics, write_metrics
 from vggexport.transforms import augment, normalize, preprocess, to_unit
@@ -80,7 +83,7 @@ def make_optimizer(name: str, model: torch.nn.Module, lr: float, weight_decay: f
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: ImageData, config: ModelConfig, *, batch_size: int,
-             precision: str = "fp32") -> dict[str, float]:
+             precision: str = "fp32", memory_format: torch.memory_format = torch.channels_last) -> dict[str, float]:
     """Loss and accuracy over exactly the test set's samples, in eval mode (dropout off, BN frozen)."""
     was_training = model.training
     model.eval()
@@ -92,7 +95,7 @@ def evaluate(model: torch.nn.Module, data: ImageData, config: ModelConfig, *, ba
         labels = data.test_labels[start : start + batch_size]
         x = preprocess(images, image_size=config.image_size, mean=config.mean, std=config.std)
         with autocast(device, precision):
-            logits = model(x.contiguous(memory_format=torch.channels_last)).float()
+            logits = model(x.contiguous(memory_format=memory_format)).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
     model.train(was_training)
@@ -147,9 +150,12 @@ class Trainer:
         host_data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size or 32,
                                  channels=3)
         self.model_config = model_config_for(config, host_data, self.device)
+        self.dataset_identity = dataset_identity(host_data.name, host_data.files)
         self.data = host_data.to(self.device)
         self.out_dir = ensure_writable_dir(paths.model_dir(config.artifacts, self.model_config.name))
-        self.model: VGG = build_model(self.model_config).to(self.device, memory_format=torch.channels_last)
+        self.memory_format = (torch.channels_last if prefers_channels_last(self.device, self.model_config.width)
+                              else torch.contiguous_format)
+        self.model: VGG = build_model(self.model_config).to(self.device, memory_format=self.memory_format)
         self.peak_lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
         decay = config.weight_decay if config.weight_decay is not None else DEFAULT_WEIGHT_DECAY[config.optimizer]
         self.optimizer = make_optimizer(config.optimizer, self.model, self.peak_lr, decay)
@@ -185,7 +191,7 @@ class Trainer:
         padding = self.model_config.image_size // 32 if padding is None else padding
         x = augment(x, crop_padding=padding, hflip=self.data.hflip, generator=generator)
         x = normalize(x, mean=self.model_config.mean, std=self.model_config.std)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=self.memory_format)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, self.total_steps, self.peak_lr, self.config.warmup)
         with autocast(self.device, self.precision):
@@ -225,7 +231,8 @@ class Trainer:
 
     def finish_epoch(self, epoch: int, train_stats: dict[str, float], started: float) -> dict[str, Any]:
         test_stats = evaluate(self.model, self.data, self.model_config,
-                              batch_size=self.config.eval_batch_size, precision=self.precision)
+                              batch_size=self.config.eval_batch_size, precision=self.precision,
+                              memory_format=self.memory_format)
         record = {"epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
                   "elapsed_s": time.perf_counter() - started, **train_stats, **test_stats}
         self.records.append(record)
@@ -243,6 +250,11 @@ class Trainer:
             save_checkpoint(self.out_dir / paths.BEST, model_config=self.model_config, state=state)
         write_metrics(self.out_dir / paths.METRICS, self.records)
         plot_curves(self.out_dir / paths.CURVES, self.records, f"{self.model_config.name} on {self.data.name}")
+        written = [self.out_dir / name for name in (paths.LAST, paths.BEST, paths.METRICS, paths.CURVES)]
+        update_manifest(self.out_dir, written, model_config=self.model_config.to_dict(),
+                        train_config=asdict(self.config), device=describe_device(self.device),
+                        precision=self.precision, final_metrics=record, dataset=self.dataset_identity,
+                        environment=environment())
         console.print(epoch_line(record))
         return record
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from vggexport import artifacts as paths
 from vggexport.checkpoint import Checkpoint, load_checkpoint
+from vggexport.manifest import update_manifest
 from vggexport.spec import ExportSpec
 from vggexport.verify import Batches, ParityReport, array_batches, random_inputs, run_parity
 
@@ -100,5 +101,7 @@ def verify(selection: ModelSelection, spec: ExportSpec, *, runtimes: Sequence[st
     candidates = [make_runner(r, folder) for r in (runtimes or default_runtimes())]
     result = run_parity(TorchRunner(ckpt.build_model("cpu"), device=device), candidates, inputs, spec,
                         model=config.name)
-    result.write(report or folder / paths.PARITY)
+    written = result.write(report or folder / paths.PARITY)
+    update_manifest(written.parent, [written], parity={"passed": result.passed, "summary": result.summary(),
+                                                       "runtimes": [r.runtime for r in result.runtimes]})
     return result

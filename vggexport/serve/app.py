@@ -154,3 +154,14 @@ async def image_from_multipart(request: Request, raw: bytes) -> bytes:
         raise ProtocolError("multipart body needs an image in the field 'file'")
     return await upload.read()
 
+
+
+def serve_forever(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Build the app and run it under uvicorn until SIGINT/SIGTERM (which drain in-flight requests)."""
+    import uvicorn
+
+    app = create_app(config)
+    service: ModelService = app.state.service
+    print(f"serving {service.name} on http://{host}:{port}/v2/models/{service.name} "
+          f"({service.runner.provider}, max batch {config.max_batch_size})", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
