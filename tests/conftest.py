@@ -24,9 +24,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_data = pytest.mark.skip(reason=f"real Fashion-MNIST not found at {REAL_DATA}")
     has_data = (REAL_DATA / "FashionMNIST" / "raw").is_dir()
     for item in items:
-        if "gpu" in item.keywords and not torch.cuda.is_available():
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
-        if "realdata" in item.keywords and not has_data:
+        if item.get_closest_marker("realdata") and not has_data:
             item.add_marker(skip_data)
 
 
@@ -90,15 +90,16 @@ def free_port() -> int:
 class ServerProcess:
     """A real `vggexport serve` process on 127.0.0.1."""
 
-    def __init__(self, model: Path, *extra: str) -> None:
+    def __init__(self, model: Path, *extra: str, command: list[str] | None = None, **popen: object) -> None:
         import subprocess
         import sys
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = model
-        args = [sys.executable, "-m", "vggexport", "serve", "--model", str(model), "--port", str(self.port), *extra]
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        base = command or [sys.executable, "-m", "vggexport", "serve", "--model", str(model)]
+        self.process = subprocess.Popen([*base, "--port", str(self.port), *extra], stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, **popen)  # type: ignore[call-overload]
 
     def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
         import time

@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from vggexport.data import (
-    FASHION_CLASSES, batch_indices, load_dataset, make_synthetic, read_idx,
+    FASHION_CLASSES,
+    batch_indices,
+    load_dataset,
+    make_synthetic,
+    read_idx,
 )
 from vggexport.errors import DataNotFoundError, VggExportError
 from vggexport.transforms import augment, preprocess, random_crop

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import tiny_config
 from vggexport.checkpoint import load_checkpoint, save_checkpoint
 from vggexport.errors import VggExportError
 from vggexport.train import TrainConfig, learning_rate, train
-from tests.conftest import tiny_config
 
 TINY = {"dataset": "synthetic", "width": 0.0625, "head": 32, "batch_size": 64, "device": "cpu"}
 

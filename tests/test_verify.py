@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def exported_artifacts(trained_artifacts: Path) -> Path:
-    from vggexport.cli import cli
     from click.testing import CliRunner
+
+    from vggexport.cli import cli
 
     result = CliRunner().invoke(cli, ["export", "--artifacts", str(trained_artifacts)])
     assert result.exit_code == 0, result.output

@@ -23,7 +23,7 @@ from torchvision import transforms
 
 from vggexport.data import load_dataset
 from vggexport.model import VGG, ModelConfig
-from vggexport.train import Trainer, TrainConfig
+from vggexport.train import TrainConfig, Trainer
 
 
 class SeedStyleDataset(Dataset):

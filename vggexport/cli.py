@@ -102,7 +102,8 @@ train_options = compose(
 @train_options
 def train(cfg: str, batch_norm: bool, artifacts: str, compile_: bool, **options: Any) -> None:
     """Train a VGG and write best.pt, last.pt, metrics.jsonl and curves.png."""
-    from vggexport.train import TrainConfig, train as run_training
+    from vggexport.train import TrainConfig
+    from vggexport.train import train as run_training
 
     run_training(TrainConfig(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, compile=compile_, **options))
 

@@ -19,7 +19,6 @@ import torch
 from vggexport.errors import DataNotFoundError, VggExportError
 from vggexport.names import DATASETS
 
-
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",

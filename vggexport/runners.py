@@ -177,6 +177,8 @@ class OnnxRuntimeRunner(Runner):
         if wants_cuda and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels that torch installs
         providers = [CUDA_EP, CPU_EP] if wants_cuda else [CPU_EP]
+        # When CUDA cannot start ORT logs a multi-line error and falls back; we check and report it ourselves.
+        ort.set_default_logger_severity(4 if wants_cuda else 3)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads=self.threads, spinning=self.spinning),
                                                 providers=providers)

@@ -16,12 +16,16 @@ from vggexport.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vggexport.data import ImageData, batch_indices, load_dataset
 from vggexport.errors import VggExportError
 from vggexport.fileio import ensure_writable_dir
-from vggexport.names import OPTIMIZERS
-from vggexport.manifest import dataset_identity, environment, update_manifest
 from vggexport.hardware import (
-    autocast, describe_device, prefers_channels_last, resolve_device, resolve_precision,
+    autocast,
+    describe_device,
+    prefers_channels_last,
+    resolve_device,
+    resolve_precision,
 )
+from vggexport.manifest import dataset_identity, environment, update_manifest
 from vggexport.model import VGG, ModelConfig, build_model
+from vggexport.names import OPTIMIZERS
 from vggexport.reporting import console, epoch_line, epoch_progress, plot_curves, read_metrics, write_metrics
 from vggexport.transforms import augment, normalize, preprocess, to_unit
 
