@@ -94,18 +94,42 @@ train_options = compose(
     click.option("--resume", is_flag=True, help="Continue from <artifacts>/<name>/last.pt."),
     click.option("--compile", "compile_", is_flag=True, help="torch.compile the model."),
     click.option("--deterministic", is_flag=True, help="Deterministic algorithms (bit-exact resume)."),
+    click.option("--crop-padding", type=click.IntRange(min=0), default=None,
+                 help="Random-shift augmentation in pixels [default: image size / 32; 0 turns it off]."),
 )
 
 
 @cli.command()
 @model_options
 @train_options
-def train(cfg: str, batch_norm: bool, artifacts: str, compile_: bool, **options: Any) -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine (runs torchrun; --batch-size stays the global batch).")
+def train(cfg: str, batch_norm: bool, artifacts: str, compile_: bool, nproc: int, **options: Any) -> int | None:
     """Train a VGG and write best.pt, last.pt, metrics.jsonl and curves.png."""
+    import os
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from vggexport.distributed import launch
+
+        return launch(nproc, without_option(sys.argv[1:], "--nproc"))
     from vggexport.train import TrainConfig
     from vggexport.train import train as run_training
 
     run_training(TrainConfig(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, compile=compile_, **options))
+    return None
+
+
+def without_option(argv: list[str], name: str) -> list[str]:
+    """argv minus ``name VALUE`` / ``name=VALUE``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(f"{name}="):
+            kept.append(arg)
+    return kept
 
 
 opset_option = click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18-23).")
@@ -218,8 +242,11 @@ def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, a
               help="How long a batch waits for more requests (0: take whatever queued while the last batch ran).")
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server processes on the one port, each with its own session; /metrics sums them.")
 def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, host: str, port: int, provider: str,
-          max_batch_size: int, max_queue_delay_ms: float, max_body_mb: float, threads: int | None) -> None:
+          max_batch_size: int, max_queue_delay_ms: float, max_body_mb: float, threads: int | None,
+          workers: int) -> None:
     """Serve the ONNX model over HTTP: KServe v2 (Triton-compatible) plus an image endpoint."""
     import logging
 
@@ -229,7 +256,7 @@ def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, ho
     path = model_path or str(selection(cfg, batch_norm, artifacts).model_dir / "model.onnx")
     config = ServeConfig(model=path, provider=provider, max_batch_size=max_batch_size,
                          max_queue_delay_ms=max_queue_delay_ms, max_body_bytes=int(max_body_mb * 2**20),
-                         threads=threads)
+                         threads=threads, workers=workers)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     serve_forever(config, host=host, port=port)
 

@@ -19,13 +19,13 @@ console = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sy
 
 
 @contextmanager
-def epoch_progress(total_steps: int, epoch: int, epochs: int) -> Iterator[Progress]:
+def epoch_progress(total_steps: int, epoch: int, epochs: int, show: bool = True) -> Iterator[Progress]:
     columns = (
         TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f} {task.fields[ips]:.0f} img/s"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=console, transient=True, disable=not show) as progress:
         progress.add_task("train", total=total_steps, loss=float("nan"), acc=0.0, ips=0.0)
         yield progress
 

@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from vggexport import artifacts as paths
+from vggexport import distributed
 from vggexport.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vggexport.data import ImageData, batch_indices, load_dataset
 from vggexport.errors import VggExportError
@@ -20,7 +22,6 @@ from vggexport.hardware import (
     autocast,
     describe_device,
     prefers_channels_last,
-    resolve_device,
     resolve_precision,
 )
 from vggexport.manifest import dataset_identity, environment, update_manifest
@@ -87,22 +88,26 @@ def make_optimizer(name: str, model: torch.nn.Module, lr: float, weight_decay: f
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: ImageData, config: ModelConfig, *, batch_size: int,
-             precision: str = "fp32", memory_format: torch.memory_format = torch.channels_last) -> dict[str, float]:
+             precision: str = "fp32", memory_format: torch.memory_format = torch.channels_last,
+             ctx: distributed.DistContext | None = None) -> dict[str, float]:
     """Loss and accuracy over exactly the test set's samples, in eval mode (dropout off, BN frozen)."""
     was_training = model.training
     model.eval()
     device = data.test_images.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for start in range(0, len(data.test_labels), batch_size):
-        images = data.test_images[start : start + batch_size]
-        labels = data.test_labels[start : start + batch_size]
+    ctx = ctx or distributed.DistContext(device=device)
+    mine = ctx.shard(torch.arange(len(data.test_labels), device=device))  # each sample exactly once overall
+    for start in range(0, len(mine), batch_size):
+        images = data.test_images[mine[start : start + batch_size]]
+        labels = data.test_labels[mine[start : start + batch_size]]
         x = preprocess(images, image_size=config.image_size, mean=config.mean, std=config.std)
         with autocast(device, precision):
             logits = model(x.contiguous(memory_format=memory_format)).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
     model.train(was_training)
+    ctx.all_reduce(loss_sum, correct)
     total = len(data.test_labels)
     return {"test_loss": loss_sum.item() / total, "test_accuracy": correct.item() / total}
 
@@ -144,7 +149,10 @@ class Trainer:
         self.config = config
         if config.optimizer not in OPTIMIZERS:
             raise VggExportError(f"unknown optimizer {config.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        self.device = resolve_device(config.device)
+        self.dist = distributed.setup(config.device)
+        self.device = self.dist.device
+        if config.batch_size % self.dist.world_size:
+            raise VggExportError(f"--batch-size {config.batch_size} must divide among {self.dist.world_size} processes")
         self.precision = resolve_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         if config.deterministic:
@@ -169,7 +177,12 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
         self.step, self.start_epoch, self.best_accuracy = 0, 0, -1.0
         self.records: list[dict[str, Any]] = []
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.forward: torch.nn.Module = self.model
+        if self.dist.enabled:  # checkpoints come from self.model, so they carry no "module." prefixes
+            self.forward = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                                   else None)
+        if config.compile:
+            self.forward = torch.compile(self.forward)
         if config.resume:
             self.restore()
 
@@ -185,10 +198,14 @@ class Trainer:
         if self.device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.records = [r for r in read_metrics(self.out_dir / paths.METRICS) if r["epoch"] <= self.start_epoch]
-        console.print(f"resumed {ckpt.path} at epoch {self.start_epoch}, step {self.step}")
+        self.say(f"resumed {ckpt.path} at epoch {self.start_epoch}, step {self.step}")
+
+    def say(self, message: str) -> None:
+        if self.dist.is_main:
+            console.print(message)
 
     def train_batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        index = index.to(self.device)
+        index = self.dist.shard(index).to(self.device)
         labels = self.data.train_labels[index]
         x = to_unit(self.data.train_images[index], image_size=self.model_config.image_size)
         padding = self.config.crop_padding
@@ -209,17 +226,17 @@ class Trainer:
 
     def run_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
-        generator = torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
+        generator = torch.Generator().manual_seed(self.config.seed * 7919 + epoch + 1_000_003 * self.dist.rank)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen, started = 0, time.perf_counter()
         batches = batch_indices(len(self.data.train_labels), self.config.batch_size, seed=self.config.seed, epoch=epoch)
-        with epoch_progress(self.steps_per_epoch, epoch + 1, self.config.epochs) as progress:
+        with epoch_progress(self.steps_per_epoch, epoch + 1, self.config.epochs, show=self.dist.is_main) as progress:
             for i, index in enumerate(batches):
                 batch_loss, batch_correct = self.train_batch(index, generator)
                 loss_sum += batch_loss
                 correct += batch_correct
-                seen += len(index)
+                seen += len(index) // self.dist.world_size
                 if i % 20 == 19 or self.stopping():
                     # .item() syncs the device: do it every 20 steps, not every step.
                     ips = seen / (time.perf_counter() - started)
@@ -227,6 +244,9 @@ class Trainer:
                 if self.stopping():
                     break
         seconds = time.perf_counter() - started
+        counted = torch.tensor(seen, device=self.device)
+        self.dist.all_reduce(loss_sum, correct, counted)
+        seen = int(counted.item())
         return {"train_loss": loss_sum.item() / max(seen, 1), "train_accuracy": correct.item() / max(seen, 1),
                 "images_per_second": seen / seconds, "train_seconds": seconds}
 
@@ -236,7 +256,7 @@ class Trainer:
     def finish_epoch(self, epoch: int, train_stats: dict[str, float], started: float) -> dict[str, Any]:
         test_stats = evaluate(self.model, self.data, self.model_config,
                               batch_size=self.config.eval_batch_size, precision=self.precision,
-                              memory_format=self.memory_format)
+                              memory_format=self.memory_format, ctx=self.dist)
         record = {"epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
                   "elapsed_s": time.perf_counter() - started, **train_stats, **test_stats}
         self.records.append(record)
@@ -249,6 +269,12 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             **({"rng_cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
         }
+        if self.dist.is_main:  # one writer; the others wait at the barrier below
+            self.write_outputs(state, is_best, record)
+        self.dist.barrier()
+        return record
+
+    def write_outputs(self, state: dict[str, Any], is_best: bool, record: dict[str, Any]) -> None:
         save_checkpoint(self.out_dir / paths.LAST, model_config=self.model_config, state=state)
         if is_best:
             save_checkpoint(self.out_dir / paths.BEST, model_config=self.model_config, state=state)
@@ -260,14 +286,14 @@ class Trainer:
                         precision=self.precision, final_metrics=record, dataset=self.dataset_identity,
                         environment=environment())
         console.print(epoch_line(record))
-        return record
 
     def run(self) -> TrainResult:
         mc = self.model_config
-        console.print(
+        processes = f", {self.dist.world_size} processes (DDP)" if self.dist.enabled else ""
+        self.say(
             f"training {mc.name} (width {mc.width}, head {mc.head}) on {self.data.name} at "
             f"{mc.image_size}x{mc.image_size}, {describe_device(self.device)}, precision {self.precision}, "
-            f"{self.config.epochs} epochs x {self.steps_per_epoch} steps, batch {self.config.batch_size}"
+            f"{self.config.epochs} epochs x {self.steps_per_epoch} steps, batch {self.config.batch_size}{processes}"
         )
         started = time.perf_counter()
         record: dict[str, Any] = self.records[-1] if self.records else {}
@@ -278,7 +304,11 @@ class Trainer:
         if not record:
             raise VggExportError(f"nothing to train: {self.out_dir / paths.LAST} already has {self.start_epoch} "
                                  f"epochs; raise --epochs to continue")
-        console.print(f"best test accuracy {self.best_accuracy:.4f}; checkpoints in {self.out_dir}")
+        if self.dist.enabled:
+            same = distributed.parameters_identical(self.model, self.dist)
+            self.say(f"parameters {'identical' if same else 'DIFFER'} across {self.dist.world_size} processes")
+            distributed.teardown(self.dist)
+        self.say(f"best test accuracy {self.best_accuracy:.4f}; checkpoints in {self.out_dir}")
         return TrainResult(mc, self.out_dir, self.best_accuracy, record, self.step)
 
 

@@ -216,3 +216,23 @@ def test_sigterm_drains_in_flight_requests(served_onnx: Path) -> None:
     assert response.status_code == 200
     # uvicorn shuts down gracefully, then re-raises SIGTERM so supervisors see how it ended
     assert code in (0, -signal.SIGTERM)
+
+
+def test_workers_share_one_port_and_sum_their_metrics(served_onnx: Path) -> None:
+    import subprocess
+
+    process = ServerProcess(served_onnx, "--provider", "cpu", "--workers", "2").wait_ready(timeout=120)
+    try:
+        children = subprocess.run(["pgrep", "-P", str(process.process.pid)], capture_output=True, text=True).stdout
+        body = {"inputs": [{"name": "input", "shape": [1, 1, 32, 32], "datatype": "FP32", "data": [0.0] * 1024}]}
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            codes = list(pool.map(lambda _: httpx.post(f"{process.url}{INFER}", json=body, timeout=30).status_code,
+                                  range(24)))
+        assert codes == [200] * 24
+        text = httpx.get(f"{process.url}/metrics").text
+        counted = sum(float(line.split()[-1]) for line in text.splitlines()
+                      if line.startswith("nv_inference_count_total"))
+        assert counted == 24, text[:2000]
+        assert len([pid for pid in children.split() if pid]) >= 2
+    finally:
+        assert process.stop() in (0, -signal.SIGTERM)

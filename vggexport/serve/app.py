@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from starlette.exceptions import HTTPException
 
 from vggexport import __version__
@@ -133,7 +138,11 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        registry = metrics.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # --workers N: every worker's counts, summed
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -156,12 +165,34 @@ async def image_from_multipart(request: Request, raw: bytes) -> bytes:
 
 
 
+CONFIG_ENV = "VGGEXPORT_SERVE_CONFIG"
+
+
+def app_from_environment() -> FastAPI:
+    """The app factory each worker process calls (``--workers N``): its config comes from the parent."""
+    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
+
+
 def serve_forever(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Build the app and run it under uvicorn until SIGINT/SIGTERM (which drain in-flight requests)."""
+    """Run under uvicorn until SIGINT/SIGTERM (which drain in-flight requests).
+
+    With ``config.workers > 1`` uvicorn runs that many processes on one port, each with its own
+    ONNX Runtime session; prometheus-client's multiprocess mode sums their metrics in /metrics.
+    """
     import uvicorn
 
-    app = create_app(config)
+    app = create_app(config)  # also validates the model and provider before any worker starts
     service: ModelService = app.state.service
     print(f"serving {service.name} on http://{host}:{port}/v2/models/{service.name} "
-          f"({service.runner.provider}, max batch {config.max_batch_size})", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+          f"({service.runner.provider}, max batch {config.max_batch_size}, {config.workers} worker(s))", flush=True)
+    if config.workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+        return
+    service.runner.deactivate()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vggexport-metrics-")
+    os.environ[CONFIG_ENV] = json.dumps(asdict(config))
+    try:
+        uvicorn.run("vggexport.serve.app:app_from_environment", factory=True, workers=config.workers, host=host,
+                    port=port, log_level="warning", timeout_graceful_shutdown=30)
+    finally:
+        shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)

@@ -27,6 +27,7 @@ class ServeConfig:
     max_queue_delay_ms: float = 0.0
     max_body_bytes: int = 16 * 1024 * 1024
     threads: int | None = None
+    workers: int = 1
 
 
 class ModelService:
