@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner, Result
 
 from vggexport.model import VGG, ModelConfig
+from vggexport.serve.smoke import free_port
 
 # Tests never touch the network: data comes from ../shared or is generated.
 os.environ["VGGEXPORT_OFFLINE"] = "1"
@@ -77,14 +78,6 @@ def trained_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train(TrainConfig(dataset="synthetic", width=0.0625, head=32, epochs=1, batch_size=64,
                       device="cpu", artifacts=str(root)))
     return root
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerProcess:
