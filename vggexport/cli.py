@@ -83,7 +83,7 @@ train_options = compose(
     click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True),
     click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
     click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-                 help="Peak learning rate [default: 0.05 for sgd, 0.002 for adam]."),
+                 help="Peak learning rate [default: 0.05 for sgd, 0.003 for adam]."),
     click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
                  help="adam is AdamW (decoupled weight decay 0.05); sgd is Nesterov momentum 0.9."),
     click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
@@ -94,8 +94,8 @@ train_options = compose(
     click.option("--resume", is_flag=True, help="Continue from <artifacts>/<name>/last.pt."),
     click.option("--compile", "compile_", is_flag=True, help="torch.compile the model."),
     click.option("--deterministic", is_flag=True, help="Deterministic algorithms (bit-exact resume)."),
-    click.option("--crop-padding", type=click.IntRange(min=0), default=None,
-                 help="Random-shift augmentation in pixels [default: image size / 32; 0 turns it off]."),
+    click.option("--crop-padding", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Random-shift augmentation in pixels (0: off; flips stay on where the data allows)."),
 )
 
 

@@ -74,7 +74,9 @@ def parameters_identical(model: torch.nn.Module, ctx: DistContext) -> bool:
 
 
 def teardown(ctx: DistContext) -> None:
+    """Leave together: a rank that tears down while another still talks to it can abort at exit."""
     if ctx.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

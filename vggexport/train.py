@@ -30,7 +30,7 @@ from vggexport.names import OPTIMIZERS
 from vggexport.reporting import console, epoch_line, epoch_progress, plot_curves, read_metrics, write_metrics
 from vggexport.transforms import augment, normalize, preprocess, to_unit
 
-DEFAULT_LR = {"sgd": 0.05, "adam": 2e-3}
+DEFAULT_LR = {"sgd": 0.05, "adam": 3e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.05}
 
 
@@ -53,7 +53,7 @@ class TrainConfig:
     weight_decay: float | None = None  # 5e-4 for sgd, 0.05 for adam (AdamW's decoupled decay)
     label_smoothing: float = 0.1
     warmup: float = 0.15  # fraction of all steps spent ramping the learning rate up
-    crop_padding: int | None = None  # random-crop shift in pixels; None = image_size // 32
+    crop_padding: int = 0  # random-shift augmentation in pixels; measured to cost accuracy in 8-epoch runs
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0
@@ -208,9 +208,7 @@ class Trainer:
         index = self.dist.shard(index).to(self.device)
         labels = self.data.train_labels[index]
         x = to_unit(self.data.train_images[index], image_size=self.model_config.image_size)
-        padding = self.config.crop_padding
-        padding = self.model_config.image_size // 32 if padding is None else padding
-        x = augment(x, crop_padding=padding, hflip=self.data.hflip, generator=generator)
+        x = augment(x, crop_padding=self.config.crop_padding, hflip=self.data.hflip, generator=generator)
         x = normalize(x, mean=self.model_config.mean, std=self.model_config.std)
         x = x.contiguous(memory_format=self.memory_format)
         for group in self.optimizer.param_groups:

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
@@ -21,8 +21,8 @@ from starlette.exceptions import HTTPException
 
 from vggexport import __version__
 from vggexport.errors import VggExportError
-from vggexport.serve.metrics import create_metrics
-from vggexport.serve.protocol import HEADER_LENGTH, ProtocolError, encode_response, parse_request
+from vggexport.serve.metrics import ServerMetrics, create_metrics
+from vggexport.serve.protocol import HEADER_LENGTH, InferenceRequest, ProtocolError, encode_response, parse_request
 from vggexport.serve.service import INPUT, OUTPUT, PROBABILITIES, ModelService, ServeConfig, softmax
 
 log = logging.getLogger("vggexport.serve")
@@ -45,6 +45,100 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+router = APIRouter()
+
+
+def served(request: Request, name: str) -> ModelService:
+    service: ModelService = request.app.state.service
+    if name != service.name:
+        raise VggExportError(f"unknown model {name!r}; this server serves {service.name!r}", http_status=404)
+    return service
+
+
+def observe_success(request: Request, model: ModelService, endpoint: str, started: float) -> None:
+    metrics: ServerMetrics = request.app.state.metrics
+    metrics.success.labels(model.name).inc()
+    metrics.request_latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
+@router.get("/v2/health/live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/v2/health/ready")
+async def ready(request: Request) -> dict[str, bool]:
+    return {"ready": request.app.state.service.runner.is_active}
+
+
+@router.get("/v2")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "vggexport", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
+
+
+@router.get("/v2/models/{name}")
+@router.get("/v2/models/{name}/versions/{version}")
+async def model_metadata(name: str, request: Request, version: str = "1") -> dict[str, Any]:
+    return served(request, name).metadata().model_dump()
+
+
+@router.get("/v2/models/{name}/ready")
+@router.get("/v2/models/{name}/versions/{version}/ready")
+async def model_ready(name: str, request: Request, version: str = "1") -> dict[str, Any]:
+    model = served(request, name)
+    return {"name": model.name, "ready": model.runner.is_active}
+
+
+@router.post("/v2/models/{name}/infer")
+@router.post("/v2/models/{name}/versions/{version}/infer")
+async def infer(name: str, request: Request, version: str = "1") -> Response:
+    started = time.perf_counter()
+    model = served(request, name)
+    body = await read_body(request, model.config.max_body_bytes)
+    parsed, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
+    wanted = requested_outputs(parsed)
+    if len(tensors) != 1:
+        raise ProtocolError(f"expected exactly one input ({INPUT!r}), got {len(tensors)}")
+    ((input_name, array),) = tensors.items()
+    logits = await model.infer(model.check_input(input_name, array))
+    outputs = {n: logits if n == OUTPUT else softmax(logits) for n in wanted}
+    payload, header_length = encode_response(model.name, parsed, outputs)
+    observe_success(request, model, "infer", started)
+    if header_length is None:
+        return Response(payload, media_type="application/json")
+    return Response(payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+
+
+def requested_outputs(parsed: InferenceRequest) -> list[str]:
+    wanted = [o.name for o in parsed.outputs] if parsed.outputs else [OUTPUT]
+    unknown = [n for n in wanted if n not in (OUTPUT, PROBABILITIES)]
+    if unknown:
+        raise ProtocolError(f"unknown output {unknown[0]!r}: choose {OUTPUT!r} or {PROBABILITIES!r}")
+    return wanted
+
+
+@router.post("/v2/models/{name}/classify")
+async def classify(name: str, request: Request, top_k: int = 3) -> dict[str, Any]:
+    """A PNG or JPEG (raw body, or multipart field ``file``) in; top-k labels with probabilities out."""
+    started = time.perf_counter()
+    model = served(request, name)
+    raw = await read_body(request, model.config.max_body_bytes)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raw = await image_from_multipart(request, raw)
+    logits = await model.infer(model.decode_image(raw))
+    observe_success(request, model, "classify", started)
+    return {"model_name": model.name, "predictions": model.top_k(logits, top_k)[0]}
+
+
+@router.get("/metrics")
+async def prometheus(request: Request) -> Response:
+    registry = request.app.state.metrics.registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # --workers N: every worker's counts, summed
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_app(config: ServeConfig) -> FastAPI:
     metrics = create_metrics()
     service = ModelService(config, metrics)
@@ -58,6 +152,7 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     app = FastAPI(title="vggexport", version=__version__, lifespan=lifespan)
     app.state.service, app.state.metrics = service, metrics
+    app.include_router(router)
 
     @app.exception_handler(VggExportError)
     async def user_error(_: Request, exc: VggExportError) -> JSONResponse:
@@ -72,77 +167,6 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return error(exc.status_code, str(exc.detail))
-
-    def model_or_404(name: str) -> ModelService:
-        if name != service.name:
-            raise VggExportError(f"unknown model {name!r}; this server serves {service.name!r}", http_status=404)
-        return service
-
-    @app.get("/v2/health/live")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    async def ready() -> dict[str, bool]:
-        return {"ready": service.runner.is_active}
-
-    @app.get("/v2")
-    async def server_metadata() -> dict[str, Any]:
-        return {"name": "vggexport", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
-
-    @app.get("/v2/models/{name}")
-    @app.get("/v2/models/{name}/versions/{version}")
-    async def model_metadata(name: str, version: str = "1") -> dict[str, Any]:
-        return model_or_404(name).metadata().model_dump()
-
-    @app.get("/v2/models/{name}/ready")
-    @app.get("/v2/models/{name}/versions/{version}/ready")
-    async def model_ready(name: str, version: str = "1") -> dict[str, Any]:
-        return {"name": model_or_404(name).name, "ready": service.runner.is_active}
-
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: str = "1") -> Response:
-        started = time.perf_counter()
-        model = model_or_404(name)
-        body = await read_body(request, config.max_body_bytes)
-        parsed, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
-        unknown = [o.name for o in parsed.outputs or [] if o.name not in (OUTPUT, PROBABILITIES)]
-        if unknown:
-            raise ProtocolError(f"unknown output {unknown[0]!r}: choose {OUTPUT!r} or {PROBABILITIES!r}")
-        if len(tensors) != 1:
-            raise ProtocolError(f"expected exactly one input ({INPUT!r}), got {len(tensors)}")
-        ((input_name, array),) = tensors.items()
-        logits = await model.infer(model.check_input(input_name, array))
-        wanted = [o.name for o in parsed.outputs] if parsed.outputs else [OUTPUT]
-        outputs = {n: logits if n == OUTPUT else softmax(logits) for n in wanted}
-        payload, header_length = encode_response(model.name, parsed, outputs)
-        metrics.success.labels(model.name).inc()
-        metrics.request_latency.labels("infer").observe(time.perf_counter() - started)
-        headers = {HEADER_LENGTH: str(header_length)} if header_length is not None else {}
-        media = "application/octet-stream" if header_length is not None else "application/json"
-        return Response(payload, media_type=media, headers=headers)
-
-    @app.post("/v2/models/{name}/classify")
-    async def classify(name: str, request: Request, top_k: int = 3) -> dict[str, Any]:
-        """A PNG or JPEG (raw body, or multipart field ``file``) in; top-k labels with probabilities out."""
-        started = time.perf_counter()
-        model = model_or_404(name)
-        raw = await read_body(request, config.max_body_bytes)
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raw = await image_from_multipart(request, raw)
-        logits = await model.infer(model.decode_image(raw))
-        metrics.success.labels(model.name).inc()
-        metrics.request_latency.labels("classify").observe(time.perf_counter() - started)
-        return {"model_name": model.name, "predictions": model.top_k(logits, top_k)[0]}
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        registry = metrics.registry
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # --workers N: every worker's counts, summed
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
