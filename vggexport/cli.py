@@ -193,12 +193,9 @@ def onnx(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, out
 def export(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, opset: int,
            with_preprocessing: bool) -> None:
     """Run both exports: TorchScript and ONNX."""
-    from vggexport.workflow import export_onnx, export_torchscript
+    from vggexport.workflow import export_all
 
-    chosen = selection(cfg, batch_norm, artifacts, checkpoint)
-    spec = make_spec(opset)
-    click.echo(f"wrote {export_torchscript(chosen)}")
-    for path in export_onnx(chosen, spec, None, with_preprocessing):
+    for path in export_all(selection(cfg, batch_norm, artifacts, checkpoint), make_spec(opset), with_preprocessing):
         click.echo(f"wrote {path}")
 
 

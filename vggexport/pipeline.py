@@ -84,7 +84,7 @@ class Pipeline:
     def run(self) -> None:
         from vggexport.spec import ExportSpec
         from vggexport.train import train
-        from vggexport.workflow import ModelSelection, export_onnx, export_torchscript, verify
+        from vggexport.workflow import ModelSelection, export_all, verify
 
         chosen = ModelSelection(cfg=self.config.train.cfg, batch_norm=self.config.train.batch_norm,
                                 artifacts=self.config.train.artifacts)
@@ -92,7 +92,7 @@ class Pipeline:
         self.stage(1, "train", self.train_inputs(), [paths.BEST], lambda: train(self.config.train))
         best = recorded_sha(self.folder, paths.BEST)
         self.stage(2, "export", fingerprint(best, asdict(spec)), [paths.ONNX, paths.TORCHSCRIPT],
-                   lambda: (export_torchscript(chosen), export_onnx(chosen, spec)))
+                   lambda: export_all(chosen, spec))
         exports = [recorded_sha(self.folder, n) for n in (paths.BEST, paths.ONNX, paths.TORCHSCRIPT)]
 
         def run_verify() -> None:

@@ -38,24 +38,30 @@ class ModelSelection:
         return load_checkpoint(self.checkpoint or self.model_dir / paths.BEST)
 
 
-def export_torchscript(selection: ModelSelection, out: str | None = None) -> Path:
+def export_torchscript(selection: ModelSelection, out: str | None = None, ckpt: Checkpoint | None = None) -> Path:
     from vggexport.export import export_torchscript as export
 
-    ckpt = selection.load_checkpoint()
+    ckpt = ckpt or selection.load_checkpoint()
     return export(ckpt, out or paths.model_dir(selection.artifacts, ckpt.model_config.name) / paths.TORCHSCRIPT)
 
 
 def export_onnx(selection: ModelSelection, spec: ExportSpec, out: str | None = None,
-                with_preprocessing: bool = False) -> list[Path]:
+                with_preprocessing: bool = False, ckpt: Checkpoint | None = None) -> list[Path]:
     from vggexport.export import export_onnx as export
 
-    ckpt = selection.load_checkpoint()
+    ckpt = ckpt or selection.load_checkpoint()
     folder = paths.model_dir(selection.artifacts, ckpt.model_config.name)
     written = [export(ckpt, out or folder / paths.ONNX, spec)]
     if with_preprocessing:
         target = Path(out).with_suffix(".preprocessing.onnx") if out else folder / paths.ONNX_PREPROCESSING
         written.append(export(ckpt, target, spec, preprocessing=True))
     return written
+
+
+def export_all(selection: ModelSelection, spec: ExportSpec, with_preprocessing: bool = False) -> list[Path]:
+    """Both exports from one load (and one checksum check) of the checkpoint."""
+    ckpt = selection.load_checkpoint()
+    return [export_torchscript(selection, ckpt=ckpt), *export_onnx(selection, spec, None, with_preprocessing, ckpt)]
 
 
 def real_batches(ckpt: Checkpoint, data_dir: str | None, samples: int | None, batch_size: int = 500) -> Batches:
