@@ -15,7 +15,7 @@ from vggexport.data import (
     read_idx,
 )
 from vggexport.errors import DataNotFoundError, VggExportError
-from vggexport.transforms import augment, preprocess, random_crop
+from vggexport.transforms import augment, preprocess, random_crop, random_erase
 
 
 def write_idx(path: Path, array: np.ndarray, *, compress: bool) -> None:
@@ -127,6 +127,21 @@ def test_augment_keeps_shape_and_content() -> None:
     assert torch.equal(random_crop(x, 0), x)
     # a crop only shifts: each output row is a (shifted) slice of an input row or padding
     assert out.abs().sum() <= x.abs().sum() + 1e-4
+
+
+def test_random_erase_zeroes_one_rectangle_per_chosen_image() -> None:
+    x = torch.ones(256, 2, 32, 32)
+    out = random_erase(x, 0.5, torch.Generator().manual_seed(0))
+    erased = out == 0
+    assert torch.equal(erased[:, 0], erased[:, 1])  # every channel of the same pixels
+    fractions = erased[:, 0].float().mean((1, 2))
+    chosen = fractions > 0
+    assert 0.35 < chosen.float().mean() < 0.65
+    assert fractions.max() <= 0.3 and fractions[chosen].min() >= 0.005
+    for mask in erased[chosen, 0][:20]:  # a rectangle: its bounding box is exactly the erased set
+        rows, cols = mask.nonzero(as_tuple=True)
+        assert mask.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert torch.equal(random_erase(x, 0.0), x)
 
 
 def test_synthetic_is_deterministic() -> None:

@@ -161,3 +161,14 @@ def test_unsupported_opset_cli(run_cli: Cli, trained_artifacts: Path) -> None:
     result = run_cli("onnx", "--artifacts", trained_artifacts, "--opset", "9", "--out", trained_artifacts / "x.onnx")
     assert result.exit_code == 1 and "unsupported opset 9" in result.output
     assert not (trained_artifacts / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "torchscript"])
+def test_flip_averaged_model_exports_with_parity(tmp_path: Path, runtime: str) -> None:
+    ckpt = make_checkpoint(tmp_path, flip_average=True)
+    target = (export_onnx(ckpt, tmp_path / "model.onnx", ExportSpec()) if runtime == "onnx"
+              else export_torchscript(ckpt, tmp_path / "model.torchscript.pt"))
+    report = assert_parity(ckpt.path, target, input_shape=(1, 32, 32))
+    assert {"random-b1", "random-b7", "random-b64"} <= set(report.runtimes[1].checks)
+    if runtime == "onnx":
+        assert json.loads(read_onnx_metadata(target)["model_config"])["flip_average"] is True

@@ -89,3 +89,26 @@ def test_torchvision_state_dict_loads_and_matches(cfg: str, batch_norm: bool) ->
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+def test_flip_average_is_the_mean_of_both_views_posteriors() -> None:
+    torch.manual_seed(0)
+    model = VGG(tiny_config(flip_average=True)).eval()
+    x = torch.randn(5, 1, 32, 32)
+    with torch.no_grad():
+        averaged = model(x)
+        plain, mirrored = model.single_view(x), model.single_view(x.flip(-1))
+        mirror_of_input = model(x.flip(-1))
+    expected = (plain.softmax(-1) + mirrored.softmax(-1)) / 2
+    torch.testing.assert_close(averaged.softmax(-1), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(averaged.exp().sum(-1), torch.ones(5), atol=1e-5, rtol=1e-5)  # log-probabilities
+    torch.testing.assert_close(mirror_of_input, averaged, atol=1e-5, rtol=1e-5)  # mirror-invariant by design
+
+
+def test_flip_average_only_at_inference() -> None:
+    torch.manual_seed(0)
+    model = VGG(tiny_config(flip_average=True, dropout=0.0))
+    x = torch.randn(3, 1, 32, 32)
+    model.train()
+    assert model(x).shape == (3, 10)  # one view: training sees the mirror through augmentation instead
+    torch.testing.assert_close(model(x), model.single_view(x))

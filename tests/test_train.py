@@ -30,15 +30,16 @@ def test_training_writes_every_artifact(tmp_path: Path) -> None:
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt.model_config.dataset == "synthetic" and ckpt.model_config.class_names[0] == "class_0"
+    assert not ckpt.model_config.flip_average  # synthetic classes are not mirror-symmetric
     assert ckpt.payload["train_config"]["epochs"] == 2
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
 
 
 def test_checkpoint_rebuilds_model_alone(tmp_path: Path) -> None:
-    train(TrainConfig(**TINY, epochs=1, max_steps=3, artifacts=str(tmp_path)))
+    train(TrainConfig(**TINY, epochs=1, max_steps=3, erase=0.5, flip_average=True, artifacts=str(tmp_path)))
     ckpt = load_checkpoint(tmp_path / "vgg11_bn" / "last.pt")
     model = ckpt.build_model()
-    assert not model.training
+    assert not model.training and ckpt.model_config.flip_average
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
 
 
@@ -96,3 +97,4 @@ def test_short_real_training_beats_chance(real_data_dir: Path, tmp_path: Path) -
     result = train(TrainConfig(data_dir=str(real_data_dir), width=0.125, head=64, epochs=1, max_steps=150,
                                device="cpu", artifacts=str(tmp_path)))
     assert result.final["test_accuracy"] > 0.6  # chance is 0.1
+    assert result.model_config.flip_average  # Fashion-MNIST is mirror-symmetric: the paper's test-time flip is on

@@ -86,6 +86,8 @@ train_options = compose(
                  help="Peak learning rate [default: 0.05 for sgd, 0.003 for adam]."),
     click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
                  help="adam is AdamW (decoupled weight decay 0.05); sgd is Nesterov momentum 0.9."),
+    click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+                 help="On conv and linear weights [default: 0.05 for adam, 5e-4 for sgd]."),
     click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
                  help="auto = bf16 on CUDA or on a CPU with native bf16 (AMX/AVX-512 BF16), else fp32."),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
@@ -96,6 +98,11 @@ train_options = compose(
     click.option("--deterministic", is_flag=True, help="Deterministic algorithms (bit-exact resume)."),
     click.option("--crop-padding", type=click.IntRange(min=0), default=0, show_default=True,
                  help="Random-shift augmentation in pixels (0: off; flips stay on where the data allows)."),
+    click.option("--erase", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                 help="Random-erasing probability per training image (Zhong et al. 2017)."),
+    click.option("--flip-average/--no-flip-average", default=None,
+                 help="At inference average the image's and its mirror's class probabilities, as the paper "
+                      "does (section 3.2) [default: on where the dataset is mirror-symmetric]."),
 )
 
 

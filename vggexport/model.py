@@ -7,6 +7,7 @@ Module names follow torchvision's ``models/vgg.py`` (``features``, ``avgpool``,
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,9 @@ class ModelConfig:
     std: tuple[float, ...] = (0.3530,)
     class_names: tuple[str, ...] = field(default_factory=tuple)
     dataset: str = "fashion-mnist"
+    # The paper's test-time flip (section 3.2): at inference, average the class
+    # posteriors of the image and its mirror. Only for mirror-symmetric data.
+    flip_average: bool = False
 
     def __post_init__(self) -> None:
         if self.cfg not in CFGS:
@@ -133,10 +137,24 @@ class VGG(nn.Module):
                 nn.init.constant_(module.bias, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.flip_average and not self.training:
+            return self.flip_averaged(x)
+        return self.single_view(x)
+
+    def single_view(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         return self.classifier(x)
+
+    def flip_averaged(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits whose softmax is the mean of the two views' softmaxes (one batched pass).
+
+        Returning log-mean-probabilities keeps the output a valid logit vector, so
+        every consumer's softmax/argmax works unchanged.
+        """
+        views = self.single_view(torch.cat([x, x.flip(-1)])).unflatten(0, (2, -1))
+        return torch.logsumexp(torch.log_softmax(views, dim=-1), dim=0) - math.log(2.0)
 
 
 def build_model(config: ModelConfig) -> VGG:

@@ -28,7 +28,7 @@ from vggexport.manifest import dataset_identity, environment, update_manifest
 from vggexport.model import VGG, ModelConfig, build_model
 from vggexport.names import OPTIMIZERS
 from vggexport.reporting import console, epoch_line, epoch_progress, plot_curves, read_metrics, write_metrics
-from vggexport.transforms import augment, normalize, preprocess, to_unit
+from vggexport.transforms import augment, normalize, preprocess, random_erase, to_unit
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 3e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.05}
@@ -54,6 +54,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     warmup: float = 0.15  # fraction of all steps spent ramping the learning rate up
     crop_padding: int = 0  # random-shift augmentation in pixels; measured to cost accuracy in 8-epoch runs
+    erase: float = 0.0  # random-erasing probability
+    flip_average: bool | None = None  # the paper's test-time flip; None: where the data is mirror-symmetric
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0
@@ -79,10 +81,11 @@ def make_optimizer(name: str, model: torch.nn.Module, lr: float, weight_decay: f
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused: one kernel for all parameters; the per-parameter loop cost ~3 % of a CPU step here.
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, fused=True)
     if name == "adam":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
     raise VggExportError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
 
 
@@ -120,6 +123,7 @@ def model_config_for(config: TrainConfig, data: ImageData, device: torch.device)
             num_classes=len(data.class_names), image_size=config.image_size or (224 if on_cuda else 32),
             head=config.head, dropout=config.dropout, width=config.width or (1.0 if on_cuda else 0.25),
             mean=data.mean, std=data.std, class_names=data.class_names, dataset=data.name,
+            flip_average=data.hflip if config.flip_average is None else config.flip_average,
         )
     except ValueError as exc:
         raise VggExportError(str(exc)) from None
@@ -210,6 +214,7 @@ class Trainer:
         x = to_unit(self.data.train_images[index], image_size=self.model_config.image_size)
         x = augment(x, crop_padding=self.config.crop_padding, hflip=self.data.hflip, generator=generator)
         x = normalize(x, mean=self.model_config.mean, std=self.model_config.std)
+        x = random_erase(x, self.config.erase, generator)
         x = x.contiguous(memory_format=self.memory_format)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, self.total_steps, self.peak_lr, self.config.warmup)

@@ -58,6 +58,33 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> t
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+def random_erase(
+    x: torch.Tensor, probability: float, generator: torch.Generator | None = None,
+    area: tuple[float, float] = (0.02, 0.25), aspect: tuple[float, float] = (0.3, 3.3),
+) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2017) on a normalized batch: zero one rectangle per chosen image.
+
+    Zero is the dataset mean after normalizing, as with torchvision's RandomErasing after Normalize.
+    """
+    if probability <= 0:
+        return x
+    n, _, h, w = x.shape
+    rand = torch.rand(6, n, generator=generator, device="cpu")
+    fraction = area[0] + (area[1] - area[0]) * rand[0]
+    log_lo, log_hi = torch.log(torch.tensor(aspect))
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * rand[1])
+    heights = (torch.sqrt(fraction * ratio) * h).round().clamp(1, h)
+    widths = (torch.sqrt(fraction / ratio) * w).round().clamp(1, w)
+    tops = ((h - heights + 1) * rand[2]).floor()
+    lefts = ((w - widths + 1) * rand[3]).floor()
+    chosen = rand[4] < probability
+    rows = torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w).view(1, 1, w)
+    inside = ((rows >= tops.view(n, 1, 1)) & (rows < (tops + heights).view(n, 1, 1))
+              & (cols >= lefts.view(n, 1, 1)) & (cols < (lefts + widths).view(n, 1, 1)) & chosen.view(n, 1, 1))
+    return x.masked_fill(inside.unsqueeze(1).to(x.device), 0.0)
+
+
 def augment(
     x: torch.Tensor, *, crop_padding: int, hflip: bool, generator: torch.Generator | None = None
 ) -> torch.Tensor:
