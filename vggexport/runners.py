@@ -203,7 +203,7 @@ class OnnxRuntimeRunner(Runner):
             raise VggExportError(f"input dtype {batch.dtype} does not match the model's {np.dtype(dtype).name}")
         fixed = [d if isinstance(d, int) else None for d in spec.shape]
         if batch.ndim != len(fixed) or any(f is not None and f != n for f, n in zip(fixed, batch.shape)):
-            wanted = ", ".join(str(d) if isinstance(d, int) else str(d) for d in spec.shape)
+            wanted = ", ".join(str(d) for d in spec.shape)
             raise VggExportError(f"input shape {tuple(batch.shape)} does not match the model's ({wanted})")
 
     def deactivate_impl(self) -> None:
