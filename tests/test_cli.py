@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_TRAIN_ARGS, Cli
+from vggexport.checkpoint import load_checkpoint
 from vggexport.cli import cli
 
 
@@ -38,6 +39,16 @@ def test_train_no_batch_norm_uses_torchvision_name(run_cli: Cli, tmp_path: Path)
     assert (tmp_path / "vgg13" / "last.pt").is_file()
 
 
+def test_train_recipe_options_reach_the_checkpoint(run_cli: Cli, tmp_path: Path) -> None:
+    result = run_cli("train", *TINY_TRAIN_ARGS, "--max-steps", "2", "--flip-average", "--erase", "0.5",
+                     "--weight-decay", "0.01", "--artifacts", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "predictions flip-averaged" in result.output
+    ckpt = load_checkpoint(tmp_path / "vgg11_bn" / "last.pt")
+    assert ckpt.model_config.flip_average  # on by request, although synthetic data defaults it off
+    assert ckpt.payload["train_config"]["erase"] == 0.5 and ckpt.payload["train_config"]["weight_decay"] == 0.01
+
+
 def one_line_error(result) -> str:  # type: ignore[no-untyped-def]
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code != 0
@@ -57,6 +68,8 @@ def one_line_error(result) -> str:  # type: ignore[no-untyped-def]
         (["--precision", "fp16", "--device", "cpu"], "fp16"),
         (["--batch-size", "0"], "--batch-size"),
         (["--batch-size", "100000"], "exceeds"),
+        (["--erase", "1.5"], "--erase"),
+        (["--weight-decay", "-1"], "--weight-decay"),
     ],
 )
 def test_train_bad_options(run_cli: Cli, tmp_path: Path, args: list[str], expected: str) -> None:

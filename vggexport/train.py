@@ -297,6 +297,7 @@ class Trainer:
             f"training {mc.name} (width {mc.width}, head {mc.head}) on {self.data.name} at "
             f"{mc.image_size}x{mc.image_size}, {describe_device(self.device)}, precision {self.precision}, "
             f"{self.config.epochs} epochs x {self.steps_per_epoch} steps, batch {self.config.batch_size}{processes}"
+            f"{', predictions flip-averaged' if mc.flip_average else ''}"
         )
         started = time.perf_counter()
         record: dict[str, Any] = self.records[-1] if self.records else {}
