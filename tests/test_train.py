@@ -92,6 +92,14 @@ def test_resume_with_other_architecture_is_refused(tmp_path: Path) -> None:
         train(TrainConfig(**{**TINY, "head": 64}, epochs=2, resume=True, artifacts=str(tmp_path)))
 
 
+def test_resume_may_switch_flip_average(tmp_path: Path) -> None:
+    # A checkpoint from before flip averaging (or with it off) resumes: the flip changes no weight.
+    train(TrainConfig(**TINY, epochs=1, max_steps=2, flip_average=False, artifacts=str(tmp_path)))
+    result = train(TrainConfig(**TINY, epochs=2, max_steps=4, flip_average=True, resume=True, artifacts=str(tmp_path)))
+    assert result.steps == 4
+    assert load_checkpoint(tmp_path / "vgg11_bn" / "last.pt").model_config.flip_average
+
+
 @pytest.mark.realdata
 def test_short_real_training_beats_chance(real_data_dir: Path, tmp_path: Path) -> None:
     result = train(TrainConfig(data_dir=str(real_data_dir), width=0.125, head=64, epochs=1, max_steps=150,

@@ -129,11 +129,15 @@ def model_config_for(config: TrainConfig, data: ImageData, device: torch.device)
         raise VggExportError(str(exc)) from None
 
 
+# Fields that change no weight: a resumed run may take new values for them.
+INFERENCE_ONLY_FIELDS = ("class_names", "flip_average")
+
+
 def check_resumable(ckpt: Checkpoint, model_config: ModelConfig) -> None:
-    saved = ckpt.model_config
-    if saved != model_config:
-        diff = {k: (v, getattr(model_config, k)) for k, v in saved.to_dict().items()
-                if v != model_config.to_dict()[k] and k != "class_names"}
+    wanted = model_config.to_dict()
+    diff = {k: (v, wanted[k]) for k, v in ckpt.model_config.to_dict().items()
+            if v != wanted[k] and k not in INFERENCE_ONLY_FIELDS}
+    if diff:
         raise VggExportError(f"cannot resume {ckpt.path}: it was trained with a different model ({diff})")
 
 

@@ -28,7 +28,7 @@ class Pending:
 
 class DynamicBatcher:
     def __init__(self, infer: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int = 64,
-                 max_queue_delay_ms: float = 2.0, observe: BatchObserver | None = None) -> None:
+                 max_queue_delay_ms: float = 0.0, observe: BatchObserver | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.infer, self.max_batch_size = infer, max_batch_size
