@@ -11,6 +11,8 @@ from tests.conftest import Cli
 from tests.test_export import make_checkpoint
 from vggexport.errors import VggExportError
 from vggexport.export import export_onnx
+from vggexport.fileio import sha256_file
+from vggexport.manifest import update_manifest
 from vggexport.spec import ExportSpec
 from vggexport.triton import TritonConfig, preferred_batch_sizes, write_repository
 
@@ -49,6 +51,20 @@ def test_unverified_model_is_refused(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(VggExportError, match="failed verification"):
         write_repository(model_dir, tmp_path / "repo", TritonConfig())
     assert write_repository(model_dir, tmp_path / "repo", TritonConfig(), allow_unverified=True).is_dir()
+
+
+def test_corrupt_parity_report_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    (model_dir / "parity.json").write_text("{not json")
+    with pytest.raises(VggExportError, match="not a vggexport parity report"):
+        write_repository(model_dir, tmp_path / "repo", TritonConfig())
+
+
+def test_onnx_re_exported_after_verify_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    update_manifest(model_dir, parity={"passed": True, "onnx_sha256": "0" * 64})  # verified some other file
+    with pytest.raises(VggExportError, match="changed after it was verified"):
+        write_repository(model_dir, tmp_path / "repo", TritonConfig())
+    update_manifest(model_dir, parity={"passed": True, "onnx_sha256": sha256_file(model_dir / "model.onnx")})
+    assert write_repository(model_dir, tmp_path / "repo", TritonConfig()).is_dir()
 
 
 def test_preferred_batch_sizes() -> None:

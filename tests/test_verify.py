@@ -42,6 +42,8 @@ def test_verify_passes_and_writes_report(run_cli: Cli, exported_artifacts: Path)
     assert real["samples"] == 512 and real["top1_agreement"] == 1.0
     assert real["accuracy"] == real["reference_accuracy"]
     assert set(ort_result["checks"]) == {"random-b1", "random-b7", "random-b64", "real"}
+    manifest = json.loads((exported_artifacts / "vgg11_bn" / "manifest.json").read_text())
+    assert manifest["parity"]["onnx_sha256"] == manifest["artifacts"]["model.onnx"]["sha256"]  # which file passed
 
 
 def test_verify_fails_on_a_tampered_onnx(run_cli: Cli, exported_artifacts: Path, tmp_path: Path) -> None:

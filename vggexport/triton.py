@@ -15,7 +15,8 @@ from pathlib import Path
 
 from vggexport import artifacts as paths
 from vggexport.errors import VggExportError
-from vggexport.fileio import write_atomic, write_text_atomic
+from vggexport.fileio import sha256_file, write_atomic, write_text_atomic
+from vggexport.manifest import check_artifact, read_manifest
 
 KINDS = ("gpu", "cpu")
 
@@ -74,12 +75,21 @@ instance_group [
 '''
 
 
-def check_verified(model_dir: Path) -> None:
+def check_verified(model_dir: Path, onnx_path: Path) -> None:
     report = model_dir / paths.PARITY
     if not report.is_file():
         raise VggExportError(f"no {paths.PARITY} in {model_dir}: run `vggexport verify` first (or --allow-unverified)")
-    if not json.loads(report.read_text()).get("passed"):
+    check_artifact(report)
+    try:
+        passed = json.loads(report.read_text()).get("passed")
+    except (ValueError, AttributeError):
+        raise VggExportError(f"{report} is not a vggexport parity report; run `vggexport verify` again") from None
+    if not passed:
         raise VggExportError(f"{report} records a failed verification; fix it or pass --allow-unverified")
+    verified = read_manifest(model_dir).get("parity", {}).get("onnx_sha256")
+    if verified and verified != sha256_file(onnx_path):
+        raise VggExportError(f"{onnx_path} changed after it was verified; run `vggexport verify` again "
+                             f"(or --allow-unverified)")
 
 
 def write_repository(model_dir: Path, repository: Path, config: TritonConfig, *, allow_unverified: bool = False) -> Path:
@@ -88,7 +98,7 @@ def write_repository(model_dir: Path, repository: Path, config: TritonConfig, *,
     onnx_path = model_dir / paths.ONNX
     meta = read_onnx_metadata(onnx_path)
     if not allow_unverified:
-        check_verified(model_dir)
+        check_verified(model_dir, onnx_path)
     name = meta["model_name"]
     target = repository / name
     write_atomic(target / "1" / "model.onnx", lambda tmp: shutil.copyfile(onnx_path, tmp))

@@ -10,6 +10,7 @@ import numpy as np
 
 from vggexport import artifacts as paths
 from vggexport.checkpoint import Checkpoint, load_checkpoint
+from vggexport.fileio import sha256_file
 from vggexport.manifest import update_manifest
 from vggexport.spec import ExportSpec
 from vggexport.verify import Batches, ParityReport, array_batches, random_inputs, run_parity
@@ -108,6 +109,11 @@ def verify(selection: ModelSelection, spec: ExportSpec, *, runtimes: Sequence[st
     result = run_parity(TorchRunner(ckpt.build_model("cpu"), device=device), candidates, inputs, spec,
                         model=config.name)
     written = result.write(report or folder / paths.PARITY)
+    runtimes = [r.runtime for r in result.runtimes]
+    onnx_path = folder / paths.ONNX
+    onnx_checked = onnx_path.is_file() and any(r.startswith("onnxruntime") for r in runtimes)
+    # Which ONNX file was verified, so `vggexport triton` can refuse one re-exported since.
+    onnx_sha256 = sha256_file(onnx_path) if onnx_checked else None
     update_manifest(written.parent, [written], parity={"passed": result.passed, "summary": result.summary(),
-                                                       "runtimes": [r.runtime for r in result.runtimes]})
+                                                       "runtimes": runtimes, "onnx_sha256": onnx_sha256})
     return result
