@@ -232,14 +232,19 @@ def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, a
     return 0 if result.passed else 1
 
 
+server_options = compose(
+    click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it)."),
+    click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True),
+    click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
+                 help="ONNX Runtime execution provider; cuda fails at start-up if CUDA cannot run."),
+)
+
+
 @cli.command()
 @model_options
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="ONNX file to serve [default: <artifacts>/<name>/model.onnx].")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
-              help="ONNX Runtime execution provider; cuda fails at start-up if CUDA cannot run.")
+@server_options
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Dynamic batching limit; 1 turns batching off.")
 @click.option("--max-queue-delay-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -294,9 +299,7 @@ def triton(cfg: str, batch_norm: bool, artifacts: str, repository: str | None, m
 @click.option("--serve/--no-serve", "serve_on", default=True, show_default=True,
               help="Serve at the end; --no-serve ends after a smoke request to a short-lived server.")
 @click.option("--force", is_flag=True, help="Re-run every stage, even those that are up to date.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True)
+@server_options
 def pipeline(cfg: str, batch_norm: bool, artifacts: str, compile_: bool, serve_on: bool, force: bool, host: str,
              port: int, provider: str, **options: Any) -> None:
     """Train -> export -> verify -> serve in one command, skipping stages that are up to date."""
