@@ -76,7 +76,7 @@ def trained_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("artifacts")
     train(TrainConfig(dataset="synthetic", width=0.0625, head=32, epochs=1, batch_size=64,
-                      device="cpu", artifacts=str(root)))
+                      device="cpu", precision="fp32", artifacts=str(root)))
     return root
 
 

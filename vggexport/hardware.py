@@ -31,22 +31,38 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 matmul (AMX or AVX-512 BF16); elsewhere bf16 is emulated and slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """True on CPUs with native bf16 matmul (AMX or AVX-512 BF16); elsewhere bf16 is emulated and slow.
+
+    ``cpuinfo`` is the text of /proc/cpuinfo; tests pass one instead of reading the host's.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = cpuinfo.split()
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Native bf16 only (Ampere and newer): ``is_bf16_supported()`` alone also counts slow emulation."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def resolve_precision(precision: str, device: torch.device, *, native_bf16: bool | None = None) -> str:
+    """``auto``: bf16 where the device computes it natively, else fp16 on CUDA and fp32 on the CPU.
+
+    ``native_bf16`` overrides the capability probe (tests inject it so they never depend on the host).
+    """
     if precision not in PRECISIONS:
         raise VggExportError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
+        if native_bf16 is None:
+            native_bf16 = cuda_has_native_bf16(device) if device.type == "cuda" else cpu_has_fast_bf16()
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
+            return "bf16" if native_bf16 else "fp16"
+        return "bf16" if native_bf16 else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise VggExportError("fp16 training needs CUDA; use bf16 or fp32 on the CPU")
     return precision
