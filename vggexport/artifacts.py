@@ -12,7 +12,12 @@ CURVES = "curves.png"
 TORCHSCRIPT = "model.torchscript.pt"
 ONNX = "model.onnx"
 ONNX_PREPROCESSING = "model.preprocessing.onnx"
+ONNX_FP16 = "model.fp16.onnx"
+ONNX_INT8 = "model.int8.onnx"
+EXPORTED_PROGRAM = "model.pt2"
 PARITY = "parity.json"
+REPORT = "report.html"
+ONNX_BY_PRECISION = {"fp32": ONNX, "fp16": ONNX_FP16, "int8": ONNX_INT8}
 
 
 def model_dir(artifacts: str | Path, name: str) -> Path:
