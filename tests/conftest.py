@@ -83,14 +83,17 @@ def trained_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class ServerProcess:
     """A real `vggexport serve` process on 127.0.0.1."""
 
-    def __init__(self, model: Path, *extra: str, command: list[str] | None = None, **popen: object) -> None:
+    def __init__(self, model: Path, *extra: str, command: list[str] | None = None, gate: bool = False,
+                 **popen: object) -> None:
+        """``gate``: keep serve's verified-only gate (tests of the server itself serve unverified tiny models)."""
         import subprocess
         import sys
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = model
-        base = command or [sys.executable, "-m", "vggexport", "serve", "--model", str(model)]
+        base = command or [sys.executable, "-m", "vggexport", "serve", "--model", str(model),
+                           *([] if gate else ["--allow-unverified"])]
         self.process = subprocess.Popen([*base, "--port", str(self.port), *extra], stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, **popen)  # type: ignore[call-overload]
 

@@ -53,7 +53,7 @@ def test_ort_cuda_without_gpu_fails_loudly(exported: Path) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU failure")
 def test_torchscript_cuda_without_gpu_fails_loudly(exported: Path) -> None:
     with pytest.raises(VggExportError, match="CUDA is not available"):
-        make_runner("torchscript-cuda", exported).activate()
+        make_runner("torchscript-cuda", exported / "model.torchscript.pt").activate()
 
 
 @pytest.mark.gpu
@@ -102,3 +102,29 @@ def test_wrong_input_shape_is_a_user_error(exported: Path) -> None:
             runner.infer(np.zeros((2, 3, 32, 32), np.float32))
         with pytest.raises(VggExportError, match="float32"):
             runner.infer(np.zeros((2, 1, 32, 32), np.float64))
+
+
+@pytest.mark.gpu
+def test_ort_cuda_runs_without_tf32(exported: Path) -> None:
+    """Parity measures the export, not TF32: the CUDA provider computes in true fp32."""
+    with OnnxRuntimeRunner(exported / "model.onnx", provider="cuda") as runner:
+        assert runner.session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"
+
+
+@pytest.mark.parametrize(("name", "kind"), [("model.onnx", "onnx"), ("x.preprocessing.onnx", "onnx"),
+                                            ("model.torchscript.pt", "torchscript"), ("model.pt2", "torch-export"),
+                                            ("best.pt", None), ("model.onnx.bak", None)])
+def test_artifact_kind_follows_the_file_name(name: str, kind: str | None) -> None:
+    from vggexport.runners import artifact_kind
+
+    assert artifact_kind(Path(name)) == kind
+
+
+def test_runtimes_for_each_kind() -> None:
+    from vggexport.names import RUNTIMES
+    from vggexport.runners import ARTIFACT_KINDS, runtimes_for
+
+    assert runtimes_for("onnx", cuda=False) == ["onnxruntime-cpu"]
+    assert runtimes_for("torchscript", cuda=True) == ["torchscript", "torchscript-cuda"]
+    for kind in ARTIFACT_KINDS:
+        assert set(runtimes_for(kind, cuda=True)) <= set(RUNTIMES)

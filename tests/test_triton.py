@@ -11,18 +11,19 @@ from tests.conftest import Cli
 from tests.test_export import make_checkpoint
 from vggexport.errors import VggExportError
 from vggexport.export import export_onnx
-from vggexport.fileio import sha256_file
-from vggexport.manifest import update_manifest
 from vggexport.spec import ExportSpec
 from vggexport.triton import TritonConfig, preferred_batch_sizes, write_repository
 
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
+    """An exported model that verify has really passed (random inputs)."""
+    from vggexport.verification import VerifyOptions, verify
+
     folder = tmp_path / "vgg11_bn"
     folder.mkdir()
     export_onnx(make_checkpoint(folder), folder / "model.onnx", ExportSpec())
-    (folder / "parity.json").write_text(json.dumps({"passed": True}))
+    assert verify(folder / "best.pt", folder, ExportSpec(), VerifyOptions(random_only=True)).passed
     return folder
 
 
@@ -46,25 +47,38 @@ def test_config_parses_with_tritons_schema_and_matches_the_onnx(model_dir: Path,
     assert (target / "labels.txt").read_text().splitlines() == [f"c{i}" for i in range(10)]
 
 
-def test_unverified_model_is_refused(model_dir: Path, tmp_path: Path) -> None:
-    (model_dir / "parity.json").write_text(json.dumps({"passed": False}))
-    with pytest.raises(VggExportError, match="failed verification"):
+def test_unverified_model_is_refused(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (model_dir / "parity.json").unlink()
+    with pytest.raises(VggExportError, match="has not been verified"):
         write_repository(model_dir, tmp_path / "repo", TritonConfig())
     assert write_repository(model_dir, tmp_path / "repo", TritonConfig(), allow_unverified=True).is_dir()
+    assert "warning: " in capsys.readouterr().err
 
 
-def test_corrupt_parity_report_is_refused(model_dir: Path, tmp_path: Path) -> None:
+def test_failed_verification_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    from vggexport.checkpoint import load_checkpoint, save_checkpoint
+    from vggexport.verification import VerifyOptions, verify
+
+    ckpt = load_checkpoint(model_dir / "best.pt")
+    weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt.payload["model"].items()}
+    other = save_checkpoint(tmp_path / "other.pt", model_config=ckpt.model_config, state={"model": weights})
+    assert not verify(other, model_dir, ExportSpec(), VerifyOptions(random_only=True)).passed
+    with pytest.raises(VggExportError, match="failed verification"):
+        write_repository(model_dir, tmp_path / "repo", TritonConfig())
+
+
+def test_edited_parity_report_is_refused(model_dir: Path, tmp_path: Path) -> None:
     (model_dir / "parity.json").write_text("{not json")
-    with pytest.raises(VggExportError, match="not a vggexport parity report"):
+    with pytest.raises(VggExportError, match="changed since vggexport wrote it"):
         write_repository(model_dir, tmp_path / "repo", TritonConfig())
 
 
 def test_onnx_re_exported_after_verify_is_refused(model_dir: Path, tmp_path: Path) -> None:
-    update_manifest(model_dir, parity={"passed": True, "onnx_sha256": "0" * 64})  # verified some other file
+    from vggexport.checkpoint import load_checkpoint
+
+    export_onnx(load_checkpoint(model_dir / "best.pt"), model_dir / "model.onnx", ExportSpec(opset=20))
     with pytest.raises(VggExportError, match="changed after it was verified"):
         write_repository(model_dir, tmp_path / "repo", TritonConfig())
-    update_manifest(model_dir, parity={"passed": True, "onnx_sha256": sha256_file(model_dir / "model.onnx")})
-    assert write_repository(model_dir, tmp_path / "repo", TritonConfig()).is_dir()
 
 
 def test_preferred_batch_sizes() -> None:

@@ -1,18 +1,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
 
+from tests.broken_models import BREAKERS, broken_copy
 from tests.conftest import Cli
-from vggexport.checkpoint import load_checkpoint
+from vggexport.checkpoint import load_checkpoint, save_checkpoint
 from vggexport.data import load_dataset
+from vggexport.fileio import sha256_file
 from vggexport.spec import ExportSpec
 from vggexport.transforms import preprocess
 from vggexport.verify import assert_parity
@@ -21,80 +23,207 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def exported_artifacts(trained_artifacts: Path) -> Path:
+def exported_artifacts(trained_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the tiny trained model, exported with the preprocessing variant."""
     from click.testing import CliRunner
 
     from vggexport.cli import cli
 
-    result = CliRunner().invoke(cli, ["export", "--artifacts", str(trained_artifacts)])
+    root = tmp_path_factory.mktemp("verify")
+    shutil.copytree(trained_artifacts / "vgg11_bn", root / "vgg11_bn")
+    result = CliRunner().invoke(cli, ["export", "--artifacts", str(root), "--with-preprocessing"])
     assert result.exit_code == 0, result.output
-    return trained_artifacts
+    return root
 
 
-def test_verify_passes_and_writes_report(run_cli: Cli, exported_artifacts: Path) -> None:
-    result = run_cli("verify", "--artifacts", exported_artifacts)
+@pytest.fixture(scope="module")
+def verified(exported_artifacts: Path) -> tuple[Path, str]:
+    from click.testing import CliRunner
+
+    from vggexport.cli import cli
+
+    result = CliRunner().invoke(cli, ["verify", "--artifacts", str(exported_artifacts)])
+    return exported_artifacts / "vgg11_bn", result.output if result.exit_code == 0 else f"exit {result.exit_code}: {result.output}"
+
+
+def test_verify_checks_every_artifact_and_records_each_file(verified: tuple[Path, str]) -> None:
+    folder, output = verified
+    assert "all runtimes agree" in output, output
+    record = json.loads((folder / "parity.json").read_text())
+    assert record["passed"] and record["checkpoint"]["sha256"] == sha256_file(folder / "best.pt")
+    assert set(record["files"]) == {"model.onnx", "model.preprocessing.onnx", "model.torchscript.pt"}
+    for name, entry in record["files"].items():
+        assert entry["sha256"] == sha256_file(folder / name) and entry["passed"], name
+    onnx_real = record["files"]["model.onnx"]["runtimes"][0]["checks"]["real"]
+    assert onnx_real["samples"] == 512 and onnx_real["top1_agreement"] == 1.0 and onnx_real["nonfinite"] == 0
+    assert onnx_real["accuracy"] == onnx_real["reference_accuracy"]
+    assert 0 <= onnx_real["median_abs"] <= onnx_real["p99_abs"] <= onnx_real["max_abs"] < 1e-4
+    assert onnx_real["mean_abs"] > 0, "a real comparison of two runtimes differs somewhere in float32"
+
+
+def test_preprocessing_variant_is_verified_through_its_uint8_input(verified: tuple[Path, str]) -> None:
+    folder, _ = verified
+    entry = json.loads((folder / "parity.json").read_text())["files"]["model.preprocessing.onnx"]
+    assert entry["takes_pixels"] is True
+    checks = entry["runtimes"][0]["checks"]
+    # random float tensors cannot be pixels: it gets random uint8 images of an odd size and the real images
+    assert set(checks) == {"random-pixels", "real"}
+    assert checks["real"]["samples"] == 512 and checks["real"]["top1_agreement"] == 1.0
+
+
+def test_manifest_keeps_each_artifacts_own_versions(verified: tuple[Path, str]) -> None:
+    folder, _ = verified
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "versions" not in manifest
+    for name in ("best.pt", "model.onnx", "parity.json"):
+        assert {"vggexport", "torch", "python"} <= set(manifest["artifacts"][name]["versions"]), name
+
+
+@pytest.mark.parametrize("breaker", sorted(BREAKERS))
+def test_a_broken_copy_is_refused(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path, breaker: str) -> None:
+    folder, _ = verified
+    broken = broken_copy(folder / "model.onnx", tmp_path / f"{breaker}.onnx", BREAKERS[breaker])
+    result = run_cli("verify", "--artifacts", folder.parent, "--model", broken)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "parity FAILED" in result.output
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert not report["files"][broken.name]["passed"]
+
+
+def test_failures_name_what_is_wrong(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path) -> None:
+    folder, _ = verified
+    expected = {"all-nan": "non-finite values (NaN or Inf)", "swapped-class-names": "'class_names' is",
+                "wrong-mean": "'mean' is", "altered-weights": "values outside atol"}
+    for breaker, phrase in expected.items():
+        broken = broken_copy(folder / "model.onnx", tmp_path / f"{breaker}.onnx", BREAKERS[breaker])
+        result = run_cli("verify", "--artifacts", folder.parent, "--model", broken, "--random-only")
+        assert result.exit_code == 1 and phrase in result.output, (breaker, result.output)
+        assert "onnxruntime-cpu" in result.output
+
+
+def test_a_faithful_copy_is_accepted(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path) -> None:
+    folder, _ = verified
+    copy = tmp_path / "copy.onnx"
+    shutil.copyfile(folder / "model.onnx", copy)
+    result = run_cli("verify", "--artifacts", folder.parent, "--model", copy)
     assert result.exit_code == 0, result.output
-    assert "all runtimes agree" in result.output
-    report = json.loads((exported_artifacts / "vgg11_bn" / "parity.json").read_text())
-    assert report["passed"] and {r["runtime"] for r in report["runtimes"]} >= {"pytorch", "torchscript", "onnxruntime-cpu"}
-    ort_result = next(r for r in report["runtimes"] if r["runtime"] == "onnxruntime-cpu")
-    real = ort_result["checks"]["real"]
-    assert real["samples"] == 512 and real["top1_agreement"] == 1.0
-    assert real["accuracy"] == real["reference_accuracy"]
-    assert set(ort_result["checks"]) == {"random-b1", "random-b7", "random-b64", "real"}
-    manifest = json.loads((exported_artifacts / "vgg11_bn" / "manifest.json").read_text())
-    assert manifest["parity"]["onnx_sha256"] == manifest["artifacts"]["model.onnx"]["sha256"]  # which file passed
+    assert json.loads((tmp_path / "parity.json").read_text())["files"]["copy.onnx"]["passed"]
 
 
-def test_verify_fails_on_a_tampered_onnx(run_cli: Cli, exported_artifacts: Path, tmp_path: Path) -> None:
-    proto = onnx.load(str(exported_artifacts / "vgg11_bn" / "model.onnx"))
-    weight = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
-    values = onnx.numpy_helper.to_array(weight).copy()
-    values += 0.05
-    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
-    tampered = tmp_path / "vgg11_bn"
-    tampered.mkdir()
-    for name in ("best.pt", "model.torchscript.pt"):
-        (tampered / name).write_bytes((exported_artifacts / "vgg11_bn" / name).read_bytes())
-    onnx.save(proto, str(tampered / "model.onnx"))
-    result = run_cli("verify", "--artifacts", tmp_path, "--random-only")
+def test_save_failures_writes_the_evidence(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path) -> None:
+    folder, _ = verified
+    broken = broken_copy(folder / "model.onnx", tmp_path / "nan.onnx", BREAKERS["all-nan"])
+    result = run_cli("verify", "--artifacts", folder.parent, "--model", broken, "--random-only",
+                     "--save-failures", tmp_path / "evidence")
     assert result.exit_code == 1
-    assert "parity FAILED" in result.output and "onnxruntime-cpu" in result.output
-    report = json.loads((tampered / "parity.json").read_text())
-    assert not report["passed"]
-    torchscript = next(r for r in report["runtimes"] if r["runtime"] == "torchscript")
-    assert torchscript["passed"], "one failing runtime must not hide the others' results"
+    saved = np.load(tmp_path / "evidence" / "nan.onnx-onnxruntime-cpu-random-b7.npz")
+    assert saved["inputs"].shape == (7, 1, 32, 32) and saved["reference"].shape == saved["candidate"].shape == (7, 10)
+    assert np.isnan(saved["candidate"]).all() and np.isfinite(saved["reference"]).all()
 
 
-def test_verify_missing_export(run_cli: Cli, trained_artifacts: Path, tmp_path: Path) -> None:
+def test_a_runtime_error_is_that_runtimes_failure(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path) -> None:
+    """An ONNX that ORT loads but cannot run at batch 7: ORT's own exception is reported, not raised."""
+    import onnx
+
+    folder, _ = verified
+    proto = onnx.load(str(folder / "model.onnx"))
+    output = proto.graph.output[0].name
+    for node in proto.graph.node:
+        node.output[:] = [f"{output}_free" if o == output else o for o in node.output]
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, 10], np.int64), "fixed_shape"))
+    proto.graph.node.append(onnx.helper.make_node("Reshape", [f"{output}_free", "fixed_shape"], [output]))
+    onnx.save(proto, str(tmp_path / "batch1.onnx"))
+    result = run_cli("verify", "--artifacts", folder.parent, "--model", tmp_path / "batch1.onnx", "--random-only")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    runtime = json.loads((tmp_path / "parity.json").read_text())["files"]["batch1.onnx"]["runtimes"][0]
+    assert "[ONNXRuntimeError]" in runtime["error"] and "Reshape" in runtime["error"], runtime["error"]
+
+
+def test_a_non_finite_reference_is_an_error_of_its_own(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path) -> None:
+    folder, _ = verified
+    ckpt = load_checkpoint(folder / "best.pt")
+    state = dict(ckpt.payload)
+    state["model"] = {k: v.clone() for k, v in state["model"].items()}
+    last = [k for k in state["model"] if k.endswith("weight")][-1]
+    state["model"][last].fill_(float("nan"))
+    bad = save_checkpoint(tmp_path / "nan.pt", model_config=ckpt.model_config,
+                          state={k: v for k, v in state.items() if k not in ("model_config", "format")})
+    result = run_cli("verify", "--artifacts", folder.parent, "--checkpoint", bad, "--random-only")
+    assert result.exit_code == 1
+    assert "reference itself produced" in result.output and "non-finite" in result.output
+
+
+@pytest.mark.parametrize(("args", "phrase"), [
+    (["--model", "nowhere.onnx"], "no file at"),
+    (["--model", "README.md"], "cannot tell how to run"),
+    (["--checkpoint", "missing.pt"], "no checkpoint at"),
+])
+def test_usage_errors_exit_2(run_cli: Cli, verified: tuple[Path, str], args: list[str], phrase: str) -> None:
+    folder, _ = verified
+    if "README.md" in args:
+        args = ["--model", str(ROOT / "README.md")]
+    result = run_cli("verify", "--artifacts", folder.parent, *args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and phrase in lines[-1] and "Traceback" not in result.output
+
+
+def test_nothing_to_verify_exits_2(run_cli: Cli, trained_artifacts: Path, tmp_path: Path) -> None:
     folder = tmp_path / "vgg11_bn"
     folder.mkdir()
-    (folder / "best.pt").write_bytes((trained_artifacts / "vgg11_bn" / "best.pt").read_bytes())
-    result = run_cli("verify", "--artifacts", tmp_path, "--random-only", "--runtimes", "onnxruntime-cpu")
-    assert result.exit_code == 1 and "run `vggexport onnx` first" in result.output
+    shutil.copyfile(trained_artifacts / "vgg11_bn" / "best.pt", folder / "best.pt")
+    result = run_cli("verify", "--artifacts", tmp_path, "--random-only")
+    assert result.exit_code == 2 and "run `vggexport export` first" in result.output
+
+
+def test_records_merge_and_a_new_checkpoint_makes_them_stale(run_cli: Cli, verified: tuple[Path, str],
+                                                           tmp_path: Path) -> None:
+    folder, _ = verified
+    copy = tmp_path / "vgg11_bn"
+    shutil.copytree(folder, copy)
+    (copy / "parity.json").unlink()
+    for name in ("model.onnx", "model.torchscript.pt"):
+        assert run_cli("verify", "--artifacts", tmp_path, "--model", copy / name, "--random-only").exit_code == 0
+    assert set(json.loads((copy / "parity.json").read_text())["files"]) == {"model.onnx", "model.torchscript.pt"}
+    retrained = save_checkpoint(tmp_path / "other.pt", model_config=load_checkpoint(copy / "best.pt").model_config,
+                                state={"model": load_checkpoint(copy / "best.pt").payload["model"]})
+    result = run_cli("verify", "--artifacts", tmp_path, "--checkpoint", retrained, "--model", copy / "model.onnx",
+                     "--random-only")
+    assert result.exit_code == 1 and "'checkpoint_sha256' is" in result.output
+    assert set(json.loads((copy / "parity.json").read_text())["files"]) == {"model.onnx"}
 
 
 @pytest.mark.realdata
-def test_assert_parity_on_real_images(exported_artifacts: Path, real_data_dir: Path) -> None:
+def test_assert_parity_on_real_images(verified: tuple[Path, str], real_data_dir: Path) -> None:
     """How users put our parity check in their own pytest suites."""
-    ckpt = load_checkpoint(exported_artifacts / "vgg11_bn" / "best.pt")
+    folder, _ = verified
+    ckpt = load_checkpoint(folder / "best.pt")
     data = load_dataset("fashion-mnist", real_data_dir)
     config = ckpt.model_config
     inputs = preprocess(data.test_images[:500], image_size=config.image_size, mean=config.mean, std=config.std)
-    report = assert_parity(ckpt.path, exported_artifacts / "vgg11_bn" / "model.onnx", inputs.numpy(),
+    report = assert_parity(ckpt.path, folder / "model.onnx", inputs.numpy(),
                            labels=data.test_labels[:500].numpy(), spec=ExportSpec())
     assert report.runtimes[1].checks["real"].top1_agreement == 1.0
 
 
+def test_assert_parity_refuses_nan(verified: tuple[Path, str], tmp_path: Path) -> None:
+    from vggexport.verify import ParityError
+
+    folder, _ = verified
+    broken = broken_copy(folder / "model.onnx", tmp_path / "nan.onnx", BREAKERS["all-nan"])
+    with pytest.raises(ParityError, match="non-finite"):
+        assert_parity(folder / "best.pt", broken, input_shape=(1, 32, 32))
+
+
 @pytest.mark.realdata
-def test_embedding_without_torch(exported_artifacts: Path, real_data_dir: Path, tmp_path: Path) -> None:
-    ckpt = load_checkpoint(exported_artifacts / "vgg11_bn" / "best.pt")
+def test_embedding_without_torch(verified: tuple[Path, str], real_data_dir: Path, tmp_path: Path) -> None:
+    folder, _ = verified
+    ckpt = load_checkpoint(folder / "best.pt")
     data = load_dataset("fashion-mnist", real_data_dir)
     images = data.test_images[:64]
     np.save(tmp_path / "images.npy", images[:, 0].numpy())
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "embed_onnx.py"),
-                          str(exported_artifacts / "vgg11_bn" / "model.onnx"), str(tmp_path / "images.npy")],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "embed_onnx.py"), str(folder / "model.onnx"),
+                          str(tmp_path / "images.npy")], capture_output=True, text=True, check=True)
     predicted = [json.loads(line)["index"] for line in out.stdout.splitlines()]
     config = ckpt.model_config
     with torch.no_grad():

@@ -206,32 +206,83 @@ def export(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, o
         click.echo(f"wrote {path}")
 
 
+variant_options = compose(
+    click.option("--int8-max-drop", type=click.FloatRange(0, 100), default=0.3, show_default=True,
+                 help="int8 variants: most test-accuracy points below PyTorch fp32."),
+    click.option("--int8-min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+                 help="int8 variants: least top-1 agreement with PyTorch fp32 on real data."),
+    click.option("--fp16-max-drop", type=click.FloatRange(0, 100), default=0.1, show_default=True,
+                 help="fp16 variants: most test-accuracy points below PyTorch fp32."),
+    click.option("--fp16-min-agreement", type=click.FloatRange(0, 1), default=0.998, show_default=True,
+                 help="fp16 variants: least top-1 agreement with PyTorch fp32 on real data."),
+)
+
+
+def verify_spec(atol: float, rtol: float, cuda_atol: float, cuda_rtol: float, int8_max_drop: float,
+                int8_min_agreement: float, fp16_max_drop: float, fp16_min_agreement: float) -> Any:
+    from vggexport.spec import AccuracyCriterion, ExportSpec
+
+    variants = {"int8": AccuracyCriterion("int8", int8_max_drop / 100, int8_min_agreement),
+                "fp16": AccuracyCriterion("fp16", fp16_max_drop / 100, fp16_min_agreement)}
+    return ExportSpec(atol=atol, rtol=rtol, cuda_atol=cuda_atol, cuda_rtol=cuda_rtol, variants=variants)
+
+
 @cli.command()
 @model_options
-@checkpoint_option
+@click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
+              help="File to verify (repeatable): .onnx, .torchscript.pt or .pt2 [default: every artifact in "
+                   "<artifacts>/<name>/].")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint the files must match [default: <artifacts>/<name>/best.pt].")
 @tolerance_options
+@variant_options
 @click.option("--runtimes", "runtimes", multiple=True, type=click.Choice(RUNTIMES),
-              help="Runtimes to check (repeatable) [default: every one available here].")
+              help="Only these runtimes (repeatable) [default: every one that runs the file, CUDA ones where "
+                   "CUDA is present].")
 @click.option("--data-dir", type=click.Path(), default=None, help="Where the dataset's test split is.")
 @click.option("--samples", type=click.IntRange(min=1), default=None, help="Use only the first N test images.")
-@click.option("--random-only", is_flag=True, help="Skip the real-data check (random inputs only).")
+@click.option("--random-only", is_flag=True, help="Skip the real-data check (random inputs only; fp16/int8 "
+              "variants need real data and are left out).")
 @click.option("--device", default="cpu", show_default=True, help="Device of the PyTorch fp32 reference (cpu, cuda).")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
-              help="JSON report [default: <artifacts>/<name>/parity.json].")
-def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, atol: float,
-           rtol: float, cuda_atol: float, cuda_rtol: float, runtimes: tuple[str, ...], data_dir: str | None, samples: int | None,
-           random_only: bool, report: str | None, device: str) -> int:
-    """Check every exported runtime against PyTorch eager fp32, on random and real data."""
-    from vggexport.reporting import print_parity
-    from vggexport.workflow import verify as run_verify
+              help="Also write this run's report here (the record of every verified file stays in "
+                   "parity.json beside the files).")
+@click.option("--save-failures", type=click.Path(file_okay=False), default=None,
+              help="Write the inputs and both outputs of every failing check here as .npz.")
+def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, models: tuple[str, ...],
+           runtimes: tuple[str, ...], data_dir: str | None, samples: int | None, random_only: bool,
+           report: str | None, device: str, save_failures: str | None, **criteria: float) -> int:
+    """Check exported files against PyTorch eager fp32 (random and real data) and their checkpoint.
 
-    result = run_verify(selection(cfg, batch_norm, artifacts, checkpoint), make_spec(atol=atol, rtol=rtol, cuda_atol=cuda_atol, cuda_rtol=cuda_rtol),
-                        runtimes=runtimes, data_dir=data_dir, samples=samples, random_only=random_only,
-                        report=report, device=device)
+    \b
+    Each file runs on every runtime that takes it; fp32 files must agree within the tolerances and
+    on 100 % of real top-1 predictions, fp16/int8 variants within their accuracy criteria; NaN or
+    Inf fails; metadata must say what the checkpoint says. parity.json records each file's verdict
+    and sha256: serve and triton refuse files it does not record as passed.
+    \b
+    Exit codes: 0 all agree; 1 a parity or metadata failure; 2 a usage error or missing data.
+    """
+    from pathlib import Path
+
+    from vggexport.reporting import print_parity
+    from vggexport.verification import UsageError, VerifyOptions
+    from vggexport.verification import verify as run_verify
+
+    chosen = selection(cfg, batch_norm, artifacts, checkpoint)
+    options = VerifyOptions(models=models, runtimes=runtimes, data_dir=data_dir, samples=samples,
+                            random_only=random_only, device=device, report=report, save_failures=save_failures)
+    try:
+        result = run_verify(Path(checkpoint) if checkpoint else chosen.model_dir / "best.pt", chosen.model_dir,
+                            verify_spec(**criteria), options)
+    except VggExportError as exc:  # anything but a verdict means verify could not judge: exit 2
+        raise UsageError(str(exc)) from None
     print_parity(result)
     return 0 if result.passed else 1
 
 
+allow_unverified_option = click.option(
+    "--allow-unverified", is_flag=True,
+    help="Ship a file that parity.json does not record as passed (with a warning) instead of refusing it.")
 server_options = compose(
     click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it)."),
     click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True),
@@ -253,16 +304,21 @@ server_options = compose(
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server processes on the one port, each with its own session; /metrics sums them.")
+@allow_unverified_option
 def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, host: str, port: int, provider: str,
           max_batch_size: int, max_queue_delay_ms: float, max_body_mb: float, threads: int | None,
-          workers: int) -> None:
+          workers: int, allow_unverified: bool) -> None:
     """Serve the ONNX model over HTTP: KServe v2 (Triton-compatible) plus an image endpoint."""
     import logging
+    from pathlib import Path
 
     from vggexport.serve.app import serve_forever
     from vggexport.serve.service import ServeConfig
 
+    from vggexport.record import require_verified
+
     path = model_path or str(selection(cfg, batch_norm, artifacts).model_dir / "model.onnx")
+    require_verified(Path(path), allow_unverified=allow_unverified)
     config = ServeConfig(model=path, provider=provider, max_batch_size=max_batch_size,
                          max_queue_delay_ms=max_queue_delay_ms, max_body_bytes=int(max_body_mb * 2**20),
                          threads=threads, workers=workers)
@@ -278,7 +334,7 @@ def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, ho
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances.")
 @click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
               help="instance_group kind.")
-@click.option("--allow-unverified", is_flag=True, help="Write it even without a passed parity.json.")
+@allow_unverified_option
 def triton(cfg: str, batch_norm: bool, artifacts: str, repository: str | None, max_batch_size: int, instances: int,
            kind: str, allow_unverified: bool) -> None:
     """Write a Triton Inference Server model repository (config.pbtxt, 1/model.onnx, labels.txt)."""

@@ -44,14 +44,20 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def update_manifest(folder: Path, files: list[Path] = (), **sections: Any) -> Path:  # type: ignore[assignment]
-    """Record ``files`` (path, size, sha256) and merge ``sections`` into the manifest, atomically."""
+    """Record ``files`` (path, size, sha256, the versions that wrote it) and merge ``sections``, atomically.
+
+    Versions live in each artifact's own entry: a later command must not rewrite what an earlier
+    artifact was made with.
+    """
     manifest = read_manifest(folder)
     manifest.setdefault("format", "vggexport.manifest/1")
-    manifest["versions"] = versions()
+    manifest.pop("versions", None)  # the one shared block of older manifests said only who ran last
     entries = manifest.setdefault("artifacts", {})
+    made_with = versions() if files else {}
     for path in files:
         path = Path(path)
-        entries[path.name] = {"path": path.name, "size": path.stat().st_size, "sha256": sha256_file(path)}
+        entries[path.name] = {"path": path.name, "size": path.stat().st_size, "sha256": sha256_file(path),
+                              "versions": made_with}
     manifest.update(sections)
     return write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 

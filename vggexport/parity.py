@@ -1,13 +1,17 @@
-"""Numerical comparison of two runtimes' outputs, accumulated over batches."""
+"""Numerical comparison of two runtimes' outputs, accumulated over batches.
+
+Non-finite values are checked before anything is compared (Polygraphy's comparators do the
+same): ``diff > tol`` is False for NaN, so a NaN output would otherwise count as agreement.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from vggexport.spec import ExportSpec
+from vggexport.spec import AccuracyCriterion, ExportSpec
 
 
 @dataclass
@@ -21,28 +25,39 @@ class Comparison:
     max_rel: float = 0.0
     min_cosine: float = 1.0
     top1_agree: int = 0
-    violations: int = 0  # elements outside atol + rtol * |reference|
+    violations: int = 0  # finite elements outside atol + rtol * |reference|
+    nonfinite: int = 0  # NaN or Inf elements in the candidate's output
     correct: int = 0
     reference_correct: int = 0
     labelled: int = 0
+    abs_diffs: list[np.ndarray] = field(default_factory=list, repr=False)
 
-    def update(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None) -> None:
+    def update(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """Fold one batch in; returns a per-sample mask of the samples that disagree (for --save-failures)."""
         if reference.shape != candidate.shape:
             raise AssertionError(f"output shape {candidate.shape} != reference {reference.shape}")
         ref, out = reference.astype(np.float64), candidate.astype(np.float64)
-        diff = np.abs(out - ref)
+        finite = np.isfinite(out)
+        self.nonfinite += int((~finite).sum())
+        # Statistics over finite values only; non-finite ones are counted above and fail on their own.
+        diff = np.where(finite, np.abs(np.where(finite, out, 0.0) - ref), 0.0)
         self.samples += len(ref)
+        self.abs_diffs.append(diff[finite].astype(np.float32))
         self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
         self.max_rel = max(self.max_rel, float((diff / np.maximum(np.abs(ref), 1e-6)).max(initial=0.0)))
-        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-        cosine = np.sum(ref * out, axis=1) / np.maximum(norms, 1e-30)
+        safe = np.where(finite, out, 0.0)
+        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(safe, axis=1)
+        cosine = np.where(finite.all(axis=1), np.sum(ref * safe, axis=1) / np.maximum(norms, 1e-30), -1.0)
         self.min_cosine = min(self.min_cosine, float(cosine.min(initial=1.0)))
-        self.top1_agree += int((ref.argmax(1) == out.argmax(1)).sum())
-        self.violations += int((diff > self.atol + self.rtol * np.abs(ref)).sum())
+        agree = (ref.argmax(1) == safe.argmax(1)) & finite.all(axis=1)
+        self.top1_agree += int(agree.sum())
+        exceeds = diff > self.atol + self.rtol * np.abs(ref)
+        self.violations += int(exceeds.sum())
         if labels is not None:
             self.labelled += len(labels)
-            self.correct += int((out.argmax(1) == labels).sum())
+            self.correct += int(((safe.argmax(1) == labels) & finite.all(axis=1)).sum())
             self.reference_correct += int((ref.argmax(1) == labels).sum())
+        return (exceeds | ~finite).any(axis=1) | ~agree
 
     @property
     def top1_agreement(self) -> float:
@@ -56,8 +71,21 @@ class Comparison:
     def reference_accuracy(self) -> float | None:
         return self.reference_correct / self.labelled if self.labelled else None
 
-    def failures(self, spec: ExportSpec, *, judge_top1: bool) -> list[str]:
+    def diff_percentiles(self) -> dict[str, float]:
+        """Mean, median and p99 of |candidate - reference| over every finite output element."""
+        values = np.concatenate(self.abs_diffs) if self.abs_diffs else np.zeros(0, np.float32)
+        if not values.size:
+            return {"mean_abs": 0.0, "median_abs": 0.0, "p99_abs": 0.0}
+        return {"mean_abs": float(values.mean(dtype=np.float64)), "median_abs": float(np.median(values)),
+                "p99_abs": float(np.percentile(values, 99))}
+
+    def failures(self, spec: ExportSpec, *, judge_top1: bool, criterion: AccuracyCriterion | None = None) -> list[str]:
+        """Why this check fails; ``criterion`` (precision variants) replaces elementwise tolerances."""
         found = []
+        if self.nonfinite:
+            found.append(f"{self.nonfinite} non-finite values (NaN or Inf) in the output")
+        if criterion is not None:
+            return found + (self.accuracy_failures(criterion) if judge_top1 else [])
         if self.violations:
             found.append(f"{self.violations} values outside atol={self.atol:g} rtol={self.rtol:g} "
                          f"(max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g})")
@@ -66,25 +94,48 @@ class Comparison:
                          f"({self.samples - self.top1_agree} of {self.samples} differ)")
         return found
 
+    def accuracy_failures(self, criterion: AccuracyCriterion) -> list[str]:
+        found = []
+        if self.top1_agreement < criterion.min_top1_agreement:
+            found.append(f"top-1 agreement {self.top1_agreement:.4%} < {criterion.min_top1_agreement:.2%} "
+                         f"({criterion.name})")
+        if self.accuracy is None or self.reference_accuracy is None:
+            found.append(f"{criterion.name} variants are judged by accuracy: the check needs labelled real data")
+        elif self.reference_accuracy - self.accuracy > criterion.max_accuracy_drop:
+            found.append(f"accuracy {self.accuracy:.4f} is {100 * (self.reference_accuracy - self.accuracy):.2f} "
+                         f"points below PyTorch fp32's {self.reference_accuracy:.4f} "
+                         f"(allowed {100 * criterion.max_accuracy_drop:.2f} for {criterion.name})")
+        return found
+
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(top1_agreement=self.top1_agreement, accuracy=self.accuracy,
+        data = {k: v for k, v in vars(self).items() if k != "abs_diffs"}
+        data.update(self.diff_percentiles(), top1_agreement=self.top1_agreement, accuracy=self.accuracy,
                     reference_accuracy=self.reference_accuracy)
         return data
 
 
 @dataclass
 class RuntimeParity:
+    """One artifact file on one runtime: its checks, its failures, or the error that stopped it."""
+
     runtime: str
     provider: str
     checks: dict[str, Comparison] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     error: str | None = None
+    artifact: str | None = None  # file name; None for the reference
+    sha256: str | None = None
+    precision: str = "fp32"
 
     @property
     def passed(self) -> bool:
         return not self.failures and self.error is None
 
+    @property
+    def label(self) -> str:
+        return f"{self.runtime} {self.artifact}" if self.artifact else self.runtime
+
     def to_dict(self) -> dict[str, Any]:
-        return {"runtime": self.runtime, "provider": self.provider, "passed": self.passed, "error": self.error,
+        return {"runtime": self.runtime, "provider": self.provider, "artifact": self.artifact,
+                "sha256": self.sha256, "precision": self.precision, "passed": self.passed, "error": self.error,
                 "failures": self.failures, "checks": {k: v.to_dict() for k, v in self.checks.items()}}

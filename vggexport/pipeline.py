@@ -84,7 +84,8 @@ class Pipeline:
     def run(self) -> None:
         from vggexport.spec import ExportSpec
         from vggexport.train import train
-        from vggexport.workflow import ModelSelection, export_all, verify
+        from vggexport.verification import VerifyOptions, verify
+        from vggexport.workflow import ModelSelection, export_all
 
         chosen = ModelSelection(cfg=self.config.train.cfg, batch_norm=self.config.train.batch_norm,
                                 artifacts=self.config.train.artifacts)
@@ -98,7 +99,8 @@ class Pipeline:
         def run_verify() -> None:
             from vggexport.reporting import print_parity
 
-            report = verify(chosen, spec, data_dir=self.config.train.data_dir)
+            options = VerifyOptions(data_dir=self.config.train.data_dir)
+            report = verify(self.folder / paths.BEST, self.folder, spec, options)
             print_parity(report)
             if not report.passed:
                 raise VggExportError(f"verification failed: {report.summary().splitlines()[0]}")

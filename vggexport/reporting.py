@@ -73,21 +73,32 @@ def plot_curves(path: Path, records: list[dict[str, Any]], title: str) -> None:
 
 
 def print_parity(report: Any) -> None:
-    """One table: a row per runtime and check, failures in red, then the verdict."""
+    """One table: a row per file, runtime and check, failures in red, then the verdict."""
     from rich.table import Table
 
     table = Table(title=f"parity of {report.model} against PyTorch eager fp32", show_lines=False)
-    for column in ("runtime", "provider", "check", "max abs", "max rel", "min cos", "top-1 agree", "accuracy", "ok"):
-        table.add_column(column, justify="right" if column not in ("runtime", "provider", "check") else "left")
+    columns = ("file", "runtime", "provider", "check", "max abs", "p99 abs", "max rel", "min cos", "top-1 agree",
+               "accuracy", "ok")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("file", "runtime", "provider", "check") else "right")
     for result in report.runtimes:
+        name = result.artifact or "(reference)"
         if result.error:
-            table.add_row(result.runtime, result.provider, "-", "", "", "", "", "", f"[red]{result.error}[/red]")
+            table.add_row(name, result.runtime, result.provider, "-", "", "", "", "", "", "",
+                          f"[red]{escape(result.error)}[/red]")
         for check, cmp in result.checks.items():
             accuracy = "" if cmp.accuracy is None else f"{cmp.accuracy:.4f}"
-            failed = cmp.failures(report.spec, judge_top1=check == "real")
-            table.add_row(result.runtime, result.provider, check, f"{cmp.max_abs:.2e}", f"{cmp.max_rel:.2e}",
-                          f"{cmp.min_cosine:.6f}", f"{cmp.top1_agreement:.2%}", accuracy,
-                          "[red]FAIL[/red]" if failed else "[green]ok[/green]")
+            failed = any(f.startswith(f"[{check}]") for f in result.failures)
+            table.add_row(name, result.runtime, result.provider, check, f"{cmp.max_abs:.2e}",
+                          f"{cmp.diff_percentiles()['p99_abs']:.2e}", f"{cmp.max_rel:.2e}", f"{cmp.min_cosine:.6f}",
+                          f"{cmp.top1_agreement:.2%}", accuracy, "[red]FAIL[/red]" if failed else "[green]ok[/green]")
     console.print(table)
     console.print("[green]parity: all runtimes agree[/green]" if report.passed else
-                  f"[red]parity FAILED[/red]\n{report.summary()}")
+                  f"[red]parity FAILED[/red]\n{escape(report.summary())}")
+
+
+def escape(text: str) -> str:
+    """Failure messages quote file contents: rich must not read their brackets as markup."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)

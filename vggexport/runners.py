@@ -176,7 +176,8 @@ class OnnxRuntimeRunner(Runner):
         wants_cuda = self.requested == "cuda" or (self.requested == "auto" and CUDA_EP in ort.get_available_providers())
         if wants_cuda and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels that torch installs
-        providers = [CUDA_EP, CPU_EP] if wants_cuda else [CPU_EP]
+        # TF32 off: what we verify and what we serve compute in true fp32, like the PyTorch reference.
+        providers = [(CUDA_EP, {"use_tf32": "0"}), CPU_EP] if wants_cuda else [CPU_EP]
         # When CUDA cannot start ORT logs a multi-line error and falls back; we check and report it ourselves.
         ort.set_default_logger_severity(4 if wants_cuda else 3)
         try:
@@ -210,14 +211,56 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
 
 
-def make_runner(runtime: str, model_dir: Path) -> Runner:
-    """Runner for a runtime name of ``vggexport.names.RUNTIMES`` over a model folder's exports."""
-    from vggexport import artifacts as paths
+ARTIFACT_KINDS = ("onnx", "torchscript", "torch-export")
+RUNTIMES_BY_KIND = {"onnx": "onnxruntime", "torchscript": "torchscript", "torch-export": "torch-export"}
 
+
+def artifact_kind(path: Path) -> str | None:
+    """Which runtime family runs a file, from its name: .onnx, .torchscript.pt or .pt2."""
+    name = path.name
+    if name.endswith(".onnx"):
+        return "onnx"
+    if name.endswith(".torchscript.pt"):
+        return "torchscript"
+    if name.endswith(".pt2"):
+        return "torch-export"
+    return None
+
+
+def runtimes_for(kind: str, *, cuda: bool) -> list[str]:
+    """The runtimes (names of ``vggexport.names.RUNTIMES``) that run an artifact of ``kind``."""
+    family = RUNTIMES_BY_KIND[kind]
+    if family == "onnxruntime":
+        return ["onnxruntime-cpu", *(["onnxruntime-cuda"] if cuda else [])]
+    return [family, *([f"{family}-cuda"] if cuda else [])]
+
+
+def make_runner(runtime: str, path: Path, **kwargs: Any) -> Runner:
+    """Runner for a runtime name of ``vggexport.names.RUNTIMES`` over one artifact file."""
+    device = "cuda" if runtime.endswith("-cuda") else "cpu"
+    runner: Runner
     if runtime in ("torchscript", "torchscript-cuda"):
-        runner = TorchScriptRunner(model_dir / paths.TORCHSCRIPT, device="cuda" if runtime.endswith("cuda") else "cpu")
-        runner.name = runtime
-        return runner
-    if runtime in ("onnxruntime-cpu", "onnxruntime-cuda"):
-        return OnnxRuntimeRunner(model_dir / paths.ONNX, provider=runtime.rsplit("-", 1)[1])
-    raise VggExportError(f"unknown runtime {runtime!r}")
+        runner = TorchScriptRunner(path, device=device)
+    elif runtime in ("torch-export", "torch-export-cuda"):
+        from vggexport import runners
+
+        exported_program_runner = getattr(runners, "ExportedProgramRunner", None)
+        if exported_program_runner is None:
+            raise VggExportError("this vggexport cannot run .pt2 files")
+        runner = exported_program_runner(path, device=device)
+    elif runtime in ("onnxruntime-cpu", "onnxruntime-cuda"):
+        return OnnxRuntimeRunner(path, provider=device, **kwargs)
+    else:
+        raise VggExportError(f"unknown runtime {runtime!r}")
+    runner.name = runtime
+    return runner
+
+
+def runner_for_file(path: Path, **kwargs: Any) -> Runner:
+    """The CPU runner for a file, chosen by its name (what ``assert_parity`` takes)."""
+    kind = artifact_kind(path)
+    if kind is None:
+        raise VggExportError(f"cannot tell how to run {path}: expected .onnx, .torchscript.pt or .pt2")
+    if kind == "onnx":
+        return OnnxRuntimeRunner(path, **kwargs)
+    return make_runner(runtimes_for(kind, cuda=False)[0], path)

@@ -6,12 +6,28 @@ the exporters write what the spec says and the verifier checks against it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vggexport.errors import VggExportError
 
 # torch.onnx's dynamo exporter emits opset 18 natively and converts to newer ones.
 SUPPORTED_OPSETS = range(18, 24)
+# cuDNN refuses tensors of 2**31 elements or more (CUDNN_STATUS_NOT_SUPPORTED); a real-data batch is
+# sized so that its largest activation stays far below that on any device (1 GiB of fp32).
+MAX_ACTIVATION_ELEMENTS = 2**28
+
+
+@dataclass(frozen=True)
+class AccuracyCriterion:
+    """How a reduced-precision variant is judged: by accuracy on real data, not elementwise."""
+
+    name: str
+    max_accuracy_drop: float  # fraction: 0.003 is 0.3 points
+    min_top1_agreement: float
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.max_accuracy_drop <= 1 and 0 <= self.min_top1_agreement <= 1):
+            raise VggExportError(f"{self.name} accuracy criteria must be fractions between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -28,6 +44,10 @@ class ExportSpec:
     cuda_rtol: float = 1e-2
     batch_sizes: tuple[int, ...] = (1, 7, 64)
     min_top1_agreement: float = 1.0  # on real data; random inputs have near-ties, so they are judged by atol/rtol
+    variants: dict[str, AccuracyCriterion] = field(default_factory=lambda: {
+        "fp16": AccuracyCriterion("fp16", max_accuracy_drop=0.001, min_top1_agreement=0.998),
+        "int8": AccuracyCriterion("int8", max_accuracy_drop=0.003, min_top1_agreement=0.99),
+    })
 
     def __post_init__(self) -> None:
         if self.opset not in SUPPORTED_OPSETS:
@@ -36,6 +56,19 @@ class ExportSpec:
             )
         if min(self.atol, self.rtol, self.cuda_atol, self.cuda_rtol) < 0:
             raise VggExportError("tolerances must be >= 0")
+
+    def criterion(self, precision: str) -> AccuracyCriterion | None:
+        """None for fp32 (elementwise tolerances); the accuracy criterion for a reduced-precision variant."""
+        if precision == "fp32":
+            return None
+        if precision not in self.variants:
+            raise VggExportError(f"unknown precision {precision!r} in the model's metadata")
+        return self.variants[precision]
+
+    def real_batch_size(self, *, image_size: int, width: float, views: int, limit: int = 500) -> int:
+        """Images per real-data batch whose first activation (64 * width channels) fits MAX_ACTIVATION_ELEMENTS."""
+        per_image = views * max(1, round(64 * width)) * image_size * image_size
+        return max(1, min(limit, MAX_ACTIVATION_ELEMENTS // per_image))
 
     def tolerances(self, *providers: str) -> tuple[float, float]:
         """(atol, rtol) for a comparison between these providers: looser when any side runs on CUDA."""

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from vggexport import artifacts as paths
 from vggexport.errors import VggExportError
-from vggexport.fileio import sha256_file, write_atomic, write_text_atomic
-from vggexport.manifest import check_artifact, read_manifest
+from vggexport.fileio import write_atomic, write_text_atomic
 
 KINDS = ("gpu", "cpu")
 
@@ -75,21 +74,11 @@ instance_group [
 '''
 
 
-def check_verified(model_dir: Path, onnx_path: Path) -> None:
-    report = model_dir / paths.PARITY
-    if not report.is_file():
-        raise VggExportError(f"no {paths.PARITY} in {model_dir}: run `vggexport verify` first (or --allow-unverified)")
-    check_artifact(report)
-    try:
-        passed = json.loads(report.read_text()).get("passed")
-    except (ValueError, AttributeError):
-        raise VggExportError(f"{report} is not a vggexport parity report; run `vggexport verify` again") from None
-    if not passed:
-        raise VggExportError(f"{report} records a failed verification; fix it or pass --allow-unverified")
-    verified = read_manifest(model_dir).get("parity", {}).get("onnx_sha256")
-    if verified and verified != sha256_file(onnx_path):
-        raise VggExportError(f"{onnx_path} changed after it was verified; run `vggexport verify` again "
-                             f"(or --allow-unverified)")
+def check_verified(onnx_path: Path, *, allow_unverified: bool = False) -> None:
+    """Only a file that parity.json records as passed, with this very sha256, goes into a repository."""
+    from vggexport.record import require_verified
+
+    require_verified(onnx_path, allow_unverified=allow_unverified)
 
 
 def write_repository(model_dir: Path, repository: Path, config: TritonConfig, *, allow_unverified: bool = False) -> Path:
@@ -97,8 +86,7 @@ def write_repository(model_dir: Path, repository: Path, config: TritonConfig, *,
 
     onnx_path = model_dir / paths.ONNX
     meta = read_onnx_metadata(onnx_path)
-    if not allow_unverified:
-        check_verified(model_dir, onnx_path)
+    check_verified(onnx_path, allow_unverified=allow_unverified)
     name = meta["model_name"]
     target = repository / name
     write_atomic(target / "1" / "model.onnx", lambda tmp: shutil.copyfile(onnx_path, tmp))

@@ -1,19 +1,13 @@
-"""What the export and verify commands do, as library calls (the CLI only parses options)."""
+"""What the export commands do, as library calls (the CLI only parses options)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from vggexport import artifacts as paths
 from vggexport.checkpoint import Checkpoint, load_checkpoint
-from vggexport.fileio import sha256_file
-from vggexport.manifest import update_manifest
 from vggexport.spec import ExportSpec
-from vggexport.verify import Batches, ParityReport, array_batches, random_inputs, run_parity
 
 
 @dataclass(frozen=True)
@@ -63,57 +57,3 @@ def export_all(selection: ModelSelection, spec: ExportSpec, with_preprocessing: 
     """Both exports from one load (and one checksum check) of the checkpoint."""
     ckpt = selection.load_checkpoint()
     return [export_torchscript(selection, ckpt=ckpt), *export_onnx(selection, spec, None, with_preprocessing, ckpt)]
-
-
-def real_batches(ckpt: Checkpoint, data_dir: str | None, samples: int | None, batch_size: int = 500) -> Batches:
-    """The dataset's test split, preprocessed exactly as in training, produced lazily per batch."""
-    import torch
-
-    from vggexport.data import load_dataset
-    from vggexport.transforms import preprocess
-
-    config = ckpt.model_config
-    data = load_dataset(config.dataset, data_dir, image_size=config.image_size, channels=config.in_channels)
-    images, labels = data.test_images[:samples], data.test_labels[:samples].numpy()
-
-    def produce() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        for start in range(0, len(images), batch_size):
-            with torch.no_grad():
-                x = preprocess(images[start : start + batch_size], image_size=config.image_size,
-                               mean=config.mean, std=config.std)
-            yield x.numpy(), labels[start : start + batch_size]
-    return produce
-
-
-def default_runtimes() -> list[str]:
-    import torch
-
-    runtimes = ["torchscript", "onnxruntime-cpu"]
-    return runtimes + (["torchscript-cuda", "onnxruntime-cuda"] if torch.cuda.is_available() else [])
-
-
-def verify(selection: ModelSelection, spec: ExportSpec, *, runtimes: Sequence[str] = (), data_dir: str | None = None,
-           samples: int | None = None, random_only: bool = False, report: str | None = None,
-           device: str = "cpu") -> ParityReport:
-    """``device`` runs the PyTorch eager fp32 reference (TF32 off on CUDA)."""
-    from vggexport.runners import TorchRunner, make_runner
-
-    ckpt = selection.load_checkpoint()
-    config = ckpt.model_config
-    folder = paths.model_dir(selection.artifacts, config.name)
-    shape = (config.in_channels, config.image_size, config.image_size)
-    inputs = {k: array_batches(v, None, len(v)) for k, v in random_inputs(shape, spec.batch_sizes).items()}
-    if not random_only:
-        inputs["real"] = real_batches(ckpt, data_dir, samples)
-    candidates = [make_runner(r, folder) for r in (runtimes or default_runtimes())]
-    result = run_parity(TorchRunner(ckpt.build_model("cpu"), device=device), candidates, inputs, spec,
-                        model=config.name)
-    written = result.write(report or folder / paths.PARITY)
-    runtimes = [r.runtime for r in result.runtimes]
-    onnx_path = folder / paths.ONNX
-    onnx_checked = onnx_path.is_file() and any(r.startswith("onnxruntime") for r in runtimes)
-    # Which ONNX file was verified, so `vggexport triton` can refuse one re-exported since.
-    onnx_sha256 = sha256_file(onnx_path) if onnx_checked else None
-    update_manifest(written.parent, [written], parity={"passed": result.passed, "summary": result.summary(),
-                                                       "runtimes": runtimes, "onnx_sha256": onnx_sha256})
-    return result

@@ -1,0 +1,103 @@
+"""The verified record: ``parity.json`` beside the files it verified, and the gate that reads it.
+
+Each file's entry keeps its sha256, runtimes, checks and verdict. ``serve`` and ``triton`` ship
+only a file whose sha256 is recorded as passed, so an ONNX re-exported (or edited) after verify,
+or one that verify never ran, is refused. Torch-free: the serving process imports this.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from vggexport.artifacts import PARITY
+from vggexport.errors import VggExportError
+from vggexport.fileio import sha256_file, write_text_atomic
+from vggexport.manifest import check_artifact, update_manifest
+
+FORMAT = "vggexport.parity/2"
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    """The folder's record, or {} when there is none; a record edited behind vggexport's back is refused."""
+    path = folder / PARITY
+    if not path.is_file():
+        return {}
+    check_artifact(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise VggExportError(f"{path} is not a vggexport parity report; run `vggexport verify` again") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("files"), dict):
+        raise VggExportError(f"{path} is not a vggexport parity report (format {FORMAT}); run `vggexport verify` again")
+    return record
+
+
+def file_entry(path: Path, kind: str, takes_pixels: bool, results: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"sha256": results[0]["sha256"] if results else sha256_file(path), "kind": kind,
+            "precision": results[0]["precision"] if results else "fp32", "takes_pixels": takes_pixels,
+            "passed": bool(results) and all(r["passed"] for r in results), "runtimes": results,
+            "verified_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_records(report: Any, files: list[tuple[Path, str, bool]], checkpoint: Path, checkpoint_sha256: str) -> list[Path]:
+    """Merge this run's verdicts into parity.json in each verified file's folder.
+
+    Entries of other files stay while they were verified against the same checkpoint; a new
+    checkpoint makes every earlier verdict stale, so they are dropped.
+    """
+    data = report.to_dict()
+    reference = data["runtimes"][0]
+    by_folder: dict[Path, list[tuple[Path, str, bool]]] = {}
+    for item in files:
+        by_folder.setdefault(item[0].resolve().parent, []).append(item)
+    written = []
+    for folder, items in by_folder.items():
+        try:
+            previous = read_record(folder)
+        except VggExportError:
+            previous = {}  # a broken record is replaced by this run's verdicts
+        same_checkpoint = previous.get("checkpoint", {}).get("sha256") == checkpoint_sha256
+        entries = dict(previous.get("files", {})) if same_checkpoint else {}
+        for path, kind, takes_pixels in items:
+            results = [r for r in data["runtimes"][1:] if r["artifact"] == path.name]
+            entries[path.name] = file_entry(path, kind, takes_pixels, results)
+        record = {"format": FORMAT, "model": data["model"], "passed": all(e["passed"] for e in entries.values()),
+                  "checkpoint": {"path": str(checkpoint), "sha256": checkpoint_sha256},
+                  "tolerances": {k: data[k] for k in ("atol", "rtol", "cuda_atol", "cuda_rtol", "min_top1_agreement")},
+                  "variants": data["variants"], "reference": reference, "files": entries,
+                  "runtimes": [reference, *(r for e in entries.values() for r in e["runtimes"])]}
+        target = write_text_atomic(folder / PARITY, json.dumps(record, indent=2) + "\n")
+        update_manifest(folder, [target], parity={"passed": record["passed"],
+                                                  "files": {k: e["passed"] for k, e in entries.items()}})
+        written.append(target)
+    return written
+
+
+def verification_problem(path: Path) -> str | None:
+    """Why ``path`` may not ship (None when parity.json records exactly this file as passed)."""
+    path = Path(path)
+    entry = read_record(path.resolve().parent).get("files", {}).get(path.name)
+    if entry is None:
+        return f"{path} has not been verified: run `vggexport verify --model {path}`"
+    if entry.get("sha256") != sha256_file(path):
+        return f"{path} changed after it was verified: run `vggexport verify --model {path}` again"
+    if entry.get("passed") is not True:
+        return f"{path} failed verification (see {path.parent / PARITY}); fix the export and verify it again"
+    return None
+
+
+def require_verified(path: Path, *, allow_unverified: bool = False) -> None:
+    """Refuse an unverified file with a one-line error; ``allow_unverified`` turns that into a warning."""
+    try:
+        problem = verification_problem(path)
+    except VggExportError as exc:
+        problem = str(exc)
+    if problem is None:
+        return
+    if not allow_unverified:
+        raise VggExportError(f"{problem} (or pass --allow-unverified)")
+    print(f"warning: {problem}; serving it anyway (--allow-unverified)", file=sys.stderr, flush=True)

@@ -1,0 +1,245 @@
+"""``vggexport verify``: every artifact file against its checkpoint, numerically and by its metadata.
+
+Which runtime runs a file follows from the file (.onnx on ONNX Runtime, .torchscript.pt on TorchScript,
+.pt2 on torch.export; CUDA too where present); a uint8-input file (the preprocessing variant) is fed
+the same real images as raw pixels; a reduced-precision variant is judged by accuracy, not elementwise.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vggexport import artifacts as paths
+from vggexport.checkpoint import Checkpoint
+from vggexport.errors import VggExportError
+from vggexport.fileio import sha256_file
+from vggexport.metadata_check import check_file_metadata, check_torchscript_config
+from vggexport.names import ONNX_PRECISIONS
+from vggexport.runners import artifact_kind, make_runner, runtimes_for
+from vggexport.spec import ExportSpec
+from vggexport.verify import (
+    Batch,
+    Batches,
+    Candidate,
+    Check,
+    FailureSaver,
+    ParityReport,
+    array_batches,
+    random_inputs,
+    run_parity,
+)
+
+DEFAULT_FILES = (paths.ONNX, paths.ONNX_PREPROCESSING, paths.ONNX_FP16, paths.ONNX_INT8, paths.TORCHSCRIPT,
+                 paths.EXPORTED_PROGRAM)
+
+
+class UsageError(VggExportError):
+    """verify's exit code 2: a usage error or missing data (1 is reserved for parity/metadata failures)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    models: tuple[str, ...] = ()  # files to verify; empty: every artifact in the model folder
+    runtimes: tuple[str, ...] = ()  # restrict to these runtimes; empty: every one available here
+    data_dir: str | None = None
+    samples: int | None = None
+    random_only: bool = False
+    device: str = "cpu"  # where the PyTorch fp32 reference runs
+    report: str | None = None  # an extra copy of this run's report
+    save_failures: str | None = None
+
+
+@dataclass
+class Inspected:
+    """What verify reads from a file before running it."""
+
+    path: Path
+    kind: str
+    sha256: str
+    metadata: dict[str, str]
+    takes_pixels: bool = False
+    problems: tuple[str, ...] = ()  # metadata mismatches; the file fails with them
+    error: str | None = None  # unreadable: the file fails with this
+
+    @property
+    def precision(self) -> str:
+        return self.metadata.get("precision", "fp32")
+
+
+def artifact_files(folder: Path, models: Sequence[str], random_only: bool) -> list[Path]:
+    if models:
+        files = [Path(m) for m in models]
+        for path in files:
+            if not path.is_file():
+                raise UsageError(f"no file at {path}")
+            if artifact_kind(path) is None:
+                raise UsageError(f"cannot tell how to run {path}: expected .onnx, .torchscript.pt or .pt2")
+        return files
+    files = [folder / name for name in DEFAULT_FILES if (folder / name).is_file()]
+    if random_only:  # variants are judged by accuracy on real data: without it they cannot be verified
+        files = [f for f in files if f.name not in (paths.ONNX_FP16, paths.ONNX_INT8)]
+    if not files:
+        raise UsageError(f"nothing to verify in {folder}: run `vggexport export` first (or pass --model FILE)")
+    return files
+
+
+def read_extra_files(path: Path) -> dict[str, str]:
+    """TorchScript and .pt2 files are zip archives with their extra files under <root>/extra/."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {name.rsplit("/extra/", 1)[1]: archive.read(name).decode("utf-8")
+                    for name in archive.namelist() if "/extra/" in name}
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError, KeyError) as exc:
+        raise VggExportError(f"{path} is not a readable archive ({type(exc).__name__})") from None
+
+
+def read_onnx(path: Path) -> tuple[dict[str, str], bool]:
+    import onnx
+
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise several types; all mean "not ONNX"
+        raise VggExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    takes_pixels = bool(inputs) and inputs[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    return {p.key: p.value for p in proto.metadata_props}, takes_pixels
+
+
+def inspect(path: Path, ckpt: Checkpoint) -> Inspected:
+    from vggexport.manifest import check_artifact
+
+    kind = artifact_kind(path) or ""
+    found = Inspected(path, kind, sha256_file(path), {})
+    try:
+        check_artifact(path)
+        if kind == "onnx":
+            found.metadata, found.takes_pixels = read_onnx(path)
+            problems = check_file_metadata(found.metadata, ckpt, takes_pixels=found.takes_pixels,
+                                           known_precisions=ONNX_PRECISIONS)
+        else:
+            extra = read_extra_files(path)
+            found.metadata = json.loads(extra.get("metadata.json") or "{}")
+            problems = check_file_metadata(found.metadata, ckpt, takes_pixels=False, known_precisions=("fp32",))
+            problems += check_torchscript_config(extra.get("model_config.json", ""), ckpt)
+        found.problems = tuple(problems)
+    except (VggExportError, ValueError) as exc:
+        found.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return found
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def real_batches(ckpt: Checkpoint, data_dir: str | None, samples: int | None, spec: ExportSpec) -> Batches:
+    """The dataset's test split: raw pixels and, from them, the preprocessed input exactly as in training."""
+    import torch
+
+    from vggexport.data import load_dataset
+    from vggexport.transforms import preprocess
+
+    config = ckpt.model_config
+    data = load_dataset(config.dataset, data_dir, image_size=config.image_size, channels=config.in_channels)
+    images, labels = data.test_images[:samples], data.test_labels[:samples].numpy()
+    batch_size = spec.real_batch_size(image_size=config.image_size, width=config.width,
+                                      views=2 if config.flip_average else 1)
+
+    def produce() -> Iterator[Batch]:
+        for start in range(0, len(images), batch_size):
+            pixels = images[start : start + batch_size]
+            with torch.no_grad():
+                x = preprocess(pixels, image_size=config.image_size, mean=config.mean, std=config.std)
+            yield Batch(x.numpy(), labels[start : start + batch_size], pixels.numpy())
+    return produce
+
+
+def random_pixel_batches(ckpt: Checkpoint, seed: int = 1) -> Batches:
+    """Random uint8 images of an odd, non-square size, for the preprocessing variant's resize path."""
+    import torch
+
+    from vggexport.transforms import preprocess
+
+    config = ckpt.model_config
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (7, config.in_channels, config.image_size + 5, config.image_size + 3), dtype=np.uint8)
+
+    def produce() -> Iterator[Batch]:
+        with torch.no_grad():
+            x = preprocess(torch.from_numpy(pixels), image_size=config.image_size, mean=config.mean, std=config.std)
+        yield Batch(x.numpy(), None, pixels)
+    return produce
+
+
+def build_checks(ckpt: Checkpoint, spec: ExportSpec, options: VerifyOptions, need_pixels: bool) -> dict[str, Check]:
+    config = ckpt.model_config
+    shape = (config.in_channels, config.image_size, config.image_size)
+    checks = {k: Check(array_batches(v, None, len(v))) for k, v in random_inputs(shape, spec.batch_sizes).items()}
+    if need_pixels:
+        checks["random-pixels"] = Check(random_pixel_batches(ckpt), has_pixels=True)
+    if not options.random_only:
+        checks["real"] = Check(real_batches(ckpt, options.data_dir, options.samples, spec), has_pixels=True,
+                               judge_top1=True)
+    return checks
+
+
+def candidates_for(found: Inspected, spec: ExportSpec, options: VerifyOptions, cuda: bool) -> list[Candidate]:
+    runtimes = runtimes_for(found.kind, cuda=cuda)
+    if options.runtimes:
+        runtimes = [r for r in runtimes_for(found.kind, cuda=True) if r in options.runtimes]
+    criterion = spec.criterion(found.precision) if found.precision in spec.variants else None
+    failures = list(found.problems) + ([f"[file] {found.error}"] if found.error else [])
+    return [Candidate(make_runner(runtime, found.path), takes_pixels=found.takes_pixels, criterion=criterion,
+                      artifact=found.path.name, sha256=found.sha256, precision=found.precision,
+                      extra_failures=failures) for runtime in runtimes]
+
+
+def load_reference_checkpoint(checkpoint: Path) -> Checkpoint:
+    from vggexport.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(checkpoint)
+    except VggExportError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def verify(checkpoint: Path, folder: Path, spec: ExportSpec, options: VerifyOptions) -> ParityReport:
+    """Verify ``options.models`` (default: every artifact in ``folder``) against ``checkpoint``.
+
+    Parity and metadata failures are in the report (exit 1); anything that stops verify from
+    judging at all (no checkpoint, no data, a file that is not an artifact) raises UsageError (exit 2).
+    """
+    from vggexport.record import write_records
+    from vggexport.runners import TorchRunner
+
+    ckpt = load_reference_checkpoint(checkpoint)
+    files = artifact_files(folder, options.models, options.random_only)
+    inspected = [inspect(path, ckpt) for path in files]
+    if options.random_only and any(f.precision != "fp32" for f in inspected):
+        raise UsageError("fp16 and int8 variants are judged by accuracy on real data: drop --random-only")
+    cuda = cuda_available()
+    per_file = [(found, candidates_for(found, spec, options, cuda)) for found in inspected]
+    inspected = [found for found, runs in per_file if runs]  # --runtimes may leave a file with none
+    candidates = [c for _, runs in per_file for c in runs]
+    if not candidates:
+        raise UsageError(f"no runtime among {', '.join(options.runtimes)} runs "
+                         f"{', '.join(f.path.name for f in inspected)}")
+    checks = build_checks(ckpt, spec, options, need_pixels=any(f.takes_pixels for f in inspected))
+    saver = FailureSaver(Path(options.save_failures)) if options.save_failures else None
+    reference = TorchRunner(ckpt.build_model("cpu"), device=options.device)
+    report = run_parity(reference, candidates, checks, spec, model=ckpt.model_config.name, saver=saver)
+    if saver is not None:
+        saver.write()
+    write_records(report, [(f.path, f.kind, f.takes_pixels) for f in inspected], ckpt.path, ckpt.sha256())
+    if options.report:
+        report.write(options.report)
+    return report
