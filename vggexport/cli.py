@@ -239,7 +239,8 @@ def verify_spec(atol: float, rtol: float, cuda_atol: float, cuda_rtol: float, in
 @click.option("--runtimes", "runtimes", multiple=True, type=click.Choice(RUNTIMES),
               help="Only these runtimes (repeatable) [default: every one that runs the file, CUDA ones where "
                    "CUDA is present].")
-@click.option("--data-dir", type=click.Path(), default=None, help="Where the dataset's test split is.")
+@click.option("--data-dir", type=click.Path(), default=None,
+              help="Where the dataset's test split is [default: the --data-dir the checkpoint was trained with].")
 @click.option("--samples", type=click.IntRange(min=1), default=None, help="Use only the first N test images.")
 @click.option("--random-only", is_flag=True, help="Skip the real-data check (random inputs only; fp16/int8 "
               "variants need real data and are left out).")

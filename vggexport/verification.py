@@ -149,6 +149,8 @@ def real_batches(ckpt: Checkpoint, data_dir: str | None, samples: int | None, sp
     from vggexport.transforms import preprocess
 
     config = ckpt.model_config
+    # By default, the data the model was trained on: `verify --model FILE` needs no --data-dir repeated.
+    data_dir = data_dir or ckpt.payload.get("train_config", {}).get("data_dir")
     data = load_dataset(config.dataset, data_dir, image_size=config.image_size, channels=config.in_channels)
     images, labels = data.test_images[:samples], data.test_labels[:samples].numpy()
     batch_size = spec.real_batch_size(image_size=config.image_size, width=config.width,
