@@ -84,10 +84,13 @@ def read_state_dict(weights: str | os.PathLike[str], source: TorchvisionSource) 
         raise VggExportError(f"no weights file at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
-            AttributeError, TypeError, ImportError) as exc:
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise VggExportError(f"{path} is not a loadable state_dict ({reason})") from None
+    except pickle.UnpicklingError:
+        raise VggExportError(f"{path} is not a state_dict: it pickles objects other than tensors, which "
+                             f"weights_only loading refuses to run") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, TypeError,
+            ImportError) as exc:
+        reason = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else type(exc).__name__
+        raise VggExportError(f"{path} is truncated or not a PyTorch file ({reason})") from None
     return checked_state_dict(state, str(path))
 
 
@@ -130,8 +133,23 @@ def load_weights(model: VGG, state: dict[str, torch.Tensor], origin: str, source
     problems = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
                ([f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []) + wrong[:2]
     if problems:
-        raise VggExportError(f"{origin} does not hold torchvision's {source.model} weights: {'; '.join(problems)}")
+        other = identify(state, skip)
+        hint = f" (they are {other}'s: use torchvision:{other})" if other and other != source.model else ""
+        raise VggExportError(f"{origin} does not hold torchvision's {source.model} weights{hint}: "
+                             f"{'; '.join(problems)}")
     model.load_state_dict(given, strict=skip is None)
+
+
+def identify(state: dict[str, torch.Tensor], skip: str | None = None) -> str | None:
+    """Which of torchvision's VGGs ``state`` is (names and shapes), built on the meta device: no memory, no time."""
+    shapes = {k: tuple(v.shape) for k, v in state.items() if not (skip and k.startswith(skip))}
+    for name, (cfg, batch_norm) in TORCHVISION_MODELS.items():
+        with torch.device("meta"):
+            model = build_model(ModelConfig(cfg=cfg, batch_norm=batch_norm, in_channels=3, num_classes=1000,
+                                            image_size=224, head=TORCHVISION_HEAD, mean=(0.0,) * 3, std=(1.0,) * 3))
+        if shapes == {k: tuple(v.shape) for k, v in model.state_dict().items() if not (skip and k.startswith(skip))}:
+            return name
+    return None
 
 
 def import_torchvision(source_name: str, weights: str | os.PathLike[str], *, name: str | None = None,
