@@ -47,7 +47,30 @@ def compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+NAME_KEY = "vggexport.model_name"
+
+
+def remember_name(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """--name is kept in the click context: ``selection()`` and ``model_name()`` read it, no signature carries it."""
+    if value is not None:
+        from vggexport.model import check_model_name
+
+        try:
+            ctx.meta[NAME_KEY] = check_model_name(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--name") from None
+
+
+def model_name() -> str | None:
+    """This command's --name, or None: then the name is torchvision's for --cfg and --batch-norm."""
+    return click.get_current_context().meta.get(NAME_KEY)
+
+
+name_option = click.option("--name", default=None, expose_value=False, callback=remember_name,
+                           help="Model folder <artifacts>/<NAME>/ and served name [default: from --cfg and "
+                                "--batch-norm, e.g. vgg11_bn].")
 model_options = compose(
+    name_option,
     click.option("--cfg", type=click.Choice(CFG_NAMES, case_sensitive=False), default="A", show_default=True,
                  callback=lambda _c, _p, v: v.upper(), help="VGG config: A=VGG-11, B=VGG-13, D=VGG-16, E=VGG-19."),
     click.option("--batch-norm/--no-batch-norm", default=True, show_default=True,
@@ -111,6 +134,12 @@ train_options = compose(
 @train_options
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine (runs torchrun; --batch-size stays the global batch).")
+@click.option("--init", default=None, metavar="torchvision:NAME",
+              help="Fine-tune: start from torchvision's ImageNet VGG (e.g. torchvision:vgg11_bn); its last layer is "
+                   "replaced for the dataset's classes.")
+@click.option("--weights", default=None, metavar="FILE",
+              help="With --init: its .pth as torchvision distributes it, or DEFAULT to download it.")
+@click.option("--freeze-features", is_flag=True, help="With --init: train only the classifier.")
 def train(cfg: str, batch_norm: bool, artifacts: str, compile_: bool, nproc: int, **options: Any) -> int | None:
     """Train a VGG and write best.pt, last.pt, metrics.jsonl and curves.png."""
     import os
@@ -122,7 +151,8 @@ def train(cfg: str, batch_norm: bool, artifacts: str, compile_: bool, nproc: int
     from vggexport.train import TrainConfig
     from vggexport.train import train as run_training
 
-    run_training(TrainConfig(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, compile=compile_, **options))
+    run_training(TrainConfig(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, compile=compile_, name=model_name(),
+                             **options))
     return None
 
 
@@ -153,7 +183,8 @@ tolerance_options = compose(
 def selection(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None = None) -> Any:
     from vggexport.workflow import ModelSelection
 
-    return ModelSelection(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, checkpoint=checkpoint)
+    return ModelSelection(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, checkpoint=checkpoint,
+                          model_name=model_name())
 
 
 def make_spec(opset: int = 18, **tolerances: float) -> Any:
@@ -363,9 +394,28 @@ def pipeline(cfg: str, batch_norm: bool, artifacts: str, compile_: bool, serve_o
     from vggexport.pipeline import Pipeline, PipelineConfig
     from vggexport.train import TrainConfig
 
-    train_config = TrainConfig(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, compile=compile_, **options)
+    train_config = TrainConfig(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, compile=compile_,
+                               name=model_name(), **options)
     Pipeline(PipelineConfig(train=train_config, serve=serve_on, force=force, host=host, port=port,
                             provider=provider)).run()
+
+
+@cli.command("import")
+@click.argument("source", metavar="torchvision:NAME")
+@click.option("--weights", required=True, metavar="FILE",
+              help="The .pth state_dict as torchvision distributes it (loaded with weights_only), or DEFAULT to "
+                   "let torchvision download the official ImageNet weights.")
+@click.option("--name", default=None, help="Model folder and served name [default: NAME, e.g. vgg16_bn].")
+@click.option("--artifacts", type=click.Path(file_okay=False), default="artifacts", show_default=True)
+def import_(source: str, weights: str, name: str | None, artifacts: str) -> None:
+    """Import torchvision's ImageNet VGG (vgg11 ... vgg19_bn) with its labels and preprocessing.
+
+    \b
+    vggexport import torchvision:vgg16_bn --weights vgg16_bn-6c64b313.pth --name vgg16-imagenet
+    """
+    from vggexport.importer import import_torchvision
+
+    click.echo(f"wrote {import_torchvision(source, weights, name=name, artifacts=artifacts)}")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ device by ``vggexport.transforms``, with no per-image work in worker processes.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 from collections.abc import Iterator
@@ -50,6 +51,7 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     files: tuple[Path, ...] = ()
+    resize_size: int = 0  # the policy photos were decoded with (ModelConfig.resize_size); 0: none
 
     @property
     def in_channels(self) -> int:
@@ -60,16 +62,9 @@ class ImageData:
         return FLIP_SAFE.get(self.name, False)
 
     def to(self, device: torch.device) -> ImageData:
-        return ImageData(
-            self.name,
-            self.train_images.to(device),
-            self.train_labels.to(device),
-            self.test_images.to(device),
-            self.test_labels.to(device),
-            self.class_names,
-            self.mean,
-            self.std,
-            self.files,
+        return dataclasses.replace(
+            self, train_images=self.train_images.to(device), train_labels=self.train_labels.to(device),
+            test_images=self.test_images.to(device), test_labels=self.test_labels.to(device),
         )
 
 
@@ -234,57 +229,22 @@ def load_cifar10(data_dir: str | os.PathLike[str] | None) -> ImageData:
     return ImageData("cifar10", *splits[True], *splits[False], CIFAR10_CLASSES, mean, std)
 
 
-def read_image_folder(folder: Path, classes: list[str], image_size: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image, UnidentifiedImageError
-
-    pixels, labels = [], []
-    for label, name in enumerate(classes):
-        for path in sorted(p for p in (folder / name).rglob("*") if p.is_file()):
-            try:
-                with Image.open(path) as image:
-                    image = image.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
-                    pixels.append(np.asarray(image, dtype=np.uint8).reshape(image_size, image_size, -1))
-            except (UnidentifiedImageError, OSError):
-                continue  # stray non-image files (README, .DS_Store) are not data
-            labels.append(label)
-    if not pixels:
-        raise VggExportError(f"no readable images under {folder}")
-    return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
-
-
-def load_image_folder(data_dir: str | os.PathLike[str] | None, *, image_size: int, channels: int) -> ImageData:
-    """A folder of class sub-folders, with train/ and val/ (or test/) splits or a 90/10 split."""
-    if data_dir is None or not Path(data_dir).is_dir():
-        raise DataNotFoundError(f"imagefolder needs --data-dir pointing at a folder of class sub-folders (got {data_dir})")
-    root = Path(data_dir)
-    eval_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
-    train_dir = root / "train" if eval_dir is not None and (root / "train").is_dir() else root
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and p.name not in ("val", "test"))
-    if len(classes) < 2:
-        raise VggExportError(f"{train_dir} needs at least two class sub-folders, found {len(classes)}")
-    mode = "L" if channels == 1 else "RGB"
-    images, labels = read_image_folder(train_dir, classes, image_size, mode)
-    if eval_dir is not None:
-        test_images, test_labels = read_image_folder(eval_dir, classes, image_size, mode)
-    else:
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-        cut = max(1, len(order) // 10)
-        test_images, test_labels = images[order[:cut]], labels[order[:cut]]
-        images, labels = images[order[cut:]], labels[order[cut:]]
-    mean, std = channel_stats(images)
-    return ImageData("imagefolder", images, labels, test_images, test_labels, tuple(classes), mean, std)
-
-
 def load_dataset(
-    name: str, data_dir: str | os.PathLike[str] | None = None, *, image_size: int = 32, channels: int = 3
+    name: str, data_dir: str | os.PathLike[str] | None = None, *, image_size: int = 32, channels: int = 3,
+    resize_size: int | None = None,
 ) -> ImageData:
-    """``channels`` and ``image_size`` only matter for imagefolder, which must decode to a fixed shape."""
+    """``channels``, ``image_size`` and ``resize_size`` only matter for imagefolder, which decodes to a fixed shape."""
     if name in IDX_FOLDERS:
         return load_idx_dataset(name, data_dir)
     if name == "cifar10":
         return load_cifar10(data_dir)
     if name == "imagefolder":
-        return load_image_folder(data_dir, image_size=image_size, channels=channels)
+        from vggexport.imagefolder import load_image_folder
+
+        return load_image_folder(data_dir, image_size=image_size, channels=channels, resize_size=resize_size)
     if name == "synthetic":
         return make_synthetic()
+    if name == "imagenet":  # an imported torchvision model: no dataset of ours, only the user's photos
+        raise VggExportError("imagenet is not available here; check an imported model on your own photos "
+                             "(vggexport.imagefolder.photo_batches) or on random inputs (--random-only)")
     raise VggExportError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")

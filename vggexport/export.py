@@ -21,7 +21,7 @@ from vggexport.fileio import write_atomic
 from vggexport.manifest import check_artifact, update_manifest
 from vggexport.model import VGG, ModelConfig
 from vggexport.spec import ExportSpec
-from vggexport.transforms import preprocess
+from vggexport.transforms import normalize, resize_crop
 
 TORCHSCRIPT_CONFIG = "model_config.json"
 TORCHSCRIPT_METADATA = "metadata.json"
@@ -32,9 +32,9 @@ def export_metadata(ckpt: Checkpoint, *, preprocessing: bool = False) -> dict[st
     config = ckpt.model_config
     accuracy = ckpt.metrics.get("test_accuracy")
     if preprocessing:
-        input_format = "uint8 pixels (N, C, H, W), any H and W; resized and normalized inside the graph"
+        input_format = "uint8 pixels (N, C, H, W), any H and W; resized, cropped and normalized inside the graph"
     else:
-        input_format = "float32 (N, C, H, W) = (pixel / 255 - mean) / std at image_size x image_size"
+        input_format = "float32 (N, C, H, W) = (pixel / 255 - mean) / std after the resize and crop"
     return {
         "model_name": config.name,
         "cfg": config.cfg,
@@ -44,12 +44,33 @@ def export_metadata(ckpt: Checkpoint, *, preprocessing: bool = False) -> dict[st
         "image_size": str(config.image_size),
         "in_channels": str(config.in_channels),
         "input_format": input_format,
-        "resize": "bilinear, align_corners=false, antialias when shrinking",
+        **preprocessing_metadata(config),
         "dataset": config.dataset,
         "test_accuracy": "" if accuracy is None else f"{accuracy:.6f}",
         "checkpoint_sha256": ckpt.sha256(),
         "vggexport_version": __version__,
         "model_config": json.dumps(config.to_dict()),
+    }
+
+
+def preprocessing_metadata(config: ModelConfig) -> dict[str, str]:
+    """How to turn a photo into the model's input, in keys an application in any language can follow."""
+    size = config.image_size
+    if config.resize_size:
+        policy = "shorter-side-then-center-crop"
+        text = (f"shorter side to {config.resize_size} px, the other keeping the aspect (truncated); "
+                f"then the centre {size}x{size} (offsets round((resized - crop) / 2), halves to even)")
+    else:
+        policy, text = "stretch", f"to {size}x{size}, aspect not kept"
+    return {
+        "resize": f"{text}; {config.interpolation}, half-pixel centres (align_corners=false), antialiased when "
+                  f"shrinking; then pixel / 255, minus mean, over std, per channel",
+        "resize_policy": policy,
+        "resize_size": str(config.resize_size or size),
+        "crop_size": str(size),
+        "interpolation": config.interpolation,
+        "antialias": "true",
+        "color_mode": config.color_mode,
     }
 
 
@@ -91,17 +112,22 @@ def load_torchscript(path: str | Path, device: torch.device | str = "cpu") -> tu
 
 
 class Preprocessing(torch.nn.Module):
-    """Raw uint8 pixels in, logits out: resize and normalize inside the graph."""
+    """Raw uint8 pixels of any size in, logits out: the model's resize/crop and normalization inside the graph.
+
+    With ``resize_size`` it is torchvision's evaluation transform: Resize(resize_size) of the shorter
+    side (bilinear, antialias), CenterCrop(image_size), Normalize(mean, std).
+    """
 
     def __init__(self, model: VGG) -> None:
         super().__init__()
         self.model = model
-        self.image_size = model.config.image_size
+        self.image_size, self.resize_size = model.config.image_size, model.config.resize_size
         self.mean, self.std = model.config.mean, model.config.std
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = preprocess(pixels, image_size=self.image_size, mean=self.mean, std=self.std, always_resize=True)
-        return self.model(x)
+        x = resize_crop(pixels.to(torch.float32) / 255.0, image_size=self.image_size, resize_size=self.resize_size,
+                        always_resize=True)
+        return self.model(normalize(x, mean=self.mean, std=self.std))
 
 
 def onnx_program(ckpt: Checkpoint, spec: ExportSpec, *, preprocessing: bool) -> Any:
@@ -111,8 +137,9 @@ def onnx_program(ckpt: Checkpoint, spec: ExportSpec, *, preprocessing: bool) -> 
     batch = torch.export.Dim(spec.batch_axis, min=1, max=65536)
     if preprocessing:
         model = Preprocessing(model).eval()
-        side = config.image_size + 5  # unlike image_size, so the exporter cannot specialize the resize away
-        example = torch.randint(0, 256, (2, config.in_channels, side, side), dtype=torch.uint8)
+        # Unlike each other and any configured size, so the exporter cannot specialize the resize or crop away.
+        side = max(config.image_size, config.resize_size) + 5
+        example = torch.randint(0, 256, (2, config.in_channels, side + 3, side), dtype=torch.uint8)
         height, width = torch.export.Dim("height", min=2, max=8192), torch.export.Dim("width", min=2, max=8192)
         dynamic = {"pixels": {0: batch, 2: height, 3: width}}
     else:

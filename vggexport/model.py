@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,16 @@ CFGS: dict[str, list[int | str]] = {
 }
 DEPTHS: dict[str, int] = {"A": 11, "B": 13, "D": 16, "E": 19}
 DOWNSAMPLE = 32  # five 2x2 max-pools
+# A model name is a folder name, a URL path segment and a Triton model name.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+INTERPOLATIONS = ("bilinear",)
+
+
+def check_model_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (start with a letter "
+                         f"or digit, at most 100 characters)")
+    return name
 
 
 def torchvision_name(cfg: str, batch_norm: bool) -> str:
@@ -53,6 +64,12 @@ class ModelConfig:
     # The paper's test-time flip (section 3.2): at inference, average the class
     # posteriors of the image and its mirror. Only for mirror-symmetric data.
     flip_average: bool = False
+    # The folder and served name; empty: torchvision's name for cfg and batch_norm (vgg11_bn, ...).
+    model_name: str = ""
+    # Evaluation preprocessing of a photo of any size: the shorter side to resize_size, then the
+    # centre image_size x image_size (torchvision's Resize + CenterCrop). 0: stretch to image_size.
+    resize_size: int = 0
+    interpolation: str = "bilinear"  # antialiased when shrinking, half-pixel centres
 
     def __post_init__(self) -> None:
         if self.cfg not in CFGS:
@@ -63,10 +80,21 @@ class ModelConfig:
             raise ValueError("mean and std need one value per input channel")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError("class_names needs one name per class")
+        if self.model_name:
+            check_model_name(self.model_name)
+        if self.resize_size and self.resize_size < self.image_size:
+            raise ValueError(f"resize_size {self.resize_size} is smaller than the crop (image_size {self.image_size})")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unsupported interpolation {self.interpolation!r}: choose {', '.join(INTERPOLATIONS)}")
 
     @property
     def name(self) -> str:
-        return torchvision_name(self.cfg, self.batch_norm)
+        return self.model_name or torchvision_name(self.cfg, self.batch_norm)
+
+    @property
+    def color_mode(self) -> str:
+        """PIL's mode for decoding photos: channels in this order."""
+        return {1: "L", 3: "RGB"}.get(self.in_channels, f"{self.in_channels} channels")
 
     @property
     def feature_size(self) -> int:

@@ -47,7 +47,8 @@ class Pipeline:
         from vggexport.model import torchvision_name
 
         self.config = config
-        self.folder = paths.model_dir(config.train.artifacts, torchvision_name(config.train.cfg, config.train.batch_norm))
+        self.folder = paths.model_dir(config.train.artifacts,
+                                      config.train.name or torchvision_name(config.train.cfg, config.train.batch_norm))
 
     def up_to_date(self, stage: str, inputs: str, outputs: list[str]) -> bool:
         if self.config.force:
@@ -88,7 +89,7 @@ class Pipeline:
         from vggexport.workflow import ModelSelection, export_all
 
         chosen = ModelSelection(cfg=self.config.train.cfg, batch_norm=self.config.train.batch_norm,
-                                artifacts=self.config.train.artifacts)
+                                artifacts=self.config.train.artifacts, model_name=self.config.train.name)
         spec = ExportSpec()
         self.stage(1, "train", self.train_inputs(), [paths.BEST], lambda: train(self.config.train))
         best = recorded_sha(self.folder, paths.BEST)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from vggexport import artifacts as paths
-from vggexport import distributed
+from vggexport import distributed, importer
 from vggexport.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vggexport.data import ImageData, batch_indices, load_dataset
 from vggexport.errors import VggExportError
@@ -65,6 +65,10 @@ class TrainConfig:
     compile: bool = False
     deterministic: bool = False
     eval_batch_size: int = 1000
+    name: str | None = None  # the model folder; None: torchvision's name for cfg and batch_norm
+    init: str | None = None  # fine-tuning: "torchvision:vgg11_bn" (vggexport.importer)
+    weights: str | None = None  # its .pth, or DEFAULT to download
+    freeze_features: bool = False
 
 
 def learning_rate(step: int, total_steps: int, peak: float, warmup: float) -> float:
@@ -154,7 +158,7 @@ class Trainer:
     """One training run; state lives here so the loop functions stay short."""
 
     def __init__(self, config: TrainConfig) -> None:
-        self.config = config
+        self.config = config = importer.resolve_train_config(config)
         if config.optimizer not in OPTIMIZERS:
             raise VggExportError(f"unknown optimizer {config.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         self.dist = distributed.setup(config.device)
@@ -167,15 +171,17 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        host_data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size or 32,
-                                 channels=3)
-        self.model_config = model_config_for(config, host_data, self.device)
+        host_data = load_dataset(config.dataset, config.data_dir, channels=3,
+                                 image_size=config.image_size or (224 if self.device.type == "cuda" else 32))
+        self.model_config = importer.resolve_model_config(config, model_config_for(config, host_data, self.device),
+                                                          host_data)
         self.dataset_identity = dataset_identity(host_data.name, host_data.files)
         self.data = host_data.to(self.device)
         self.out_dir = ensure_writable_dir(paths.model_dir(config.artifacts, self.model_config.name))
         self.memory_format = (torch.channels_last if prefers_channels_last(self.device, self.model_config.width)
                               else torch.contiguous_format)
         self.model: VGG = build_model(self.model_config).to(self.device, memory_format=self.memory_format)
+        importer.initialize(self.model, config)
         self.peak_lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
         decay = config.weight_decay if config.weight_decay is not None else DEFAULT_WEIGHT_DECAY[config.optimizer]
         self.optimizer = make_optimizer(config.optimizer, self.model, self.peak_lr, decay)

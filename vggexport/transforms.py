@@ -2,6 +2,12 @@
 
 One ``preprocess`` serves training, evaluation, export (``--with-preprocessing``)
 and the server's image endpoint, so every path normalizes identically.
+
+``resize_crop`` is the one resize policy for photos of any size: torchvision's
+evaluation transform (``Resize(resize_size)`` of the shorter side, bilinear with
+antialias, then ``CenterCrop(image_size)``). Image folders are decoded with it and
+the uint8 ONNX graph runs it, so training, evaluation and serving see the same pixels.
+``resize_size == 0`` is the older policy: stretch to image_size x image_size.
 """
 
 from __future__ import annotations
@@ -18,7 +24,41 @@ def to_unit(images: torch.Tensor, *, image_size: int, always_resize: bool = Fals
     ``always_resize`` keeps the resize in exported graphs whose H and W are dynamic
     (a same-size bilinear resize is an identity).
     """
-    x = images.to(torch.float32) / 255.0
+    return stretch(images.to(torch.float32) / 255.0, image_size=image_size, always_resize=always_resize)
+
+
+def resized_size(height: int, width: int, resize_size: int) -> tuple[int, int]:
+    """The shorter side becomes ``resize_size``; the longer keeps the aspect, truncated as torchvision does.
+
+    Integer arithmetic (``torch.sym_min`` for the shorter side) so an exported graph keeps H and W dynamic.
+    """
+    shorter = torch.sym_min(height, width)
+    return resize_size * height // shorter, resize_size * width // shorter
+
+
+def centre_offset(size: int, crop: int) -> int:
+    """torchvision's ``int(round((size - crop) / 2))``: Python rounds halves to even, so do we, in integers."""
+    excess = size - crop
+    half = excess // 2
+    return half + (excess % 2) * (half % 2)
+
+
+def resize_crop(x: torch.Tensor, *, image_size: int, resize_size: int, always_resize: bool = False) -> torch.Tensor:
+    """float (N, C, H, W) of any H, W -> (N, C, image_size, image_size) by the model's resize policy."""
+    if resize_size == 0:
+        return stretch(x, image_size=image_size, always_resize=always_resize)
+    height, width = x.shape[-2], x.shape[-1]
+    new_height, new_width = resized_size(height, width, resize_size)
+    if always_resize or (new_height, new_width) != (height, width):
+        x = F.interpolate(x, size=(new_height, new_width), mode="bilinear", align_corners=False, antialias=True)
+    # index_select, not a slice: its output is image_size wide even to the exporter, which cannot
+    # prove that a slice with a symbolic start stays inside the image.
+    window = torch.arange(image_size, device=x.device)
+    x = x.index_select(-2, window + centre_offset(new_height, image_size))
+    return x.index_select(-1, window + centre_offset(new_width, image_size))
+
+
+def stretch(x: torch.Tensor, *, image_size: int, always_resize: bool = False) -> torch.Tensor:
     if always_resize or x.shape[-2:] != (image_size, image_size):
         # antialias only matters when shrinking; it keeps big photos from aliasing.
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)

@@ -12,18 +12,19 @@ from vggexport.spec import ExportSpec
 
 @dataclass(frozen=True)
 class ModelSelection:
-    """Which model a command works on: <artifacts>/<name>/, name from --cfg and --batch-norm."""
+    """Which model a command works on: <artifacts>/<name>/, name from --name, else from --cfg and --batch-norm."""
 
     cfg: str = "A"
     batch_norm: bool = True
     artifacts: str = str(paths.DEFAULT_ARTIFACTS)
     checkpoint: str | None = None
+    model_name: str | None = None
 
     @property
     def name(self) -> str:
         from vggexport.model import torchvision_name
 
-        return torchvision_name(self.cfg, self.batch_norm)
+        return self.model_name or torchvision_name(self.cfg, self.batch_norm)
 
     @property
     def model_dir(self) -> Path:
