@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -141,12 +142,22 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def model_input(pixels: Any, ckpt: Checkpoint) -> Any:
+    """uint8 pixels -> the float input, by the model's own resize/crop policy (what the uint8 graph runs)."""
+    import torch
+
+    from vggexport.transforms import normalize, resize_crop
+
+    config = ckpt.model_config
+    x = resize_crop(pixels.to(torch.float32) / 255.0, image_size=config.image_size, resize_size=config.resize_size)
+    return normalize(x, mean=config.mean, std=config.std)
+
+
 def real_batches(ckpt: Checkpoint, data_dir: str | None, samples: int | None, spec: ExportSpec) -> Batches:
     """The dataset's test split: raw pixels and, from them, the preprocessed input exactly as in training."""
     import torch
 
     from vggexport.data import load_dataset
-    from vggexport.transforms import preprocess
 
     config = ckpt.model_config
     # By default, the data the model was trained on: `verify --model FILE` needs no --data-dir repeated.
@@ -160,7 +171,7 @@ def real_batches(ckpt: Checkpoint, data_dir: str | None, samples: int | None, sp
         for start in range(0, len(images), batch_size):
             pixels = images[start : start + batch_size]
             with torch.no_grad():
-                x = preprocess(pixels, image_size=config.image_size, mean=config.mean, std=config.std)
+                x = model_input(pixels, ckpt)
             yield Batch(x.numpy(), labels[start : start + batch_size], pixels.numpy())
     return produce
 
@@ -169,15 +180,13 @@ def random_pixel_batches(ckpt: Checkpoint, seed: int = 1) -> Batches:
     """Random uint8 images of an odd, non-square size, for the preprocessing variant's resize path."""
     import torch
 
-    from vggexport.transforms import preprocess
-
     config = ckpt.model_config
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (7, config.in_channels, config.image_size + 5, config.image_size + 3), dtype=np.uint8)
 
     def produce() -> Iterator[Batch]:
         with torch.no_grad():
-            x = preprocess(torch.from_numpy(pixels), image_size=config.image_size, mean=config.mean, std=config.std)
+            x = model_input(torch.from_numpy(pixels), ckpt)
         yield Batch(x.numpy(), None, pixels)
     return produce
 
