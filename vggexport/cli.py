@@ -13,7 +13,7 @@ import click
 
 from vggexport import __version__
 from vggexport.errors import VggExportError
-from vggexport.names import CFG_NAMES, DATASETS, OPTIMIZERS, PRECISIONS, PROVIDERS, RUNTIMES
+from vggexport.names import CFG_NAMES, DATASETS, ONNX_PRECISIONS, OPTIMIZERS, PRECISIONS, PROVIDERS, RUNTIMES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -240,56 +240,107 @@ server_options = compose(
 )
 
 
+def served_model_dir(cfg: str, batch_norm: bool, artifacts: str) -> Any:
+    """<artifacts>/<name>/ without importing torch (the serving process never loads it)."""
+    from pathlib import Path
+
+    depth = {"A": 11, "B": 13, "D": 16, "E": 19}[cfg]
+    return Path(artifacts) / f"vgg{depth}{'_bn' if batch_norm else ''}"
+
+
+def onnx_file(folder: Any, model_path: str | None, precision: str) -> str:
+    """--model wins; else the precision variant's file (model.onnx, model.fp16.onnx, model.int8.onnx)."""
+    from vggexport.artifacts import ONNX_BY_PRECISION
+
+    if model_path and precision != "fp32":
+        raise VggExportError("pass --model FILE or --precision, not both")
+    return model_path or str(folder / ONNX_BY_PRECISION[precision])
+
+
+precision_choice = click.option(
+    "--precision", type=click.Choice(ONNX_PRECISIONS), default="fp32", show_default=True,
+    help="Which ONNX to use: fp32 model.onnx, fp16 model.fp16.onnx, int8 model.int8.onnx.")
+serving_options = compose(
+    click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True,
+                 help="KServe v2 gRPC port (Triton's default); 0 disables gRPC."),
+    click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+                 help="Dynamic batching limit; 1 turns batching off."),
+    click.option("--max-queue-delay-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                 help="How long a batch waits for more requests (0: take whatever queued while the last batch ran)."),
+    click.option("--max-queue-size", type=click.IntRange(min=1), default=None,
+                 help="Images allowed to wait; beyond it requests get 503 + Retry-After [default: 4 x max batch]."),
+    click.option("--timeout-ms", type=click.FloatRange(min=0), default=30_000.0, show_default=True,
+                 help="A request waiting longer than this gets 504 (0: no limit)."),
+    click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True),
+    click.option("--max-image-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
+                 help="Larger images get 413, checked from the header before decoding."),
+    click.option("--preprocessing-model", type=click.Path(dir_okay=False), default=None,
+                 help="uint8 ONNX for /classify [default: model.preprocessing.onnx beside the model]."),
+    click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads."),
+    click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Server processes on the one port, each with its own session; /metrics sums them."),
+    click.option("--warmup/--no-warmup", default=None,
+                 help="Run batch 1 and the max batch before turning ready [default: on CUDA only]."),
+)
+
+
 @cli.command()
 @model_options
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help="ONNX file to serve [default: <artifacts>/<name>/model.onnx].")
+              help="ONNX file to serve, model.preprocessing.onnx included [default: <artifacts>/<name>/model.onnx].")
+@precision_choice
 @server_options
-@click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Dynamic batching limit; 1 turns batching off.")
-@click.option("--max-queue-delay-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="How long a batch waits for more requests (0: take whatever queued while the last batch ran).")
-@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Server processes on the one port, each with its own session; /metrics sums them.")
-def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, host: str, port: int, provider: str,
-          max_batch_size: int, max_queue_delay_ms: float, max_body_mb: float, threads: int | None,
-          workers: int) -> None:
-    """Serve the ONNX model over HTTP: KServe v2 (Triton-compatible) plus an image endpoint."""
+@serving_options
+def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, precision: str, host: str, port: int,
+          grpc_port: int, max_body_mb: float, **options: Any) -> None:
+    """Serve an ONNX model: KServe v2 (Triton-compatible) over HTTP and gRPC, plus an image endpoint.
+
+    \b
+    GET  /v2/health/ready            200 ready, 503 not (also while draining after SIGTERM)
+    POST /v2/models/<name>/infer     tensors in, logits/probabilities out (or top-K classification)
+    POST /v2/models/<name>/classify  an image in (?top_k=3&return_input=true), labels out
+    """
     import logging
 
     from vggexport.serve.app import serve_forever
     from vggexport.serve.service import ServeConfig
 
-    path = model_path or str(selection(cfg, batch_norm, artifacts).model_dir / "model.onnx")
-    config = ServeConfig(model=path, provider=provider, max_batch_size=max_batch_size,
-                         max_queue_delay_ms=max_queue_delay_ms, max_body_bytes=int(max_body_mb * 2**20),
-                         threads=threads, workers=workers)
+    folder = served_model_dir(cfg, batch_norm, artifacts)
+    config = ServeConfig(model=onnx_file(folder, model_path, precision), max_body_bytes=int(max_body_mb * 2**20),
+                         **options)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    serve_forever(config, host=host, port=port)
+    serve_forever(config, host=host, port=port, grpc_port=grpc_port)
 
 
 @cli.command()
 @model_options
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="ONNX file to ship [default: <artifacts>/<name>/model.onnx, or its --precision variant].")
+@precision_choice
 @click.option("--repository", type=click.Path(file_okay=False), default=None,
               help="Model repository root [default: <artifacts>/triton].")
+@click.option("--name", "model_name", default=None, help="Model name in the repository [default: from metadata].")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances.")
 @click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
               help="instance_group kind.")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=100, show_default=True,
+              help="dynamic_batching max_queue_delay_microseconds.")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="model_warmup: Triton runs a zero batch before the model turns ready.")
 @click.option("--allow-unverified", is_flag=True, help="Write it even without a passed parity.json.")
-def triton(cfg: str, batch_norm: bool, artifacts: str, repository: str | None, max_batch_size: int, instances: int,
-           kind: str, allow_unverified: bool) -> None:
+def triton(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, precision: str,
+           repository: str | None, model_name: str | None, allow_unverified: bool, **options: Any) -> None:
     """Write a Triton Inference Server model repository (config.pbtxt, 1/model.onnx, labels.txt)."""
     from pathlib import Path
 
     from vggexport.triton import TritonConfig, write_repository
 
-    chosen = selection(cfg, batch_norm, artifacts)
+    folder = served_model_dir(cfg, batch_norm, artifacts)
     root = Path(repository) if repository else Path(artifacts) / "triton"
-    config = TritonConfig(max_batch_size=max_batch_size, instances=instances, kind=kind)
-    target = write_repository(chosen.model_dir, root, config, allow_unverified=allow_unverified)
+    config = TritonConfig(name=model_name, **options)
+    target = write_repository(Path(onnx_file(folder, model_path, precision)), root, config,
+                              allow_unverified=allow_unverified)
     click.echo(f"wrote {target}/config.pbtxt, {target}/1/model.onnx, {target}/labels.txt")
 
 

@@ -20,11 +20,13 @@ from vggexport.errors import VggExportError
 from vggexport.fileio import write_atomic
 from vggexport.manifest import check_artifact, update_manifest
 from vggexport.model import VGG, ModelConfig
+from vggexport.onnx_io import read_onnx_metadata  # noqa: F401  (moved there: torch-free; kept importable here)
 from vggexport.spec import ExportSpec
-from vggexport.transforms import preprocess
+from vggexport.transforms import normalize, to_unit
 
 TORCHSCRIPT_CONFIG = "model_config.json"
 TORCHSCRIPT_METADATA = "metadata.json"
+MODEL_VIEW = "input_image"  # the preprocessing variant's second output: uint8 pixels after resizing
 
 
 def export_metadata(ckpt: Checkpoint, *, preprocessing: bool = False) -> dict[str, str]:
@@ -91,7 +93,10 @@ def load_torchscript(path: str | Path, device: torch.device | str = "cpu") -> tu
 
 
 class Preprocessing(torch.nn.Module):
-    """Raw uint8 pixels in, logits out: resize and normalize inside the graph."""
+    """Raw uint8 pixels in; logits and the uint8 pixels the model saw (after resizing) out.
+
+    The second output lets a server show exactly the model's view without torch.
+    """
 
     def __init__(self, model: VGG) -> None:
         super().__init__()
@@ -99,9 +104,10 @@ class Preprocessing(torch.nn.Module):
         self.image_size = model.config.image_size
         self.mean, self.std = model.config.mean, model.config.std
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = preprocess(pixels, image_size=self.image_size, mean=self.mean, std=self.std, always_resize=True)
-        return self.model(x)
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = to_unit(pixels, image_size=self.image_size, always_resize=True)
+        seen = (x * 255.0).round().clamp(0, 255).to(torch.uint8)
+        return self.model(normalize(x, mean=self.mean, std=self.std)), seen
 
 
 def onnx_program(ckpt: Checkpoint, spec: ExportSpec, *, preprocessing: bool) -> Any:
@@ -122,8 +128,8 @@ def onnx_program(ckpt: Checkpoint, spec: ExportSpec, *, preprocessing: bool) -> 
         warnings.simplefilter("ignore")
         return torch.onnx.export(
             model, (example,), dynamo=True, opset_version=spec.opset, input_names=[spec.input_name],
-            output_names=[spec.output_name], dynamic_shapes=dynamic, external_data=False, verbose=False,
-            optimize=True,
+            output_names=[spec.output_name, *([MODEL_VIEW] if preprocessing else [])], dynamic_shapes=dynamic,
+            external_data=False, verbose=False, optimize=True,
         )
 
 
@@ -142,21 +148,3 @@ def export_onnx(ckpt: Checkpoint, out: str | Path, spec: ExportSpec, *, preproce
     written = write_atomic(out, lambda tmp: onnx.save_model(proto, str(tmp)))
     update_manifest(written.parent, [written])
     return written
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata_props of a vggexport ONNX file, or a clear error for anything else."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise VggExportError(f"no ONNX model at {path}: run `vggexport onnx` first")
-    check_artifact(path)
-    try:
-        proto = onnx.load_model(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError, onnx raises its own; all mean "not ONNX"
-        raise VggExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
-    metadata = {p.key: p.value for p in proto.metadata_props}
-    if "model_config" not in metadata:
-        raise VggExportError(f"{path} is ONNX but not a vggexport export (no model_config metadata)")
-    return metadata
