@@ -99,3 +99,27 @@ def test_grpc_raw_contents_that_disagree_with_the_shape_are_refused(server: Serv
         with pytest.raises(grpc.RpcError) as caught:
             stub.ModelInfer(request)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "12 bytes for shape" in caught.value.details()
+
+
+@pytest.mark.gpu
+def test_cuda_server_answers_like_the_cpu_one(served_folder) -> None:  # type: ignore[no-untyped-def]
+    import tritonclient.grpc as grpcclient
+
+    from tests.serve.conftest import Served
+
+    x = batch(8)
+    answers = []
+    for provider in ("cpu", "cuda"):
+        process = Served(served_folder / "model.onnx", "--provider", provider).wait_ready(timeout=180)
+        try:
+            client = grpcclient.InferenceServerClient(process.grpc_url)
+            assert client.get_model_metadata(MODEL, as_json=True)["platform"] == "onnxruntime_onnx"
+            tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            answers.append(client.infer(MODEL, [tensor]).as_numpy("logits"))
+            client.close()
+        finally:
+            process.stop()
+        if provider == "cuda":
+            assert "warm-up: batch 64" in process.output()  # start-up logs its phases
+    np.testing.assert_allclose(answers[1], answers[0], atol=5e-3, rtol=1e-2)

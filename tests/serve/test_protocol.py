@@ -56,6 +56,17 @@ def test_binary_output_round_trip_and_id_echo() -> None:
     np.testing.assert_array_equal(np.frombuffer(body[length:], dtype=np.float32), logits.ravel())
 
 
+def test_no_or_empty_outputs_mean_every_output_and_a_missing_id_is_left_out() -> None:
+    for outputs in ([], None):
+        body = {"inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": [1]}]}
+        if outputs is not None:
+            body["outputs"] = outputs
+        call = parse(json.dumps(body).encode())
+        assert call.outputs is None and call.id == ""
+    header, _ = encode_response(InferResult("m", "1", "", [(OutputRequest("logits"), np.zeros((1, 2), np.float32))]))
+    assert "id" not in json.loads(header)
+
+
 def test_classification_strings_are_tritons_format() -> None:
     values = np.array([[1.0, 5.0, 10.0, 4.0], [0.5, 0.25, 0.125, 1.0]], np.float32)
     top = classify(values, 2, ["a", "b", "c", "d"])
@@ -88,6 +99,8 @@ MALFORMED = [
     ("no data", one_input(data=None), None, "has no data"),
     ("header length not a number", one_input(), "abc", "must be a non-negative integer"),
     ("header length past the body", one_input(), "100000", "outside the body"),
+    ("header length of 5000 digits", one_input(), "9" * 5000, "must be a non-negative integer"),
+    ("header length in other digits", one_input(), "٣", "must be a non-negative integer"),
     ("bad classification", json.dumps({"inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": [1]}],
                                        "outputs": [{"name": "logits", "parameters": {"classification": True}}]}
                                       ).encode(), None, "classification must be"),

@@ -71,7 +71,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """(JSON header, binary tail); the tail is empty without the binary extension."""
     if header_length is None:
         return body, b""
-    if not header_length.strip().isdigit():
+    if not header_length.strip().isascii() or not header_length.strip().isdigit() or len(header_length) > 18:
         raise ProtocolError(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length[:40]!r}")
     length = int(header_length)
     if not 0 < length <= len(body):
@@ -190,7 +190,7 @@ def parse_request(body: bytes, header_length: str | None, model: str, version: s
     if offset != len(binary):
         raise ProtocolError(f"{len(binary) - offset} bytes of binary data belong to no input")
     outputs = None
-    if request.outputs is not None:
+    if request.outputs:  # absent or empty: every output
         outputs = [OutputRequest(o.name, classification_count(o.name, o.parameters), wants_binary(request, o))
                    for o in request.outputs]
     return InferCall(model=model, version=version, id=request.id or "", inputs=tensors, outputs=outputs,
@@ -215,8 +215,11 @@ def encode_response(result: InferResult) -> tuple[bytes, int | None]:
         else:
             entry["data"] = json_data(array)
         described.append(entry)
-    header = json.dumps({"model_name": result.model_name, "model_version": result.model_version, "id": result.id,
-                         "outputs": described}, separators=(",", ":")).encode()
+    answer: dict[str, Any] = {"model_name": result.model_name, "model_version": result.model_version}
+    if result.id:
+        answer["id"] = result.id  # echoed, and left out when the request had none, as Triton does
+    answer["outputs"] = described
+    header = json.dumps(answer, separators=(",", ":")).encode()
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
