@@ -104,11 +104,9 @@ class DataPlane:
             raise ProtocolError(f"expected exactly one input ({model.input_name!r}), got {len(call.inputs)}")
         ((name, array),) = call.inputs.items()
         logits = await model.infer(model.check_input(name, array))
-        computed = {OUTPUT: logits, PROBABILITIES: softmax(logits) if any(o.name == PROBABILITIES for o in wanted)
-                    else logits}
         result = InferResult(model.name, VERSION, call.id)
         for output in wanted:
-            values = computed[output.name]
+            values = logits if output.name == OUTPUT else softmax(logits)
             if output.classification:
                 values = classify(values, output.classification, model.class_names)
             result.outputs.append((output, values))
