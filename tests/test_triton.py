@@ -30,7 +30,8 @@ def model_dir(tmp_path: Path) -> Path:
 def test_config_parses_with_tritons_schema_and_matches_the_onnx(model_dir: Path, tmp_path: Path, kind: str) -> None:
     from tritonclient.grpc import model_config_pb2
 
-    target = write_repository(model_dir / "model.onnx", tmp_path / "repo", TritonConfig(max_batch_size=32, instances=2, kind=kind))
+    config = TritonConfig(max_batch_size=32, instances=2, kind=kind)
+    target = write_repository(model_dir / "model.onnx", tmp_path / "repo", config)
     config = text_format.Parse((target / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.name == "vgg11_bn" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 32
     assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]

@@ -82,7 +82,8 @@ def binary_request(image: np.ndarray) -> tuple[bytes, dict[str, str]]:
                                       "content-type": "application/octet-stream"}
 
 
-async def load(url: str, clients: int, seconds: float, body: bytes, headers: dict[str, str]) -> tuple[float, list[float]]:
+async def load(url: str, clients: int, seconds: float, body: bytes,
+               headers: dict[str, str]) -> tuple[float, list[float]]:
     """Closed-loop clients on aiohttp (far cheaper per request than httpx, so the server is what is measured)."""
     import aiohttp
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def test_return_input_is_exactly_the_pixels_the_model_saw(server: Served) -> Non
     ("truncated jpeg", lambda: encode(Image.effect_noise((300, 300), 50), "JPEG")[:2000], 400, "truncated"),
     ("tiff is not accepted", lambda: encode(Image.new("L", (8, 8)), "TIFF"), 400, "not a readable image"),
 ])
-def test_hostile_images_get_4xx(server: Served, case: str, make, status: int, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_images_get_4xx(server: Served, case: str, make: Callable[[], bytes], status: int,
+                                message: str) -> None:
     response = httpx.post(f"{server.url}{CLASSIFY}", content=make(), timeout=60)
     assert response.status_code == status, (case, response.text)
     assert message in response.json()["error"]
@@ -63,15 +65,14 @@ def test_serving_the_preprocessing_model_directly_takes_uint8(served_folder: Pat
         meta = httpx.get(f"{process.url}/v2/models/{MODEL}").json()
         assert meta["inputs"] == [{"name": "input", "datatype": "UINT8", "shape": [-1, 1, -1, -1]}]
         pixels = np.random.default_rng(2).integers(0, 256, (2, 1, 28, 40), dtype=np.uint8)
-        body = {"inputs": [{"name": "input", "shape": [2, 1, 28, 40], "datatype": "UINT8",
-                            "data": pixels.ravel().tolist()}], "outputs": [{"name": "logits"}]}
+        tensor = {"name": "input", "shape": [2, 1, 28, 40], "datatype": "UINT8", "data": pixels.ravel().tolist()}
+        body = {"inputs": [tensor], "outputs": [{"name": "logits"}]}
         response = httpx.post(f"{process.url}/v2/models/{MODEL}/infer", json=body)
         assert response.status_code == 200, response.text
         expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": pixels})[0]
         np.testing.assert_allclose(np.asarray(response.json()["outputs"][0]["data"]).reshape(2, -1), expected,
                                    rtol=1e-5, atol=1e-6)
-        wrong = httpx.post(f"{process.url}/v2/models/{MODEL}/infer", json={"inputs": [{**body["inputs"][0],  # type: ignore[index]
-                                                                                        "datatype": "FP32"}]})
+        wrong = httpx.post(f"{process.url}/v2/models/{MODEL}/infer", json={"inputs": [{**tensor, "datatype": "FP32"}]})
         assert wrong.status_code == 400 and "must be UINT8" in wrong.json()["error"]
         huge = {"name": "input", "shape": [1, 1, 100, 100], "datatype": "UINT8", "data": [0] * 10_000}
         too_big = httpx.post(f"{process.url}/v2/models/{MODEL}/infer", json={"inputs": [huge]})
@@ -93,13 +94,12 @@ def test_classify_without_a_preprocessing_model_says_to_re_export(model_only: Pa
 def test_a_failing_model_answers_500_without_internal_text(tmp_path: Path) -> None:
     process = Served(failing_model(tmp_path / "model.onnx")).wait_ready()
     try:
-        body = {"inputs": [{"name": "input", "shape": [2, 1, 2, 2], "datatype": "FP32", "data": [0.0] * 8}]}
-        response = httpx.post(f"{process.url}/v2/models/fails/infer", json=body)
+        tensor = {"name": "input", "shape": [2, 1, 2, 2], "datatype": "FP32", "data": [0.0] * 8}
+        response = httpx.post(f"{process.url}/v2/models/fails/infer", json={"inputs": [tensor]})
         assert response.status_code == 500
         assert response.json() == {"error": "inference failed; see the server log"}
-        ok = httpx.post(f"{process.url}/v2/models/fails/infer", json={"inputs": [{**body["inputs"][0],  # type: ignore[index]
-                                                                                  "shape": [1, 1, 2, 2],
-                                                                                  "data": [0.0] * 4}]})
+        one = {**tensor, "shape": [1, 1, 2, 2], "data": [0.0] * 4}
+        ok = httpx.post(f"{process.url}/v2/models/fails/infer", json={"inputs": [one]})
         assert ok.status_code == 200, ok.text  # the batcher went on
     finally:
         process.stop()

@@ -93,7 +93,8 @@ def add_error_handlers(app: FastAPI, plane: DataPlane) -> None:
         return error(500, "internal server error; see the server log")
 
 
-def create_app(config: ServeConfig, listen: Listen | None = None, phase: Callable[[str], None] | None = None) -> FastAPI:
+def create_app(config: ServeConfig, listen: Listen | None = None,
+               phase: Callable[[str], None] | None = None) -> FastAPI:
     listen = listen or Listen()
     phase = phase or Phases()
     metrics = create_metrics()
@@ -107,7 +108,7 @@ def create_app(config: ServeConfig, listen: Listen | None = None, phase: Callabl
         if listen.grpc_port:
             from vggexport.serve.grpc_server import start_grpc
 
-            grpc_server = await start_grpc(plane, listen.host, listen.grpc_port, config.max_body_bytes)
+            grpc_server = await start_grpc(plane, metrics, listen.host, listen.grpc_port, config.max_body_bytes)
             phase(f"gRPC listening on {listen.host}:{listen.grpc_port}")
         install_drain_hook(plane)
         phase("ready")

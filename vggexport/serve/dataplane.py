@@ -19,7 +19,7 @@ import numpy as np
 from vggexport import __version__
 from vggexport.serve.errors import NotFoundError, ProtocolError, UnavailableError
 from vggexport.serve.images import decode_image, png_data_url
-from vggexport.serve.service import OUTPUT, OUTPUTS, PROBABILITIES, ModelService, softmax
+from vggexport.serve.service import OUTPUT, OUTPUTS, ModelService, softmax
 
 SERVER_NAME = "vggexport"
 EXTENSIONS = ["binary_tensor_data", "classification"]

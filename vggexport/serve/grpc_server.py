@@ -10,6 +10,7 @@ answer UNIMPLEMENTED from the generated base class.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -19,6 +20,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from vggexport.errors import VggExportError
 from vggexport.serve.dataplane import DataPlane, InferCall, InferResult, OutputRequest
 from vggexport.serve.errors import ProtocolError
+from vggexport.serve.metrics import ServerMetrics
 from vggexport.serve.protocol import BYTES, DATATYPES, datatype_name, decode_raw, element_count, encode_raw
 
 log = logging.getLogger("vggexport.serve")
@@ -89,16 +91,18 @@ def to_response(result: InferResult) -> Any:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane) -> None:
-        self.plane = plane
+    def __init__(self, plane: DataPlane, metrics: ServerMetrics) -> None:
+        self.plane, self.metrics = plane, metrics
 
     async def guarded(self, context: Any, work: Any) -> Any:
         try:
             return await work()
         except VggExportError as exc:
+            self.metrics.failure.labels(self.plane.service.name, "client" if exc.http_status < 500 else "server").inc()
             await context.abort(status_code(exc), str(exc))
         except Exception:
-            log.exception("gRPC request failed")
+            log.exception("gRPC request failed")  # the details stay in the server's log
+            self.metrics.failure.labels(self.plane.service.name, "server").inc()
             await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -128,19 +132,23 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            self.plane.model(request.model_name, request.model_version)
+            started = time.perf_counter()
+            model = self.plane.model(request.model_name, request.model_version)
             call = await self.plane.offload(to_call, request)
             result = await self.plane.infer(call)
-            return await self.plane.offload(to_response, result)
+            response = await self.plane.offload(to_response, result)
+            self.metrics.success.labels(model.name).inc()
+            self.metrics.request_latency.labels("grpc_infer").observe(time.perf_counter() - started)
+            return response
         return await self.guarded(context, work)
 
 
-async def start_grpc(plane: DataPlane, host: str, port: int, max_message_bytes: int) -> Any:
+async def start_grpc(plane: DataPlane, metrics: ServerMetrics, host: str, port: int, max_message_bytes: int) -> Any:
     """A started grpc.aio server on ``host:port`` (call it from the running event loop)."""
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes)]
     server = grpc.aio.server(options=options)
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, metrics), server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError:
