@@ -105,6 +105,9 @@ class ModelService:
             self.channels = int(meta.get("in_channels", "3"))
         except (ValueError, TypeError):
             raise VggExportError(f"{config.model} has unreadable class_names metadata; re-export it") from None
+        if not self.class_names:  # a model trained without names: its class indices are its labels
+            classes = self.engine.runner.session.get_outputs()[0].shape[-1]
+            self.class_names = [str(i) for i in range(classes if isinstance(classes, int) else 0)]
         self.images = self.engine if self.engine.takes_pixels else self.find_image_engine(metrics, phase)
 
     def find_image_engine(self, metrics: ServerMetrics, phase: Callable[[str], None]) -> Engine | None:
