@@ -270,10 +270,16 @@ def test_sigterm_turns_not_ready_at_once_and_drains_in_flight_requests(served_fo
         time.sleep(0.5)  # the request is now waiting in the batcher's queue
         process.process.send_signal(signal.SIGTERM)
         time.sleep(0.3)
-        draining_ready = client.is_server_ready()  # gRPC stays up until the HTTP side has drained
+        # while the request is in flight both ports stay open, not ready, refusing new work (as Triton)
+        grpc_ready = client.is_server_ready()
+        http_ready = httpx.get(f"{process.url}/v2/health/ready")
+        refused = httpx.post(f"{process.url}{INFER}", json=body, timeout=30)
         response = pending.result()
     client.close()
-    assert draining_ready is False
+    assert grpc_ready is False
+    assert http_ready.status_code == 503 and http_ready.json() == {"ready": False}
+    assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
+    assert refused.headers["retry-after"] == "1"
     assert response.status_code == 200, response.text
     # uvicorn shuts down gracefully, then re-raises SIGTERM so supervisors see how it ended
     assert process.process.wait(timeout=30) in (0, -signal.SIGTERM)

@@ -3,11 +3,13 @@
 Both transports share one ``DataPlane`` over one ``ModelService`` and its batchers.
 The process imports onnxruntime, numpy, PIL and the web stack, never torch.
 Start-up logs each phase with its time; on SIGTERM the server turns not-ready
-at once (503 on /v2/health/ready, ServerReady false on gRPC), then drains.
+at once (503 on /v2/health/ready, ServerReady false on gRPC), refuses new work
+with 503 and keeps its ports open until the requests in flight are answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -15,6 +17,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -36,7 +39,7 @@ from vggexport.serve.service import ModelService, ServeConfig
 
 log = logging.getLogger("vggexport.serve")
 CONFIG_ENV = "VGGEXPORT_SERVE_CONFIG"
-GRPC_GRACE_S = 30.0
+GRPC_GRACE_S = 30.0  # also the longest a drain waits for requests in flight
 
 
 @dataclass(frozen=True)
@@ -49,22 +52,36 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def install_drain_hook(plane: DataPlane) -> None:
-    """Turn not-ready the moment SIGTERM/SIGINT arrives, then let uvicorn's own handler drain."""
+def install_drain_hook(plane: DataPlane, grace_s: float) -> None:
+    """On SIGTERM/SIGINT drain as Triton does: turn not-ready at once (HTTP 503, gRPC false) and refuse
+    new inference with 503, but keep both ports open until the requests in flight have their answers
+    (at most ``grace_s``); then hand the signal to uvicorn, which shuts down. A second signal stops at once.
+    """
     if threading.current_thread() is not threading.main_thread():
         return  # an embedded server (the pipeline's smoke test) has no signals of its own
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(sig)
         if not callable(previous):
             continue
 
         def handler(signum: int, frame: Any, previous: Callable[..., Any] = previous) -> None:
-            if not plane.draining:
-                log.info("shutting down: not ready, draining in-flight requests")
+            if plane.draining:
+                previous(signum, frame)
+                return
             plane.draining = True
-            previous(signum, frame)
+            log.info("shutting down: not ready, draining %d in-flight request(s)", plane.in_flight)
+            stop = lambda: previous(signum, frame)  # noqa: E731
+            loop.call_soon_threadsafe(lambda: loop.create_task(finish_drain(plane, stop, grace_s)))
 
         signal.signal(sig, handler)
+
+
+async def finish_drain(plane: DataPlane, stop: Callable[[], None], grace_s: float) -> None:
+    deadline = time.monotonic() + grace_s
+    while plane.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    stop()
 
 
 def add_error_handlers(app: FastAPI, plane: DataPlane) -> None:
@@ -110,7 +127,7 @@ def create_app(config: ServeConfig, listen: Listen | None = None,
 
             grpc_server = await start_grpc(plane, metrics, listen.host, listen.grpc_port, config.max_body_bytes)
             phase(f"gRPC listening on {listen.host}:{listen.grpc_port}")
-        install_drain_hook(plane)
+        install_drain_hook(plane, GRPC_GRACE_S)
         phase("ready")
         try:
             yield

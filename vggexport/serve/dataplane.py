@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -56,15 +57,23 @@ class DataPlane:
     def __init__(self, service: ModelService) -> None:
         self.service = service
         self.draining = False
+        self.in_flight = 0  # inference and image requests between parsing and their answer
         # JSON parsing, image decoding and PNG encoding run here, off the event loop.
         self.pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="vggexport-parse")
 
     async def offload(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, partial(func, *args, **kwargs))
 
-    def check_serving(self) -> None:
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """Refuse new work while draining (503); count the work in flight so a drain can wait for it."""
         if self.draining:
             raise UnavailableError("the server is shutting down")
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     def live(self) -> bool:
         return True
@@ -98,12 +107,12 @@ class DataPlane:
 
     async def infer(self, call: InferCall) -> InferResult:
         model = self.model(call.model, call.version)
-        self.check_serving()
         wanted = self.requested_outputs(call)
         if len(call.inputs) != 1:
             raise ProtocolError(f"expected exactly one input ({model.input_name!r}), got {len(call.inputs)}")
         ((name, array),) = call.inputs.items()
-        logits = await model.infer(model.check_input(name, array))
+        async with self.serving():
+            logits = await model.infer(model.check_input(name, array))
         result = InferResult(model.name, VERSION, call.id)
         for output in wanted:
             values = logits if output.name == OUTPUT else softmax(logits)
@@ -128,11 +137,11 @@ class DataPlane:
                              return_input: bool = False) -> dict[str, Any]:
         """Image bytes -> top-k labels; with ``return_input`` also the pixels the model saw, as a PNG data URL."""
         model = self.model(name, None)
-        self.check_serving()
         model.check_classify_available()
-        pixels = await self.offload(decode_image, raw, channels=model.channels,
-                                    max_pixels=model.config.max_image_pixels)
-        logits, seen = await model.classify(pixels)
+        async with self.serving():
+            pixels = await self.offload(decode_image, raw, channels=model.channels,
+                                        max_pixels=model.config.max_image_pixels)
+            logits, seen = await model.classify(pixels)
         answer: dict[str, Any] = {"model_name": model.name, "predictions": model.top_k(logits, top_k)[0]}
         if return_input:
             if seen is None:
