@@ -124,3 +124,22 @@ def test_cuda_server_answers_like_the_cpu_one(served_folder) -> None:  # type: i
         if provider == "cuda":
             assert "warm-up: batch 64" in process.output()  # start-up logs its phases
     np.testing.assert_allclose(answers[1], answers[0], atol=5e-3, rtol=1e-2)
+
+
+@pytest.mark.parametrize("which", ["grpc", "http"])
+def test_a_port_in_use_is_a_one_line_error(server: Served, which: str) -> None:
+    import subprocess
+    import sys
+
+    from vggexport.serve.smoke import free_port
+
+    taken = server.grpc_port if which == "grpc" else server.port
+    other = free_port()
+    ports = ["--grpc-port", str(taken), "--port", str(other)] if which == "grpc" else \
+        ["--grpc-port", str(other), "--port", str(taken)]
+    done = subprocess.run([sys.executable, "-m", "vggexport", "serve", "--model", str(server.model), *ports],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{taken}" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert server.process.poll() is None  # the first server is untouched

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -120,13 +121,14 @@ def create_app(config: ServeConfig, listen: Listen | None = None,
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await service.start()
         grpc_server = None
         if listen.grpc_port:
             from vggexport.serve.grpc_server import start_grpc
 
-            grpc_server = await start_grpc(plane, metrics, listen.host, listen.grpc_port, config.max_body_bytes)
+            grpc_server = await start_grpc(plane, metrics, listen.host, listen.grpc_port, config.max_body_bytes,
+                                           shared_port=config.workers > 1)
             phase(f"gRPC listening on {listen.host}:{listen.grpc_port}")
+        await service.start()
         install_drain_hook(plane, GRPC_GRACE_S)
         phase("ready")
         try:
@@ -145,6 +147,21 @@ def create_app(config: ServeConfig, listen: Listen | None = None,
     return app
 
 
+def check_ports_free(host: str, *ports: int) -> None:
+    """A port in use is a one-line error before anything starts, not a traceback from inside uvicorn."""
+    for port in ports:
+        if not port:
+            continue
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+        except OSError as exc:
+            raise VggExportError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another "
+                                 "--port / --grpc-port (--grpc-port 0 turns gRPC off)") from None
+
+
 def app_from_environment() -> FastAPI:
     """The app factory each worker process calls (``--workers N``): its config comes from the parent."""
     saved = json.loads(os.environ[CONFIG_ENV])
@@ -161,6 +178,7 @@ def serve_forever(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8
     import uvicorn
 
     phase = Phases(lambda message: print(message, flush=True))
+    check_ports_free(host, port, grpc_port)
     listen = Listen(host=host, grpc_port=grpc_port)
     app = create_app(config, listen, phase)  # also validates the model and provider before any worker starts
     service: ModelService = app.state.service

@@ -143,10 +143,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return await self.guarded(context, work)
 
 
-async def start_grpc(plane: DataPlane, metrics: ServerMetrics, host: str, port: int, max_message_bytes: int) -> Any:
-    """A started grpc.aio server on ``host:port`` (call it from the running event loop)."""
+async def start_grpc(plane: DataPlane, metrics: ServerMetrics, host: str, port: int, max_message_bytes: int, *,
+                     shared_port: bool = False) -> Any:
+    """A started grpc.aio server on ``host:port`` (call it from the running event loop).
+
+    Only ``--workers N`` shares the port (SO_REUSEPORT): otherwise a second server on the same port
+    would silently take half the traffic instead of failing.
+    """
     options = [("grpc.max_receive_message_length", max_message_bytes),
-               ("grpc.max_send_message_length", max_message_bytes)]
+               ("grpc.max_send_message_length", max_message_bytes), ("grpc.so_reuseport", int(shared_port))]
     server = grpc.aio.server(options=options)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, metrics), server)
     try:
