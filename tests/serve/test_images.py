@@ -142,3 +142,23 @@ def test_missing_precision_variant_is_a_one_line_error(served_folder: Path) -> N
     done = subprocess.run([sys.executable, "-m", "vggexport", "serve", "--artifacts", str(served_folder.parent),
                            "--precision", "int8", "--grpc-port", "0"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "model.int8.onnx" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_return_input_from_a_graph_without_the_view_output_says_to_re_export(served_folder: Path,
+                                                                             tmp_path: Path) -> None:
+    import onnx
+
+    proto = onnx.load(str(served_folder / "model.preprocessing.onnx"))
+    assert [o.name for o in proto.graph.output] == ["logits", "input_image"]
+    del proto.graph.output[1]  # as exported before the view output existed
+    folder = tmp_path / "vgg11_bn"
+    folder.mkdir()
+    onnx.save(proto, str(folder / "model.preprocessing.onnx"))
+    process = Served(folder / "model.preprocessing.onnx").wait_ready()
+    try:
+        image = encode(Image.new("L", (32, 32)))
+        refused = httpx.post(f"{process.url}{CLASSIFY}?return_input=true", content=image)
+        assert refused.status_code == 400 and "re-export" in refused.json()["error"]
+        assert httpx.post(f"{process.url}{CLASSIFY}", content=image).status_code == 200
+    finally:
+        process.stop()

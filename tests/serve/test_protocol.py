@@ -73,6 +73,7 @@ def test_classification_strings_are_tritons_format() -> None:
     assert top.shape == (2, 2)
     assert top.tolist() == [[b"10.000000:2:c", b"5.000000:1:b"], [b"1.000000:3:d", b"0.500000:0:a"]]
     assert classify(values, 99, list("abcd")).shape == (2, 4)  # clamped to the class count
+    assert classify(values, 1, ["a"]).tolist() == [[b"10.000000:2"], [b"1.000000:3"]]  # no label: no ":label"
 
 
 def one_input(**fields: object) -> bytes:

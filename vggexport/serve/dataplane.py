@@ -132,21 +132,20 @@ class DataPlane:
             raise ProtocolError("an output is requested twice")
         return call.outputs
 
-
     async def classify_image(self, name: str, raw: bytes, *, top_k: int = 3,
                              return_input: bool = False) -> dict[str, Any]:
         """Image bytes -> top-k labels; with ``return_input`` also the pixels the model saw, as a PNG data URL."""
         model = self.model(name, None)
-        model.check_classify_available()
+        images = model.check_classify_available()
+        if return_input and len(images.runner.output_names) < 2:
+            raise ProtocolError("this preprocessing model does not output the pixels it saw; re-export it "
+                                "with `vggexport export --with-preprocessing`")
         async with self.serving():
             pixels = await self.offload(decode_image, raw, channels=model.channels,
                                         max_pixels=model.config.max_image_pixels)
             logits, seen = await model.classify(pixels)
         answer: dict[str, Any] = {"model_name": model.name, "predictions": model.top_k(logits, top_k)[0]}
-        if return_input:
-            if seen is None:
-                raise ProtocolError("this preprocessing model does not output the pixels it saw; re-export it "
-                                    "with `vggexport export --with-preprocessing`")
+        if return_input and seen is not None:
             answer["input_image"] = await self.offload(png_data_url, seen[0])
         return answer
 
@@ -158,10 +157,12 @@ def classify(values: np.ndarray, count: int, labels: list[str]) -> np.ndarray:
     """Triton's classification extension: per row the top ``count`` as b"<value>:<index>:<label>".
 
     The value is the output's own (a logit or a probability), printed as C++'s std::to_string
-    prints a float ("%f"), as Triton does; ``count`` beyond the class count is clamped.
+    prints a float ("%f"), as Triton does; ``count`` beyond the class count is clamped, and a class
+    without a label is "<value>:<index>".
     """
     k = min(count, values.shape[1])
     order = np.argsort(-values, axis=1, kind="stable")[:, :k]
-    rows = [[f"{float(row[i]):f}:{int(i)}:{labels[i]}".encode() for i in top] for row, top in zip(values, order)]
+    rows = [[(f"{float(row[i]):f}:{int(i)}" + (f":{labels[i]}" if i < len(labels) else "")).encode() for i in top]
+            for row, top in zip(values, order)]
     return np.array(rows, dtype=np.object_).reshape(len(values), k)
 
