@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -107,13 +108,19 @@ def test_a_failing_model_answers_500_without_internal_text(tmp_path: Path) -> No
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_a_slow_request_504(served_folder: Path) -> None:
-    process = Served(served_folder / "model.onnx", "--max-batch-size", "1", "--max-queue-size", "1",
+    # The uint8 model on 4-megapixel inputs: each run (an antialiased resize on one thread) takes far
+    # longer than parsing a binary request, so concurrent requests pile up behind a one-image queue.
+    process = Served(served_folder / "model.preprocessing.onnx", "--max-batch-size", "1", "--max-queue-size", "1",
                      "--threads", "1").wait_ready()
     try:
-        image = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (1500, 1500), dtype=np.uint8)))
+        pixels = np.random.default_rng(0).integers(0, 256, (1, 1, 2000, 2000), dtype=np.uint8)
+        header = json.dumps({"inputs": [{"name": "input", "shape": list(pixels.shape), "datatype": "UINT8",
+                                         "parameters": {"binary_data_size": pixels.nbytes}}]}).encode()
+        request = {"content": header + pixels.tobytes(),
+                   "headers": {"Inference-Header-Content-Length": str(len(header))}}
         with ThreadPoolExecutor(max_workers=12) as pool:
-            responses = list(pool.map(lambda _: httpx.post(f"{process.url}{CLASSIFY}", content=image, timeout=60),
-                                      range(12)))
+            responses = list(pool.map(lambda _: httpx.post(f"{process.url}/v2/models/{MODEL}/infer", timeout=60,
+                                                           **request), range(12)))
         codes = sorted(r.status_code for r in responses)
         assert set(codes) == {200, 503}, codes
         refused = next(r for r in responses if r.status_code == 503)
