@@ -31,7 +31,8 @@ def model_dir(tmp_path: Path) -> Path:
 def test_config_parses_with_tritons_schema_and_matches_the_onnx(model_dir: Path, tmp_path: Path, kind: str) -> None:
     from tritonclient.grpc import model_config_pb2
 
-    target = write_repository(model_dir, tmp_path / "repo", TritonConfig(max_batch_size=32, instances=2, kind=kind))
+    config = TritonConfig(max_batch_size=32, instances=2, kind=kind)
+    target = write_repository(model_dir / "model.onnx", tmp_path / "repo", config)
     config = text_format.Parse((target / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.name == "vgg11_bn" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 32
     assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
@@ -50,8 +51,8 @@ def test_config_parses_with_tritons_schema_and_matches_the_onnx(model_dir: Path,
 def test_unverified_model_is_refused(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (model_dir / "parity.json").unlink()
     with pytest.raises(VggExportError, match="has not been verified"):
-        write_repository(model_dir, tmp_path / "repo", TritonConfig())
-    assert write_repository(model_dir, tmp_path / "repo", TritonConfig(), allow_unverified=True).is_dir()
+        write_repository(model_dir / "model.onnx", tmp_path / "repo", TritonConfig())
+    assert write_repository(model_dir / "model.onnx", tmp_path / "repo", TritonConfig(), allow_unverified=True).is_dir()
     assert "warning: " in capsys.readouterr().err
 
 
@@ -64,13 +65,13 @@ def test_failed_verification_is_refused(model_dir: Path, tmp_path: Path) -> None
     other = save_checkpoint(tmp_path / "other.pt", model_config=ckpt.model_config, state={"model": weights})
     assert not verify(other, model_dir, ExportSpec(), VerifyOptions(random_only=True)).passed
     with pytest.raises(VggExportError, match="failed verification"):
-        write_repository(model_dir, tmp_path / "repo", TritonConfig())
+        write_repository(model_dir / "model.onnx", tmp_path / "repo", TritonConfig())
 
 
 def test_edited_parity_report_is_refused(model_dir: Path, tmp_path: Path) -> None:
     (model_dir / "parity.json").write_text("{not json")
     with pytest.raises(VggExportError, match="changed since vggexport wrote it"):
-        write_repository(model_dir, tmp_path / "repo", TritonConfig())
+        write_repository(model_dir / "model.onnx", tmp_path / "repo", TritonConfig())
 
 
 def test_onnx_re_exported_after_verify_is_refused(model_dir: Path, tmp_path: Path) -> None:
@@ -78,7 +79,51 @@ def test_onnx_re_exported_after_verify_is_refused(model_dir: Path, tmp_path: Pat
 
     export_onnx(load_checkpoint(model_dir / "best.pt"), model_dir / "model.onnx", ExportSpec(opset=20))
     with pytest.raises(VggExportError, match="changed after it was verified"):
-        write_repository(model_dir, tmp_path / "repo", TritonConfig())
+        write_repository(model_dir / "model.onnx", tmp_path / "repo", TritonConfig())
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "", "x" * 200, 'q"uote', "new\nline"])
+def test_unsafe_model_names_are_refused(model_dir: Path, tmp_path: Path, name: str) -> None:
+    with pytest.raises(VggExportError, match="not a safe Triton model name"):
+        write_repository(model_dir / "model.onnx", tmp_path / "repo", TritonConfig(name=name or "-"))
+    assert not (tmp_path / "repo").exists()
+
+
+def test_metadata_name_is_validated_and_the_config_escapes_strings(model_dir: Path, tmp_path: Path) -> None:
+    from tritonclient.grpc import model_config_pb2
+
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    proto = onnx.load(str(model_dir / "model.onnx"))
+    for prop in proto.metadata_props:
+        if prop.key == "model_name":
+            prop.value = '../../etc" }\nplatform: "evil'
+    onnx.save(proto, str(hostile / "model.onnx"))
+    with pytest.raises(VggExportError, match="metadata is not a safe Triton model name"):
+        write_repository(hostile / "model.onnx", tmp_path / "repo", TritonConfig(), allow_unverified=True)
+    target = write_repository(hostile / "model.onnx", tmp_path / "repo", TritonConfig(name="safe"),
+                              allow_unverified=True)
+    config = text_format.Parse((target / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == "safe" and target == tmp_path / "repo" / "safe"
+
+
+def test_queue_delay_warmup_and_the_preprocessing_variant(model_dir: Path, tmp_path: Path) -> None:
+    from tritonclient.grpc import model_config_pb2
+
+    from tests.test_export import make_checkpoint
+
+    export_onnx(make_checkpoint(model_dir), model_dir / "model.preprocessing.onnx", ExportSpec(), preprocessing=True)
+    target = write_repository(model_dir / "model.preprocessing.onnx", tmp_path / "repo",
+                              TritonConfig(name="vgg11_bn_pixels", max_queue_delay_us=2500), allow_unverified=True)
+    config = text_format.Parse((target / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2500
+    assert config.input[0].data_type == model_config_pb2.TYPE_UINT8 and list(config.input[0].dims) == [1, -1, -1]
+    assert [o.name for o in config.output] == ["logits"]
+    warm = config.model_warmup[0]
+    assert warm.batch_size == 1 and list(warm.inputs["input"].dims) == [1, 32, 32] and warm.inputs["input"].zero_data
+    plain = write_repository(model_dir / "model.onnx", tmp_path / "repo2", TritonConfig(warmup=False))
+    parsed = text_format.Parse((plain / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert not parsed.model_warmup
 
 
 def test_preferred_batch_sizes() -> None:
@@ -91,3 +136,5 @@ def test_triton_command(run_cli: Cli, model_dir: Path) -> None:
     assert (model_dir.parent / "triton" / "vgg11_bn" / "config.pbtxt").is_file()
     missing = run_cli("triton", "--artifacts", model_dir.parent / "nowhere")
     assert missing.exit_code == 1 and "run `vggexport onnx` first" in missing.output
+    fp16 = run_cli("triton", "--artifacts", model_dir.parent, "--precision", "fp16")
+    assert fp16.exit_code == 1 and "model.fp16.onnx" in fp16.output

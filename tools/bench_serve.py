@@ -1,11 +1,14 @@
-"""Serving throughput and latency on loopback, batching on and off, against the raw ORT session.
+"""Serving start-up, memory, throughput and latency on loopback, batching on and off, against the raw session.
 
-    python tools/bench_serve.py [--model artifacts/vgg11_bn/model.onnx] [--seconds 8]
+    python tools/bench_serve.py [--model artifacts/vgg11_bn/model.onnx] [--seconds 8] [--provider cpu|cuda]
+                                [--clients 1 8 64] [--logs DIR] [--startup-only]
 
-Starts `vggexport serve` on 127.0.0.1 twice (--max-batch-size 64, then 1), drives
-it with 1, 8 and 64 concurrent single-image clients (binary tensor protocol,
-bounded in time and count), then measures the bare ONNX Runtime session at
-batch 64 in the same run, and prints the ratios the serve issue asks for.
+Starts `vggexport serve` on 127.0.0.1 twice (--max-batch-size 64, then 1), with its
+output written to a file under --logs (never an unread pipe, which a chatty server
+could fill and block on). Reports seconds from launch to ready and the server's RSS,
+drives it with closed-loop single-image clients (binary tensor protocol), then
+measures the bare ONNX Runtime session (the server's own runner: same provider,
+same IO binding) at batch 64 in the same run, and prints the ratios the serve issue asks for.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -25,10 +29,49 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import ServerProcess  # noqa: E402  (the same real-server launcher the tests use)
-from vggexport.runners import OnnxRuntimeRunner  # noqa: E402
+from vggexport.serve.engine import ServingRunner  # noqa: E402  (the server's own runner)
+from vggexport.serve.smoke import free_port  # noqa: E402
 
-MAX_REQUESTS = 20_000
+MAX_REQUESTS = 50_000
+
+
+class Server:
+    def __init__(self, model: Path, log: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        command = [sys.executable, "-m", "vggexport", "serve", "--model", str(model), "--port", str(self.port),
+                   "--grpc-port", "0", *extra]
+        self.started = time.perf_counter()
+        with open(log, "w") as handle:
+            self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def wait_ready(self, timeout: float) -> float:
+        import httpx
+
+        while time.perf_counter() - self.started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited ({self.process.returncode}); its output:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return time.perf_counter() - self.started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        self.stop()
+        raise TimeoutError(f"server not ready in {timeout:.0f} s; its output:\n{self.log.read_text()}")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait(timeout=60)
 
 
 def binary_request(image: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -39,14 +82,15 @@ def binary_request(image: np.ndarray) -> tuple[bytes, dict[str, str]]:
                                       "content-type": "application/octet-stream"}
 
 
-async def load(url: str, clients: int, seconds: float, body: bytes, headers: dict[str, str]) -> tuple[float, list[float]]:
+async def load(url: str, clients: int, seconds: float, body: bytes,
+               headers: dict[str, str]) -> tuple[float, list[float]]:
     """Closed-loop clients on aiohttp (far cheaper per request than httpx, so the server is what is measured)."""
     import aiohttp
 
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as client:
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
         async def worker() -> None:
             while time.perf_counter() < deadline and len(latencies) < MAX_REQUESTS:
                 started = time.perf_counter()
@@ -70,14 +114,14 @@ def ensure_model(model: Path | None, folder: Path) -> Path:
     return folder / "vgg11_bn" / "model.onnx"
 
 
-def raw_session(model: Path, batch: int, seconds: float) -> float:
-    with OnnxRuntimeRunner(model, provider="cpu") as runner:
-        x = np.random.default_rng(0).standard_normal((batch, *runner.session.get_inputs()[0].shape[1:]),
-                                                     dtype=np.float32)
-        runner.infer(x)
+def raw_session(model: Path, provider: str, batch: int, seconds: float) -> float:
+    with ServingRunner(model, provider=provider) as runner:
+        shape = [d if d > 0 else 1 for d in runner.input_shape[1:]]
+        x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
+        runner.infer_all(x)
         count, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
-            runner.infer(x)
+            runner.infer_all(x)
             count += batch
         return count / (time.perf_counter() - started)
 
@@ -87,18 +131,31 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="--max-queue-delay-ms of the batching server.")
+    parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--logs", type=Path, default=None, help="Folder for the servers' output [default: a temp dir].")
+    parser.add_argument("--startup-only", action="store_true", help="Only time start-up and measure RSS (5 starts).")
+    parser.add_argument("--ready-timeout", type=float, default=120.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        logs = args.logs or Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
         model = ensure_model(args.model, Path(tmp))
-        with OnnxRuntimeRunner(model) as runner:
-            name, shape = runner.metadata["model_name"], runner.session.get_inputs()[0].shape[1:]
+        if args.startup_only:
+            startup(model, args.provider, logs, args.ready_timeout)
+            return
+        with ServingRunner(model, provider="cpu") as runner:
+            name = runner.metadata["model_name"]
+            shape = [d if d > 0 else 1 for d in runner.input_shape[1:]]
         body, headers = binary_request(np.random.default_rng(0).standard_normal((1, *shape), dtype=np.float32))
         results: dict[tuple[str, int], float] = {}
         for mode, max_batch in (("batching", "64"), ("no batching", "1")):
-            server = ServerProcess(model, "--provider", "cpu", "--max-batch-size", max_batch,
-                                   "--max-queue-delay-ms", str(args.delay_ms)).wait_ready()
+            server = Server(model, logs / f"server-{max_batch}.log", "--provider", args.provider, "--max-batch-size",
+                            max_batch, "--max-queue-delay-ms", str(args.delay_ms), "--max-queue-size", "4096")
+            ready = server.wait_ready(args.ready_timeout)
+            print(f"{mode}: ready in {ready:.2f} s, RSS {server.rss_mb():.0f} MB", flush=True)
             try:
-                for clients in (1, 8, 64):
+                for clients in args.clients:
                     url = f"{server.url}/v2/models/{name}/infer"
                     asyncio.run(load(url, clients, 1.0, body, headers))  # warm-up
                     rate, latencies = asyncio.run(load(url, clients, args.seconds, body, headers))
@@ -106,12 +163,26 @@ def main() -> None:
                     results[(mode, clients)] = rate
                     print(f"{mode:<12} {clients:>3} clients: {rate:8.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms",
                           flush=True)
+                print(f"{mode}: RSS after load {server.rss_mb():.0f} MB", flush=True)
             finally:
                 server.stop()
-        raw = raw_session(model, 64, args.seconds)
-    print(f"raw ONNX Runtime session, batch 64: {raw:.0f} img/s")
-    print(f"64 clients: batching / no batching = {results[('batching', 64)] / results[('no batching', 64)]:.2f}x; "
-          f"batching / raw session = {results[('batching', 64)] / raw:.0%}")
+        raw = raw_session(model, args.provider, 64, args.seconds)
+    top = max(args.clients)
+    print(f"raw ONNX Runtime session ({args.provider}), batch 64: {raw:.0f} img/s")
+    print(f"{top} clients: batching / no batching = {results[('batching', top)] / results[('no batching', top)]:.2f}x; "
+          f"batching / raw session = {results[('batching', top)] / raw:.0%}")
+
+
+def startup(model: Path, provider: str, logs: Path, timeout: float) -> None:
+    times, rss = [], []
+    for attempt in range(5):
+        server = Server(model, logs / f"startup-{attempt}.log", "--provider", provider)
+        times.append(server.wait_ready(timeout))
+        rss.append(server.rss_mb())
+        has_torch = "libtorch" in Path(f"/proc/{server.process.pid}/maps").read_text()
+        server.stop()
+    print(f"ready in {statistics.median(times):.2f} s (median of 5, launch to 200 on /v2/health/ready; "
+          f"min {min(times):.2f}), RSS {statistics.median(rss):.0f} MB, torch loaded: {has_torch}")
 
 
 if __name__ == "__main__":

@@ -1,30 +1,71 @@
 #!/usr/bin/env bash
-# Exercises every CUDA path on a lent GPU machine (see BENCHMARKS.md, "GPU").
-# Expects onnxruntime-gpu unpacked in /tmp/site and Fashion-MNIST under $GPU_DATA.
+# The one script that exercises every CUDA path on a lent GPU machine (see BENCHMARKS.md, "GPU").
+#
+# The device has torch but no onnxruntime-gpu and no registry. Carry the wheel first, one call per part:
+#   here:      bash ../shared/tools/ort-gpu-parts.sh .ortgpu        (.ortgpu is in .git/info/exclude)
+#   device:    mkdir -p /tmp/ortparts && cp .ortgpu/pN/* /tmp/ortparts/      carry: [".ortgpu/pN"]  (N = 1..4)
+#   device:    GPU_DATA=<dir with FashionMNIST/raw> bash tools/gpu_check.sh   (carry the data as a path too)
+# Every step runs even if an earlier one failed; each prints its exit status, and a summary ends the run.
+# Servers' output goes to files under $OUT, which come back with the run.
 set -u
 cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" /tmp/site
+if [ ! -d /tmp/site/onnxruntime ] && ls /tmp/ortparts/ort.tar.xz.* >/dev/null 2>&1; then
+  cat /tmp/ortparts/ort.tar.xz.* | xz -d | tar -x -C /tmp/site
+fi
 export PYTHONUNBUFFERED=1 VGGEXPORT_OFFLINE=1 PYTHONPATH="/tmp/site:$PWD"
 DATA=${GPU_DATA:-/tmp/gpudata}
 ART=/tmp/gpu-artifacts
-step() { echo; echo "=== $* ($(date +%T))"; }
-step gpu
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, onnxruntime as ort; print('torch', torch.__version__, 'onnxruntime', ort.__version__, ort.get_available_providers())"
-step "train on CUDA (defaults: 224x224, width 1.0, bf16), 1 epoch, real Fashion-MNIST"
-python3 -m vggexport train --data-dir "$DATA" --epochs 1 --artifacts "$ART"
-step export
-python3 -m vggexport export --artifacts "$ART" --with-preprocessing
-step "verify: CUDA runtimes on all 10,000 test images"
-python3 -m vggexport verify --artifacts "$ART" --data-dir "$DATA" --device cuda --runtimes torchscript-cuda --runtimes onnxruntime-cuda --report "$ART/vgg11_bn/parity-cuda.json"
-step "verify: CPU runtimes on 1,000 test images"
-python3 -m vggexport verify --artifacts "$ART" --data-dir "$DATA" --samples 1000 --runtimes torchscript --runtimes onnxruntime-cpu
-step "gpu tests"
-python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_export.py tests/test_runners.py
-step "bench_train on cuda"
-python3 tools/bench_train.py --data-dir "$DATA" --device cuda --steps 30
-if [ -z "${SKIP_INFER:-}" ]; then
-  step "bench_infer on the trained 224x224 model"
-  python3 tools/bench_infer.py --checkpoint "$ART/vgg11_bn/best.pt" --seconds 1
-fi
-mkdir -p "${OUT:-/tmp/out}" && cp "$ART"/vgg11_bn/*.json "$ART"/vgg11_bn/metrics.jsonl "${OUT:-/tmp/out}/" 2>/dev/null
-step done
+MODEL="$ART/vgg11_bn"
+summary=()
+step() {
+  local title=$1; shift
+  echo; echo "=== $title ($(date +%T))"
+  "$@"; local rc=$?
+  echo "--- rc $rc: $title"
+  summary+=("rc $rc  $title")
+}
+
+step "gpu and libraries" bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader &&
+  python3 -c "import torch, onnxruntime as ort; print(\"torch\", torch.__version__, \"onnxruntime\", ort.__version__, ort.get_available_providers())"'
+
+# Training: the CUDA defaults (224x224, full width, bf16), then the fast recipe's speed run (>= 0.950 in <= 60 s).
+step "train: CUDA defaults, 1 epoch" python3 -m vggexport train --data-dir "$DATA" --epochs 1 --artifacts "$ART"
+step "train: --recipe fast (speed run)" python3 -m vggexport train --data-dir "$DATA" --recipe fast \
+  --artifacts /tmp/gpu-fast
+step "train: fp16 with GradScaler, deterministic, 30 steps" python3 -m vggexport train --data-dir "$DATA" \
+  --precision fp16 --deterministic --max-steps 30 --artifacts /tmp/gpu-fp16
+
+# Every export of the CUDA model: TorchScript, .pt2, ONNX fp32 + uint8 preprocessing, fp16 and int8 variants.
+step "export (all artifacts)" python3 -m vggexport export --artifacts "$ART" --with-preprocessing \
+  --precision fp32 --precision fp16 --precision int8 --data-dir "$DATA"
+
+# verify on CUDA, all 10,000 test images, TF32 off: the tolerances measured here go into BENCHMARKS.md.
+step "verify: every artifact on CUDA runtimes, all 10,000 test images" python3 -m vggexport verify \
+  --artifacts "$ART" --data-dir "$DATA" --device cuda --runtimes torchscript-cuda --runtimes torch-export-cuda \
+  --runtimes onnxruntime-cuda --report "$OUT/parity-cuda.json"
+step "verify: every artifact on CPU runtimes, 1,000 test images" python3 -m vggexport verify \
+  --artifacts "$ART" --data-dir "$DATA" --samples 1000 --runtimes torchscript --runtimes torch-export \
+  --runtimes onnxruntime-cpu --report "$OUT/parity-cpu.json"
+
+step "gpu tests" python3 -m pytest -q -m gpu -p no:cacheprovider tests
+
+# The server on ORT's CUDA provider: start, request, drain; its whole output is kept.
+step "serve on CUDA (verified model)" bash -c "
+  python3 -m vggexport serve --artifacts '$ART' --provider cuda --port 8000 --grpc-port 8001 \
+    > '$OUT/serve-cuda.log' 2>&1 & pid=\$!
+  for i in \$(seq 1 120); do curl -sf localhost:8000/v2/health/ready >/dev/null && break; sleep 0.5; done
+  curl -s localhost:8000/v2/models/vgg11_bn; echo
+  python3 -c 'import numpy as np, tritonclient.http as h; c = h.InferenceServerClient(\"localhost:8000\"); x = h.InferInput(\"input\", [4, 1, 224, 224], \"FP32\"); x.set_data_from_numpy(np.zeros((4, 1, 224, 224), np.float32)); print(c.infer(\"vgg11_bn\", [x]).as_numpy(\"logits\").shape)'
+  rc=\$?; kill -TERM \$pid; wait \$pid; exit \$rc"
+step "bench_serve on CUDA (224x224 full width)" python3 tools/bench_serve.py --model "$MODEL/model.onnx" \
+  --provider cuda --seconds 5 --logs "$OUT/bench-serve-logs"
+step "bench_infer: ORT CUDA fp16 vs fp32 vs int8, 224x224" python3 tools/bench_infer.py \
+  --checkpoint "$MODEL/best.pt" --variants --provider cuda --data-dir "$DATA"
+step "bench_infer: every runtime" python3 tools/bench_infer.py --checkpoint "$MODEL/best.pt" --seconds 1
+step "bench_train on CUDA" python3 tools/bench_train.py --data-dir "$DATA" --device cuda --steps 30 --recipe fast
+
+cp "$MODEL"/*.json "$MODEL"/metrics.jsonl "$OUT/" 2>/dev/null
+cp /tmp/gpu-fast/vgg11_bn/metrics.jsonl "$OUT/metrics-fast.jsonl" 2>/dev/null
+echo; echo "=== summary"; printf '%s\n' "${summary[@]}"

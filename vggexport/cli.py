@@ -13,7 +13,7 @@ import click
 
 from vggexport import __version__
 from vggexport.errors import VggExportError
-from vggexport.names import CFG_NAMES, DATASETS, OPTIMIZERS, PRECISIONS, PROVIDERS, RUNTIMES
+from vggexport.names import CFG_NAMES, DATASETS, ONNX_PRECISIONS, OPTIMIZERS, PRECISIONS, PROVIDERS, RUNTIMES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,7 +53,7 @@ NAME_KEY = "vggexport.model_name"
 def remember_name(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     """--name is kept in the click context: ``selection()`` and ``model_name()`` read it, no signature carries it."""
     if value is not None:
-        from vggexport.model import check_model_name
+        from vggexport.names import check_model_name
 
         try:
             ctx.meta[NAME_KEY] = check_model_name(value)
@@ -211,8 +211,9 @@ def torchscript(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | No
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Output file [default: <artifacts>/<name>/model.onnx].")
 @opset_option
-@click.option("--with-preprocessing", is_flag=True,
-              help="Also write a variant that takes uint8 pixels of any size and resizes/normalizes inside.")
+@click.option("--with-preprocessing/--no-preprocessing", default=True, show_default=True,
+              help="Also write model.preprocessing.onnx: uint8 pixels of any size in, resized/cropped and normalized "
+                   "inside (what the server's /classify runs).")
 def onnx(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, out: str | None, opset: int,
          with_preprocessing: bool) -> None:
     """Export a checkpoint to a self-describing ONNX file (dynamic batch, metadata_props)."""
@@ -227,7 +228,8 @@ def onnx(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, out
 @model_options
 @checkpoint_option
 @opset_option
-@click.option("--with-preprocessing", is_flag=True, help="Also write the uint8-input ONNX variant.")
+@click.option("--with-preprocessing/--no-preprocessing", default=True, show_default=True,
+              help="Also write model.preprocessing.onnx (uint8 pixels in; what /classify runs).")
 def export(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, opset: int,
            with_preprocessing: bool) -> None:
     """Run both exports: TorchScript and ONNX."""
@@ -323,24 +325,83 @@ server_options = compose(
 )
 
 
+def served_model_dir(cfg: str, batch_norm: bool, artifacts: str) -> Any:
+    """<artifacts>/<name>/ without importing torch (the serving process never loads it)."""
+    from pathlib import Path
+
+    from vggexport.names import torchvision_name
+
+    return Path(artifacts) / (model_name() or torchvision_name(cfg, batch_norm))
+
+
+def served_files(model: str, preprocessing_model: str | None) -> list[Any]:
+    """Every file the server will load: the model, and the preprocessing graph /classify runs if there is one."""
+    from pathlib import Path
+
+    from vggexport.artifacts import ONNX_PREPROCESSING
+
+    files = [Path(model)]
+    image_graph = Path(preprocessing_model) if preprocessing_model else Path(model).with_name(ONNX_PREPROCESSING)
+    if image_graph.is_file() and image_graph != files[0]:
+        files.append(image_graph)
+    return files
+
+
+def onnx_file(folder: Any, model_path: str | None, precision: str) -> str:
+    """--model wins; else the precision variant's file (model.onnx, model.fp16.onnx, model.int8.onnx)."""
+    from vggexport.artifacts import ONNX_BY_PRECISION
+
+    if model_path and precision != "fp32":
+        raise VggExportError("pass --model FILE or --precision, not both")
+    return model_path or str(folder / ONNX_BY_PRECISION[precision])
+
+
+precision_choice = click.option(
+    "--precision", type=click.Choice(ONNX_PRECISIONS), default="fp32", show_default=True,
+    help="Which ONNX to use: fp32 model.onnx, fp16 model.fp16.onnx, int8 model.int8.onnx.")
+serving_options = compose(
+    click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True,
+                 help="KServe v2 gRPC port (Triton's default); 0 disables gRPC."),
+    click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+                 help="Dynamic batching limit; 1 turns batching off."),
+    click.option("--max-queue-delay-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                 help="How long a batch waits for more requests (0: take whatever queued while the last batch ran)."),
+    click.option("--max-queue-size", type=click.IntRange(min=1), default=None,
+                 help="Images allowed to wait; beyond it requests get 503 + Retry-After [default: 4 x max batch]."),
+    click.option("--timeout-ms", type=click.FloatRange(min=0), default=30_000.0, show_default=True,
+                 help="A request waiting longer than this gets 504 (0: no limit)."),
+    click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True),
+    click.option("--max-image-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
+                 help="Larger images get 413, checked from the header before decoding."),
+    click.option("--preprocessing-model", type=click.Path(dir_okay=False), default=None,
+                 help="uint8 ONNX for /classify [default: model.preprocessing.onnx beside the model]."),
+    click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads."),
+    click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Server processes on the one port, each with its own session; /metrics sums them."),
+    click.option("--warmup/--no-warmup", default=None,
+                 help="Run batch 1 and the max batch before turning ready [default: on CUDA only]."),
+)
+
+
 @cli.command()
 @model_options
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help="ONNX file to serve [default: <artifacts>/<name>/model.onnx].")
+              help="ONNX file to serve, model.preprocessing.onnx included [default: <artifacts>/<name>/model.onnx].")
+@precision_choice
 @server_options
-@click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Dynamic batching limit; 1 turns batching off.")
-@click.option("--max-queue-delay-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="How long a batch waits for more requests (0: take whatever queued while the last batch ran).")
-@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Server processes on the one port, each with its own session; /metrics sums them.")
+@serving_options
 @allow_unverified_option
-def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, host: str, port: int, provider: str,
-          max_batch_size: int, max_queue_delay_ms: float, max_body_mb: float, threads: int | None,
-          workers: int, allow_unverified: bool) -> None:
-    """Serve the ONNX model over HTTP: KServe v2 (Triton-compatible) plus an image endpoint."""
+def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, precision: str, host: str, port: int,
+          grpc_port: int, max_body_mb: float, allow_unverified: bool, **options: Any) -> None:
+    """Serve an ONNX model: KServe v2 (Triton-compatible) over HTTP and gRPC, plus an image endpoint.
+
+    \b
+    GET  /v2/health/ready            200 ready, 503 not (also while draining after SIGTERM)
+    POST /v2/models/<name>/infer     tensors in, logits/probabilities out (or top-K classification)
+    POST /v2/models/<name>/classify  an image in (?top_k=3&return_input=true), labels out
+    \b
+    Only files that `vggexport verify` recorded as passed are served (--allow-unverified overrides).
+    """
     import logging
     from pathlib import Path
 
@@ -349,35 +410,46 @@ def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, ho
 
     from vggexport.record import require_verified
 
-    path = model_path or str(selection(cfg, batch_norm, artifacts).model_dir / "model.onnx")
-    require_verified(Path(path), allow_unverified=allow_unverified)
-    config = ServeConfig(model=path, provider=provider, max_batch_size=max_batch_size,
-                         max_queue_delay_ms=max_queue_delay_ms, max_body_bytes=int(max_body_mb * 2**20),
-                         threads=threads, workers=workers)
+    folder = served_model_dir(cfg, batch_norm, artifacts)
+    config = ServeConfig(model=onnx_file(folder, model_path, precision), max_body_bytes=int(max_body_mb * 2**20),
+                         **options)
+    for served_file in served_files(config.model, config.preprocessing_model):
+        require_verified(served_file, allow_unverified=allow_unverified)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    serve_forever(config, host=host, port=port)
+    serve_forever(config, host=host, port=port, grpc_port=grpc_port)
 
 
 @cli.command()
 @model_options
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="ONNX file to ship [default: <artifacts>/<name>/model.onnx, or its --precision variant].")
+@precision_choice
 @click.option("--repository", type=click.Path(file_okay=False), default=None,
               help="Model repository root [default: <artifacts>/triton].")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances.")
 @click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
               help="instance_group kind.")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=100, show_default=True,
+              help="dynamic_batching max_queue_delay_microseconds.")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="model_warmup: Triton runs a zero batch before the model turns ready.")
 @allow_unverified_option
-def triton(cfg: str, batch_norm: bool, artifacts: str, repository: str | None, max_batch_size: int, instances: int,
-           kind: str, allow_unverified: bool) -> None:
-    """Write a Triton Inference Server model repository (config.pbtxt, 1/model.onnx, labels.txt)."""
+def triton(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, precision: str,
+           repository: str | None, allow_unverified: bool, **options: Any) -> None:
+    """Write a Triton Inference Server model repository (config.pbtxt, 1/model.onnx, labels.txt).
+
+    The repository's model name is the ONNX metadata's (which --name sets at training or import).
+    """
     from pathlib import Path
 
     from vggexport.triton import TritonConfig, write_repository
 
-    chosen = selection(cfg, batch_norm, artifacts)
+    folder = served_model_dir(cfg, batch_norm, artifacts)
     root = Path(repository) if repository else Path(artifacts) / "triton"
-    config = TritonConfig(max_batch_size=max_batch_size, instances=instances, kind=kind)
-    target = write_repository(chosen.model_dir, root, config, allow_unverified=allow_unverified)
+    config = TritonConfig(**options)
+    target = write_repository(Path(onnx_file(folder, model_path, precision)), root, config,
+                              allow_unverified=allow_unverified)
     click.echo(f"wrote {target}/config.pbtxt, {target}/1/model.onnx, {target}/labels.txt")
 
 

@@ -20,11 +20,13 @@ from vggexport.errors import VggExportError
 from vggexport.fileio import write_atomic
 from vggexport.manifest import check_artifact, update_manifest
 from vggexport.model import VGG, ModelConfig
+from vggexport.onnx_io import read_onnx_metadata  # noqa: F401  (moved there: torch-free; kept importable here)
 from vggexport.spec import ExportSpec
 from vggexport.transforms import normalize, resize_crop
 
 TORCHSCRIPT_CONFIG = "model_config.json"
 TORCHSCRIPT_METADATA = "metadata.json"
+MODEL_VIEW = "input_image"  # the preprocessing variant's second output: uint8 pixels after resizing
 
 
 def export_metadata(ckpt: Checkpoint, *, preprocessing: bool = False) -> dict[str, str]:
@@ -112,10 +114,11 @@ def load_torchscript(path: str | Path, device: torch.device | str = "cpu") -> tu
 
 
 class Preprocessing(torch.nn.Module):
-    """Raw uint8 pixels of any size in, logits out: the model's resize/crop and normalization inside the graph.
+    """Raw uint8 pixels of any size in; logits and the uint8 pixels the model saw (after resize/crop) out.
 
     With ``resize_size`` it is torchvision's evaluation transform: Resize(resize_size) of the shorter
-    side (bilinear, antialias), CenterCrop(image_size), Normalize(mean, std).
+    side (bilinear, antialias), CenterCrop(image_size), Normalize(mean, std). The second output lets a
+    server show exactly the model's view without torch.
     """
 
     def __init__(self, model: VGG) -> None:
@@ -124,10 +127,11 @@ class Preprocessing(torch.nn.Module):
         self.image_size, self.resize_size = model.config.image_size, model.config.resize_size
         self.mean, self.std = model.config.mean, model.config.std
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = resize_crop(pixels.to(torch.float32) / 255.0, image_size=self.image_size, resize_size=self.resize_size,
                         always_resize=True)
-        return self.model(normalize(x, mean=self.mean, std=self.std))
+        seen = (x * 255.0).round().clamp(0, 255).to(torch.uint8)
+        return self.model(normalize(x, mean=self.mean, std=self.std)), seen
 
 
 def onnx_program(ckpt: Checkpoint, spec: ExportSpec, *, preprocessing: bool) -> Any:
@@ -149,8 +153,8 @@ def onnx_program(ckpt: Checkpoint, spec: ExportSpec, *, preprocessing: bool) -> 
         warnings.simplefilter("ignore")
         return torch.onnx.export(
             model, (example,), dynamo=True, opset_version=spec.opset, input_names=[spec.input_name],
-            output_names=[spec.output_name], dynamic_shapes=dynamic, external_data=False, verbose=False,
-            optimize=True,
+            output_names=[spec.output_name, *([MODEL_VIEW] if preprocessing else [])], dynamic_shapes=dynamic,
+            external_data=False, verbose=False, optimize=True,
         )
 
 
@@ -169,21 +173,3 @@ def export_onnx(ckpt: Checkpoint, out: str | Path, spec: ExportSpec, *, preproce
     written = write_atomic(out, lambda tmp: onnx.save_model(proto, str(tmp)))
     update_manifest(written.parent, [written])
     return written
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata_props of a vggexport ONNX file, or a clear error for anything else."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise VggExportError(f"no ONNX model at {path}: run `vggexport onnx` first")
-    check_artifact(path)
-    try:
-        proto = onnx.load_model(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError, onnx raises its own; all mean "not ONNX"
-        raise VggExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
-    metadata = {p.key: p.value for p in proto.metadata_props}
-    if "model_config" not in metadata:
-        raise VggExportError(f"{path} is ONNX but not a vggexport export (no model_config metadata)")
-    return metadata

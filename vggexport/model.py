@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from vggexport.names import DEPTHS, check_model_name, torchvision_name  # noqa: F401 - re-exported
 
 # Numbers are conv output channels, "M" a 2x2 max-pool (the paper's Table 1).
 CFGS: dict[str, list[int | str]] = {
@@ -22,23 +23,8 @@ CFGS: dict[str, list[int | str]] = {
     "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
-DEPTHS: dict[str, int] = {"A": 11, "B": 13, "D": 16, "E": 19}
 DOWNSAMPLE = 32  # five 2x2 max-pools
-# A model name is a folder name, a URL path segment and a Triton model name.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 INTERPOLATIONS = ("bilinear",)
-
-
-def check_model_name(name: str) -> str:
-    if not NAME_PATTERN.fullmatch(name):
-        raise ValueError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (start with a letter "
-                         f"or digit, at most 100 characters)")
-    return name
-
-
-def torchvision_name(cfg: str, batch_norm: bool) -> str:
-    """``vgg11``, ``vgg11_bn``, ... ``vgg19_bn``: torchvision's builder names."""
-    return f"vgg{DEPTHS[cfg]}{'_bn' if batch_norm else ''}"
 
 
 @dataclass(frozen=True)

@@ -93,9 +93,9 @@ class Pipeline:
         spec = ExportSpec()
         self.stage(1, "train", self.train_inputs(), [paths.BEST], lambda: train(self.config.train))
         best = recorded_sha(self.folder, paths.BEST)
-        self.stage(2, "export", fingerprint(best, asdict(spec)), [paths.ONNX, paths.TORCHSCRIPT],
-                   lambda: export_all(chosen, spec))
-        exports = [recorded_sha(self.folder, n) for n in (paths.BEST, paths.ONNX, paths.TORCHSCRIPT)]
+        exported = [paths.ONNX, paths.ONNX_PREPROCESSING, paths.TORCHSCRIPT]
+        self.stage(2, "export", fingerprint(best, asdict(spec)), exported, lambda: export_all(chosen, spec))
+        exports = [recorded_sha(self.folder, n) for n in (paths.BEST, *exported)]
 
         def run_verify() -> None:
             from vggexport.reporting import print_parity

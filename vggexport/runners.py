@@ -170,7 +170,7 @@ class OnnxRuntimeRunner(Runner):
     def activate_impl(self) -> None:
         import onnxruntime as ort
 
-        from vggexport.export import read_onnx_metadata
+        from vggexport.onnx_io import read_onnx_metadata
 
         self.metadata = read_onnx_metadata(self.path)
         wants_cuda = self.requested == "cuda" or (self.requested == "auto" and CUDA_EP in ort.get_available_providers())

@@ -1,9 +1,11 @@
 """A Triton Inference Server model repository from a verified ONNX export.
 
 Layout: ``<repository>/<name>/config.pbtxt``, ``<repository>/<name>/1/model.onnx``
-and ``labels.txt``. The batch dimension is left out of ``dims`` (Triton adds it
-when max_batch_size > 0 and refuses a model whose first dimension is not
-dynamic: triton-inference-server/server#7003).
+and ``labels.txt``. config.pbtxt is a ``model_config_pb2.ModelConfig`` (tritonclient's
+generated schema) printed by protobuf's ``text_format``, so every string is escaped
+and every field exists. Inputs and outputs come from the ONNX graph itself; the
+batch dimension is left out of ``dims`` (Triton adds it when max_batch_size > 0 and
+refuses a model whose first dimension is not dynamic: triton-inference-server/server#7003).
 """
 
 from __future__ import annotations
@@ -12,26 +14,53 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vggexport import artifacts as paths
 from vggexport.errors import VggExportError
+from vggexport.names import NAME_PATTERN
 from vggexport.fileio import write_atomic, write_text_atomic
 
 KINDS = ("gpu", "cpu")
+# Triton names a folder after the model: no separators, no "..", nothing a shell or URL would mangle.
+MODEL_NAME = NAME_PATTERN
 
 
 @dataclass(frozen=True)
 class TritonConfig:
+    name: str | None = None  # None: the ONNX metadata's model_name (validated like any other)
     max_batch_size: int = 64
     instances: int = 1
     kind: str = "gpu"
     max_queue_delay_us: int = 100
+    warmup: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise VggExportError(f"unknown instance kind {self.kind!r}: use gpu or cpu")
         if self.max_batch_size < 1 or self.instances < 1:
             raise VggExportError("--max-batch-size and --instances must be >= 1")
+        if self.max_queue_delay_us < 0:
+            raise VggExportError("--max-queue-delay-us must be >= 0")
+
+
+def check_model_name(name: str, source: str) -> str:
+    if not MODEL_NAME.fullmatch(name) or ".." in name:
+        raise VggExportError(f"model name {name[:60]!r} from {source} is not a safe Triton model name "
+                             "(letters, digits, _ . -; no path separators); pass --name")
+    return name
+
+
+def check_labels(raw: str) -> list[str]:
+    try:
+        labels = json.loads(raw)
+    except ValueError:
+        labels = None
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise VggExportError("the ONNX metadata's class_names is not a list of strings; re-export the model")
+    if any("\n" in x or "\r" in x for x in labels):
+        raise VggExportError("a class name contains a line break; labels.txt needs one label per line")
+    return labels
 
 
 def preferred_batch_sizes(max_batch_size: int) -> list[int]:
@@ -39,39 +68,41 @@ def preferred_batch_sizes(max_batch_size: int) -> list[int]:
     return (sizes[-3:] if sizes else []) or [max_batch_size]
 
 
-def config_pbtxt(name: str, meta: dict[str, str], config: TritonConfig) -> str:
-    side, channels = int(meta["image_size"]), int(meta["in_channels"])
-    classes = len(json.loads(meta["class_names"]))
-    preferred = ", ".join(map(str, preferred_batch_sizes(config.max_batch_size)))
-    return f'''name: "{name}"
-platform: "onnxruntime_onnx"
-max_batch_size: {config.max_batch_size}
-input [
-  {{
-    name: "input"
-    data_type: TYPE_FP32
-    dims: [ {channels}, {side}, {side} ]
-  }}
-]
-output [
-  {{
-    name: "logits"
-    data_type: TYPE_FP32
-    dims: [ {classes} ]
-    label_filename: "labels.txt"
-  }}
-]
-dynamic_batching {{
-  preferred_batch_size: [ {preferred} ]
-  max_queue_delay_microseconds: {config.max_queue_delay_us}
-}}
-instance_group [
-  {{
-    count: {config.instances}
-    kind: KIND_{config.kind.upper()}
-  }}
-]
-'''
+def model_config(name: str, onnx_path: Path, meta: dict[str, str], config: TritonConfig) -> Any:
+    """The ModelConfig message for this ONNX: only the first output (the logits) is declared."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    from vggexport.onnx_io import graph_io
+
+    inputs, outputs = graph_io(onnx_path)
+    if len(inputs) != 1 or not outputs:
+        raise VggExportError(f"{onnx_path} has {len(inputs)} inputs and {len(outputs)} outputs; expected 1 and >= 1")
+    (input_name, input_type, input_dims), (output_name, output_type, output_dims) = inputs[0], outputs[0]
+    for dims in (input_dims, output_dims):
+        if not dims or dims[0] != -1:
+            raise VggExportError(f"{onnx_path} has no dynamic batch dimension; Triton batching needs one")
+    message = pb.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=config.max_batch_size)
+    message.input.add(name=input_name, data_type=pb.DataType.Value(f"TYPE_{input_type}"), dims=input_dims[1:])
+    message.output.add(name=output_name, data_type=pb.DataType.Value(f"TYPE_{output_type}"), dims=output_dims[1:],
+                       label_filename="labels.txt")
+    message.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(config.max_batch_size))
+    message.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_us
+    kind = pb.ModelInstanceGroup.Kind.Value(f"KIND_{config.kind.upper()}")
+    message.instance_group.add(count=config.instances, kind=kind)
+    if config.warmup:
+        side = int(meta.get("image_size", "0") or 0)
+        warm_dims = [side if d == -1 else d for d in input_dims[1:]]
+        if all(d > 0 for d in warm_dims):
+            warmup = message.model_warmup.add(name="zeros", batch_size=1)
+            warmup.inputs[input_name].CopyFrom(pb.ModelWarmup.Input(
+                data_type=pb.DataType.Value(f"TYPE_{input_type}"), dims=warm_dims, zero_data=True))
+    return message
+
+
+def config_pbtxt(name: str, onnx_path: Path, meta: dict[str, str], config: TritonConfig) -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(model_config(name, onnx_path, meta, config))
 
 
 def check_verified(onnx_path: Path, *, allow_unverified: bool = False) -> None:
@@ -81,15 +112,20 @@ def check_verified(onnx_path: Path, *, allow_unverified: bool = False) -> None:
     require_verified(onnx_path, allow_unverified=allow_unverified)
 
 
-def write_repository(model_dir: Path, repository: Path, config: TritonConfig, *, allow_unverified: bool = False) -> Path:
-    from vggexport.export import read_onnx_metadata
+def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
+                     allow_unverified: bool = False) -> Path:
+    """Write ``<repository>/<name>/`` for ``onnx_path`` (model.onnx or a precision/preprocessing variant)."""
+    from vggexport.onnx_io import read_onnx_metadata
 
-    onnx_path = model_dir / paths.ONNX
+    onnx_path = Path(onnx_path)
     meta = read_onnx_metadata(onnx_path)
     check_verified(onnx_path, allow_unverified=allow_unverified)
-    name = meta["model_name"]
+    name = check_model_name(config.name, "--name") if config.name else check_model_name(
+        meta["model_name"], f"{onnx_path.name}'s metadata")
+    labels = check_labels(meta["class_names"])
+    text = config_pbtxt(name, onnx_path, meta, config)
     target = repository / name
     write_atomic(target / "1" / "model.onnx", lambda tmp: shutil.copyfile(onnx_path, tmp))
-    write_text_atomic(target / "labels.txt", "".join(f"{label}\n" for label in json.loads(meta["class_names"])))
-    write_text_atomic(target / "config.pbtxt", config_pbtxt(name, meta, config))
+    write_text_atomic(target / "labels.txt", "".join(f"{label}\n" for label in labels))
+    write_text_atomic(target / "config.pbtxt", text)
     return target

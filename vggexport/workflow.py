@@ -54,7 +54,7 @@ def export_onnx(selection: ModelSelection, spec: ExportSpec, out: str | None = N
     return written
 
 
-def export_all(selection: ModelSelection, spec: ExportSpec, with_preprocessing: bool = False) -> list[Path]:
+def export_all(selection: ModelSelection, spec: ExportSpec, with_preprocessing: bool = True) -> list[Path]:
     """Both exports from one load (and one checksum check) of the checkpoint."""
     ckpt = selection.load_checkpoint()
     return [export_torchscript(selection, ckpt=ckpt), *export_onnx(selection, spec, None, with_preprocessing, ckpt)]

@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.conftest import ServerProcess
+from tests.serve.conftest import Served
 
 MODEL = "vgg11_bn"
 
@@ -58,21 +59,16 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 
 @pytest.mark.realdata
-def test_image_endpoint_matches_offline_on_real_test_images(server: ServerProcess, real_data_dir: Path) -> None:
-    import torch
-
+def test_image_endpoint_matches_the_preprocessing_graph_on_real_test_images(server: Served,
+                                                                           real_data_dir: Path) -> None:
     from vggexport.data import load_dataset
-    from vggexport.export import read_onnx_metadata
-    from vggexport.transforms import preprocess
 
-    data = load_dataset("fashion-mnist", real_data_dir)
-    images = data.test_images[:24]
-    meta = read_onnx_metadata(server.model)
-    with torch.no_grad():
-        batch = preprocess(images, image_size=32, mean=json.loads(meta["mean"]), std=json.loads(meta["std"])).numpy()
-    expected = offline_logits(server.model, batch).argmax(1)
+    images = load_dataset("fashion-mnist", real_data_dir).test_images[:24].numpy()
+    session = ort.InferenceSession(str(server.model.with_name("model.preprocessing.onnx")),
+                                   providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"input": images})[0].argmax(1)
     for i, image in enumerate(images):
-        png = png_bytes(image[0].numpy())
+        png = png_bytes(image[0])
         if i % 2:
             response = httpx.post(f"{server.url}/v2/models/{MODEL}/classify", content=png,
                                   headers={"content-type": "image/png"})
@@ -127,64 +123,121 @@ def v2(data: object = None, **fields: object) -> dict[str, object]:
 
 
 INFER = f"/v2/models/{MODEL}/infer"
-BAD_REQUESTS: list[tuple[str, str, dict[str, object]]] = [
-    ("malformed json", INFER, {"content": b"{not json"}),
-    ("empty body", INFER, {"content": b""}),
-    ("json array", INFER, {"json": [1, 2, 3]}),
-    ("json string", INFER, {"json": "hello"}),
-    ("no inputs", INFER, {"json": {}}),
-    ("empty inputs", INFER, {"json": {"inputs": []}}),
-    ("inputs not a list", INFER, {"json": {"inputs": "input"}}),
-    ("input without name", INFER, {"json": {"inputs": [{"shape": [1], "datatype": "FP32", "data": [1]}]}}),
-    ("missing shape", INFER, {"json": {"inputs": [{"name": "input", "datatype": "FP32", "data": [1]}]}}),
-    ("missing datatype", INFER, {"json": {"inputs": [{"name": "input", "shape": [1], "data": [1]}]}}),
-    ("missing data", INFER, {"json": {"inputs": [{"name": "input", "shape": [1, 1, 32, 32], "datatype": "FP32"}]}}),
-    ("unknown datatype", INFER, {"json": v2(datatype="FP128")}),
-    ("wrong datatype", INFER, {"json": v2(datatype="INT32", data=[0] * 1024)}),
-    ("string data", INFER, {"json": v2(data=["x"] * 1024)}),
-    ("nested garbage data", INFER, {"json": v2(data=[{"a": 1}] * 1024)}),
-    ("too few values", INFER, {"json": v2(data=[0.0] * 10)}),
-    ("too many values", INFER, {"json": v2(data=[0.0] * 2048)}),
-    ("wrong shape", INFER, {"json": v2(shape=[1, 3, 32, 32], data=[0.0] * 3072)}),
-    ("rank 3", INFER, {"json": v2(shape=[1, 32, 32])}),
-    ("negative shape", INFER, {"json": v2(shape=[-1, 1, 32, 32])}),
-    ("shape of strings", INFER, {"json": v2(shape=["a"])}),
-    ("huge shape", INFER, {"json": v2(shape=[10**9, 1, 32, 32])}),
-    ("zero batch", INFER, {"json": v2(shape=[0, 1, 32, 32], data=[])}),
-    ("batch over limit", INFER, {"json": v2(shape=[65, 1, 32, 32], data=[0.0] * 65 * 1024)}),
-    ("nan values", INFER, {"content": json.dumps(v2(data=[float("nan")] * 1024)).encode()}),
-    ("unknown input name", INFER, {"json": v2(name="image")}),
-    ("two inputs", INFER, {"json": {"inputs": [v2()["inputs"][0], v2(name="x")["inputs"][0]]}}),  # type: ignore[index]
-    ("unknown output", INFER, {"json": {**v2(), "outputs": [{"name": "features"}]}}),
-    ("unknown model", "/v2/models/resnet50/infer", {"json": v2()}),
-    ("unknown model metadata", "/v2/models/resnet50", {}),
+CLASSIFY = f"/v2/models/{MODEL}/classify"
+
+
+def binary_request(body: dict[str, object], tail: int) -> dict[str, object]:
+    header = json.dumps(body).encode()
+    return {"content": header + b"\x00" * tail, "headers": {"Inference-Header-Content-Length": str(len(header))}}
+
+
+def v2_input(**fields: object) -> dict[str, object]:
+    return v2(**fields)["inputs"][0]  # type: ignore[index,no-any-return]
+
+
+# (case, path, httpx kwargs, status, a fragment of the error that proves the intended check answered)
+BAD_REQUESTS: list[tuple[str, str, dict[str, object], int, str]] = [
+    ("malformed json", INFER, {"content": b"{not json"}, 400, "malformed JSON"),
+    ("empty body", INFER, {"content": b""}, 400, "malformed JSON"),
+    ("json array", INFER, {"json": [1, 2, 3]}, 400, "invalid inference request"),
+    ("json string", INFER, {"json": "hello"}, 400, "invalid inference request"),
+    ("no inputs", INFER, {"json": {}}, 400, "at inputs"),
+    ("empty inputs", INFER, {"json": {"inputs": []}}, 400, "at inputs"),
+    ("inputs not a list", INFER, {"json": {"inputs": "input"}}, 400, "at inputs"),
+    ("input without name", INFER, {"json": {"inputs": [{"shape": [1], "datatype": "FP32", "data": [1]}]}}, 400,
+     "inputs.0.name"),
+    ("missing shape", INFER, {"json": {"inputs": [{"name": "input", "datatype": "FP32", "data": [1]}]}}, 400,
+     "inputs.0.shape"),
+    ("missing datatype", INFER, {"json": {"inputs": [{"name": "input", "shape": [1], "data": [1]}]}}, 400,
+     "inputs.0.datatype"),
+    ("missing data", INFER, {"json": {"inputs": [{"name": "input", "shape": [1, 1, 32, 32], "datatype": "FP32"}]}},
+     400, "has no data"),
+    ("unknown datatype", INFER, {"json": v2(datatype="FP128")}, 400, "unsupported datatype"),
+    ("wrong datatype", INFER, {"json": v2(datatype="INT32", data=[0] * 1024)}, 400, "must be FP32"),
+    ("bytes datatype", INFER, {"json": v2(datatype="BYTES", data=["x"] * 1024)}, 400, "must be FP32"),
+    ("string data", INFER, {"json": v2(data=["x"] * 1024)}, 400, "not a list of FP32"),
+    ("nested garbage data", INFER, {"json": v2(data=[{"a": 1}] * 1024)}, 400, "not a list of FP32"),
+    ("too few values", INFER, {"json": v2(data=[0.0] * 10)}, 400, "10 values for shape"),
+    ("too many values", INFER, {"json": v2(data=[0.0] * 2048)}, 400, "2048 values for shape"),
+    ("wrong shape", INFER, {"json": v2(shape=[1, 3, 32, 32], data=[0.0] * 3072)}, 400, "expected [-1, 1, 32, 32]"),
+    ("rank 3", INFER, {"json": v2(shape=[1, 32, 32])}, 400, "expected [-1, 1, 32, 32]"),
+    ("negative shape", INFER, {"json": v2(shape=[-1, 1, 32, 32])}, 400, "non-negative int64"),
+    ("shape of strings", INFER, {"json": v2(shape=["a"])}, 400, "shape.0"),
+    ("boolean shape", INFER, {"json": v2(shape=[True, 1, 32, 32])}, 400, "shape.0"),
+    ("float shape", INFER, {"json": v2(shape=[1.0, 1, 32, 32])}, 400, "shape.0"),
+    ("huge shape", INFER, {"json": v2(shape=[10**9, 1, 32, 32])}, 400, "over the"),
+    ("shape beyond int64", INFER, {"json": v2(shape=[2**64, 1], data=[])}, 400, "non-negative int64"),
+    ("overflowing shape, empty data", INFER, {"json": v2(shape=[2**32, 2**32], data=[])}, 400, "over the"),
+    ("overflowing shape, zero binary size", INFER,
+     binary_request(v2(shape=[2**32, 2**32], data=None, parameters={"binary_data_size": 0}), 0), 400, "over the"),
+    ("zero batch", INFER, {"json": v2(shape=[0, 1, 32, 32], data=[])}, 400, "every dimension must be >= 1"),
+    ("batch over limit", INFER, {"json": v2(shape=[65, 1, 32, 32], data=[0.0] * 65 * 1024)}, 400,
+     "exceeds max batch size"),
+    ("nan values", INFER, {"content": json.dumps(v2(data=[float("nan")] * 1024)).encode()}, 400, "NaN or infinity"),
+    ("infinite values", INFER, {"content": json.dumps(v2(data=[float("inf")] * 1024)).encode()}, 400,
+     "NaN or infinity"),
+    ("numeric id", INFER, {"json": {"id": 7, **v2()}}, 400, "at id"),
+    ("unknown input name", INFER, {"json": v2(name="image")}, 400, "unknown input 'image'"),
+    ("two inputs", INFER, {"json": {"inputs": [v2_input(), v2_input(name="x")]}}, 400, "exactly one input"),
+    ("same input twice", INFER, {"json": {"inputs": [v2_input(), v2_input()]}}, 400, "appears twice"),
+    ("unknown output", INFER, {"json": {**v2(), "outputs": [{"name": "features"}]}}, 400, "unknown output"),
+    ("negative classification", INFER,
+     {"json": {**v2(), "outputs": [{"name": "logits", "parameters": {"classification": -1}}]}}, 400,
+     "classification must be"),
+    ("unknown model", "/v2/models/resnet50/infer", {"json": v2()}, 404, "unknown model 'resnet50'"),
+    ("unknown version", f"/v2/models/{MODEL}/versions/99/infer", {"json": v2()}, 404, "no version '99'"),
     ("bad header length", INFER, {"content": json.dumps(v2()).encode(),
-                                  "headers": {"Inference-Header-Content-Length": "abc"}}),
+                                  "headers": {"Inference-Header-Content-Length": "abc"}}, 400,
+     "must be a non-negative integer"),
     ("header length past body", INFER, {"content": json.dumps(v2()).encode(),
-                                        "headers": {"Inference-Header-Content-Length": "999999"}}),
-    ("binary size mismatch", INFER, {"content": json.dumps(v2(data=None, parameters={"binary_data_size": 4096}))
-                                     .encode() + b"\x00" * 100, "headers": {}}),
-    ("deeply nested json", INFER, {"content": b"[" * 200_000 + b"]" * 200_000}),
-    ("oversized body", INFER, {"content": b" " * (2 * 2**20)}),
-    ("not an image", f"/v2/models/{MODEL}/classify", {"content": b"this is not a png"}),
-    ("empty image", f"/v2/models/{MODEL}/classify", {"content": b""}),
-    ("truncated png", f"/v2/models/{MODEL}/classify", {"content": b"\x89PNG\r\n\x1a\n\x00\x00"}),
-    ("multipart without file", f"/v2/models/{MODEL}/classify", {"files": {"other": ("a", b"x")}}),
-    ("bad top_k", f"/v2/models/{MODEL}/classify?top_k=abc", {"content": b"x"}),
+                                        "headers": {"Inference-Header-Content-Length": "999999"}}, 400,
+     "outside the body"),
+    ("binary size mismatch", INFER, binary_request(v2(data=None, parameters={"binary_data_size": 4096}), 100), 400,
+     "binary_data_size 4096 runs past the body"),
+    ("binary size disagrees with shape", INFER,
+     binary_request(v2(data=None, parameters={"binary_data_size": 100}), 100), 400, "100 bytes for shape"),
+    ("deeply nested json", INFER, {"content": b"[" * 200_000 + b"]" * 200_000}, 400, "nested too deeply"),
+    ("oversized body", INFER, {"content": b" " * (2 * 2**20)}, 413, "exceeds the"),
+    ("not an image", CLASSIFY, {"content": b"this is not a png"}, 400, "not a readable image"),
+    ("empty image", CLASSIFY, {"content": b""}, 400, "empty image body"),
+    ("truncated png header", CLASSIFY, {"content": b"\x89PNG\r\n\x1a\n\x00\x00"}, 400, "not a readable image"),
+    ("multipart without file", CLASSIFY, {"files": {"other": ("a", b"x")}}, 400, "field 'file'"),
+    ("bad top_k", f"{CLASSIFY}?top_k=abc", {"content": b"x"}, 400, "top_k"),
+    ("classify unknown model", "/v2/models/resnet50/classify", {"content": b"x"}, 404, "unknown model"),
+    ("unknown route", "/v2/models/vgg11_bn/explain", {"content": b"x"}, 404, "Not Found"),
 ]
+GETS = {
+    "unknown model metadata": ("/v2/models/resnet50", 404, "unknown model"),
+    "unknown version metadata": (f"/v2/models/{MODEL}/versions/2", 404, "no version '2'"),
+    "unknown model ready": ("/v2/models/resnet50/ready", 404, "unknown model"),
+    "unknown version ready": (f"/v2/models/{MODEL}/versions/0/ready", 404, "no version '0'"),
+}
 
 
-@pytest.mark.parametrize(("case", "path", "kwargs"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
-def test_bad_input_gets_4xx_json(server: ServerProcess, case: str, path: str, kwargs: dict[str, object]) -> None:
-    method = httpx.get if case == "unknown model metadata" else httpx.post
-    response = method(f"{server.url}{path}", timeout=30, **kwargs)  # type: ignore[operator]
-    assert 400 <= response.status_code < 500, (case, response.status_code, response.text[:200])
-    assert isinstance(response.json()["error"], str)
+@pytest.mark.parametrize(("case", "path", "kwargs", "status", "message"), BAD_REQUESTS,
+                         ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_input_gets_its_4xx_json(server: Served, case: str, path: str, kwargs: dict[str, object], status: int,
+                                     message: str) -> None:
+    response = httpx.post(f"{server.url}{path}", timeout=30, **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == status, (case, response.status_code, response.text[:300])
+    assert message in response.json()["error"], (case, response.text[:300])
     assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
 
 
-def test_bad_input_battery_is_large_enough() -> None:
-    assert len(BAD_REQUESTS) >= 30
+@pytest.mark.parametrize("case", sorted(GETS))
+def test_unknown_models_and_versions_are_404(server: Served, case: str) -> None:
+    path, status, message = GETS[case]
+    response = httpx.get(f"{server.url}{path}", timeout=30)
+    assert response.status_code == status and message in response.json()["error"], response.text
+
+
+def test_version_1_and_readiness_by_status_code(server: Served) -> None:
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    assert httpx.get(f"{server.url}/v2/models/{MODEL}/versions/1/ready").status_code == 200
+    assert httpx.get(f"{server.url}/v2/models/{MODEL}/versions/1").json()["versions"] == ["1"]
+    response = httpx.post(f"{server.url}/v2/models/{MODEL}/versions/1/infer", json={"id": "abc", **v2()})
+    assert response.status_code == 200 and response.json()["id"] == "abc"
+    assert response.json()["model_version"] == "1"
 
 
 def test_cuda_provider_without_gpu_fails_at_startup(served_onnx: Path) -> None:
@@ -204,24 +257,39 @@ def test_missing_model_fails_at_startup(tmp_path: Path) -> None:
     assert "no ONNX model" in (process.process.stdout.read() if process.process.stdout else "")
 
 
-def test_sigterm_drains_in_flight_requests(served_onnx: Path) -> None:
-    process = ServerProcess(served_onnx, "--max-queue-delay-ms", "1500", "--provider", "cpu").wait_ready()
-    batch = inputs(1)
-    body = {"inputs": [{"name": "input", "shape": [1, 1, 32, 32], "datatype": "FP32", "data": batch.ravel().tolist()}]}
+def test_sigterm_turns_not_ready_at_once_and_drains_in_flight_requests(served_folder: Path) -> None:
+    import tritonclient.grpc as grpcclient
+
+    process = Served(served_folder / "model.onnx", "--max-queue-delay-ms", "2000").wait_ready()
+    client = grpcclient.InferenceServerClient(process.grpc_url)
+    assert client.is_server_ready()
+    body = {"inputs": [{"name": "input", "shape": [1, 1, 32, 32], "datatype": "FP32",
+                        "data": inputs(1).ravel().tolist()}]}
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(httpx.post, f"{process.url}{INFER}", json=body, timeout=30)
         time.sleep(0.5)  # the request is now waiting in the batcher's queue
-        code = process.stop()
+        process.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        # while the request is in flight both ports stay open, not ready, refusing new work (as Triton)
+        grpc_ready = client.is_server_ready()
+        http_ready = httpx.get(f"{process.url}/v2/health/ready")
+        refused = httpx.post(f"{process.url}{INFER}", json=body, timeout=30)
         response = pending.result()
-    assert response.status_code == 200
+    client.close()
+    assert grpc_ready is False
+    assert http_ready.status_code == 503 and http_ready.json() == {"ready": False}
+    assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
+    assert refused.headers["retry-after"] == "1"
+    assert response.status_code == 200, response.text
     # uvicorn shuts down gracefully, then re-raises SIGTERM so supervisors see how it ended
-    assert code in (0, -signal.SIGTERM)
+    assert process.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert "not ready, draining" in process.output()
 
 
 def test_workers_share_one_port_and_sum_their_metrics(served_onnx: Path) -> None:
     import subprocess
 
-    process = ServerProcess(served_onnx, "--provider", "cpu", "--workers", "2").wait_ready(timeout=120)
+    process = Served(served_onnx, "--workers", "2").wait_ready(timeout=120)
     try:
         children = subprocess.run(["pgrep", "-P", str(process.process.pid)], capture_output=True, text=True).stdout
         body = {"inputs": [{"name": "input", "shape": [1, 1, 32, 32], "datatype": "FP32", "data": [0.0] * 1024}]}

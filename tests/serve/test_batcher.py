@@ -1,37 +1,58 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
 
 from vggexport.serve.batcher import DynamicBatcher
+from vggexport.serve.errors import DeadlineError, InternalError, UnavailableError
 
 
-def double_unless_negative(batch: np.ndarray) -> np.ndarray:
+def double_unless_negative(batch: np.ndarray) -> list[np.ndarray]:
     if (batch < 0).any():
         raise ValueError("negative input")
-    return batch * 2
+    return [batch * 2, batch + 1]
 
 
-def test_concurrent_requests_share_batches() -> None:
+def test_concurrent_requests_share_batches_and_get_their_slice_of_every_output() -> None:
     seen: list[int] = []
 
-    async def scenario() -> list[np.ndarray]:
+    async def scenario() -> list[list[np.ndarray]]:
         batcher = DynamicBatcher(double_unless_negative, max_batch_size=8, max_queue_delay_ms=50,
                                  observe=lambda rows, q, c: seen.append(rows))
         results = await asyncio.gather(*(batcher.submit(np.full((1, 2), i, np.float32)) for i in range(16)))
         await batcher.stop()
         return results
 
-    results = asyncio.run(scenario())
-    for i, out in enumerate(results):
-        np.testing.assert_array_equal(out, np.full((1, 2), 2 * i))
-    assert sum(seen) == 16 and max(seen) == 8 and len(seen) == 2
+    for i, (doubled, plus_one) in enumerate(asyncio.run(scenario())):
+        np.testing.assert_array_equal(doubled, np.full((1, 2), 2 * i))
+        np.testing.assert_array_equal(plus_one, np.full((1, 2), i + 1))
+    assert seen == [8, 8]
+
+
+def test_rows_of_different_shapes_never_share_a_batch() -> None:
+    shapes: list[tuple[int, ...]] = []
+
+    def record(batch: np.ndarray) -> list[np.ndarray]:
+        shapes.append(batch.shape)
+        return [batch]
+
+    async def scenario() -> list[list[np.ndarray]]:
+        batcher = DynamicBatcher(record, max_batch_size=8, max_queue_delay_ms=50)
+        results = await asyncio.gather(*(batcher.submit(np.full((1, 2 + i % 2), i, np.float32)) for i in range(4)))
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())  # mixing would fail np.concatenate and so every request
+    assert [r[0].shape for r in results] == [(1, 2), (1, 3), (1, 2), (1, 3)]
+    assert [int(r[0][0, 0]) for r in results] == [0, 1, 2, 3]
+    assert len(shapes) >= 2 and {s[1] for s in shapes} == {2, 3}
 
 
 def test_failed_batch_fails_every_request_and_the_batcher_goes_on() -> None:
-    async def scenario() -> tuple[list[object], np.ndarray]:
+    async def scenario() -> tuple[list[object], list[np.ndarray]]:
         batcher = DynamicBatcher(double_unless_negative, max_batch_size=8, max_queue_delay_ms=50)
         inputs = [np.ones((1, 1), np.float32), -np.ones((1, 1), np.float32), np.ones((2, 1), np.float32)]
         failed = await asyncio.gather(*(batcher.submit(x) for x in inputs), return_exceptions=True)
@@ -41,14 +62,90 @@ def test_failed_batch_fails_every_request_and_the_batcher_goes_on() -> None:
 
     failed, after = asyncio.run(scenario())
     assert all(isinstance(f, ValueError) and "negative" in str(f) for f in failed)
-    np.testing.assert_array_equal(after, [[2.0]])
+    np.testing.assert_array_equal(after[0], [[2.0]])
+
+
+class WorkerKiller(BaseException):
+    """Not an Exception: escapes the per-batch handler and kills the worker task itself."""
+
+
+def test_a_dead_worker_fails_every_waiting_request_and_the_next_request_restarts_it() -> None:
+    calls = {"n": 0}
+
+    def dies_once(batch: np.ndarray) -> list[np.ndarray]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise WorkerKiller()
+        return [batch]
+
+    async def scenario() -> tuple[list[object], list[np.ndarray]]:
+        batcher = DynamicBatcher(dies_once, max_batch_size=2, max_queue_delay_ms=20)
+        waiting = await asyncio.wait_for(asyncio.gather(*(batcher.submit(np.ones((1, 1), np.float32))
+                                                          for _ in range(5)), return_exceptions=True), 5)
+        after = await asyncio.wait_for(batcher.submit(np.ones((1, 1), np.float32)), 5)
+        await batcher.stop()
+        return waiting, after
+
+    waiting, after = asyncio.run(scenario())
+    assert all(isinstance(w, InternalError) for w in waiting), waiting
+    np.testing.assert_array_equal(after[0], [[1.0]])
+
+
+def test_an_observer_that_raises_kills_the_worker_without_stranding_anyone() -> None:
+    def observe(rows: int, queued: float, computed: float) -> None:
+        raise RuntimeError("metrics backend down")
+
+    async def scenario() -> list[object]:
+        batcher = DynamicBatcher(double_unless_negative, max_batch_size=1, observe=observe)
+        results = await asyncio.wait_for(asyncio.gather(*(batcher.submit(np.ones((1, 1), np.float32))
+                                                          for _ in range(4)), return_exceptions=True), 5)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert len(results) == 4 and not any(isinstance(r, asyncio.TimeoutError) for r in results)
+    assert any(isinstance(r, InternalError) for r in results)
+
+
+def test_full_queue_is_refused_and_slow_requests_time_out() -> None:
+    release = threading.Event()
+
+    def slow(batch: np.ndarray) -> list[np.ndarray]:
+        release.wait(5)
+        return [batch]
+
+    async def scenario() -> tuple[list[object], object]:
+        batcher = DynamicBatcher(slow, max_batch_size=1, max_queue_size=2, timeout_ms=300)
+        running = asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32)))
+        await asyncio.sleep(0.05)  # the worker holds the first request; the queue is empty again
+        queued = [asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32))) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(UnavailableError, match="queue is full"):
+            await batcher.submit(np.ones((1, 1), np.float32))
+        outcomes = await asyncio.gather(running, *queued, return_exceptions=True)
+        release.set()
+        await batcher.stop()
+        return outcomes, None
+
+    outcomes, _ = asyncio.run(scenario())
+    assert all(isinstance(o, DeadlineError) for o in outcomes), outcomes
+
+
+def test_requests_after_stop_are_refused() -> None:
+    async def scenario() -> None:
+        batcher = DynamicBatcher(double_unless_negative)
+        await batcher.stop()
+        with pytest.raises(UnavailableError, match="shutting down"):
+            await batcher.submit(np.ones((1, 1), np.float32))
+
+    asyncio.run(scenario())
 
 
 def test_batch_size_one_turns_batching_off() -> None:
     seen: list[int] = []
 
     async def scenario() -> None:
-        batcher = DynamicBatcher(double_unless_negative, max_batch_size=1, max_queue_delay_ms=50,
+        batcher = DynamicBatcher(double_unless_negative, max_batch_size=1, max_queue_delay_ms=50, max_queue_size=8,
                                  observe=lambda rows, q, c: seen.append(rows))
         await asyncio.gather(*(batcher.submit(np.ones((1, 1), np.float32)) for _ in range(5)))
         await batcher.stop()
@@ -57,6 +154,7 @@ def test_batch_size_one_turns_batching_off() -> None:
     assert seen == [1] * 5
 
 
-def test_invalid_size() -> None:
-    with pytest.raises(ValueError):
-        DynamicBatcher(double_unless_negative, max_batch_size=0)
+@pytest.mark.parametrize(("size", "queue", "message"), [(0, None, "max_batch_size"), (8, 4, "max_queue_size")])
+def test_invalid_sizes(size: int, queue: int | None, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DynamicBatcher(double_unless_negative, max_batch_size=size, max_queue_size=queue)

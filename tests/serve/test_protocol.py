@@ -1,59 +1,131 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import numpy as np
 import pytest
 
-from vggexport.serve.protocol import HEADER_LENGTH, ProtocolError, encode_response, parse_request
+from vggexport.serve.dataplane import InferResult, OutputRequest, classify
+from vggexport.serve.protocol import ProtocolError, encode_response, parse_request
 
 
-def binary_body(array: np.ndarray) -> tuple[bytes, str]:
-    header = json.dumps({"inputs": [{"name": "input", "shape": list(array.shape), "datatype": "FP32",
-                                     "parameters": {"binary_data_size": array.nbytes}}]}).encode()
-    return header + array.tobytes(), str(len(header))
+def parse(body: bytes, header: str | None = None):  # type: ignore[no-untyped-def]
+    return parse_request(body, header, "m", None)
+
+
+def binary_body(array: np.ndarray, datatype: str = "FP32", raw: bytes | None = None) -> tuple[bytes, str]:
+    blob = array.tobytes() if raw is None else raw
+    header = json.dumps({"inputs": [{"name": "input", "shape": list(array.shape), "datatype": datatype,
+                                     "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    return header + blob, str(len(header))
 
 
 def test_json_and_binary_decode_to_the_same_tensor() -> None:
     array = np.arange(12, dtype=np.float32).reshape(1, 3, 2, 2)
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 2, 2], "datatype": "FP32",
                                    "data": array.ravel().tolist()}]}).encode()
-    _, from_json = parse_request(body)
-    _, from_binary = parse_request(*binary_body(array))
-    np.testing.assert_array_equal(from_json["input"], array)
-    np.testing.assert_array_equal(from_binary["input"], array)
+    np.testing.assert_array_equal(parse(body).inputs["input"], array)
+    np.testing.assert_array_equal(parse(*binary_body(array)).inputs["input"], array)
 
 
-def test_binary_output_round_trip() -> None:
-    request, _ = parse_request(json.dumps({"inputs": [{"name": "input", "shape": [1], "datatype": "FP32",
-                                                       "data": [1]}],
-                                           "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode())
+def test_bytes_tensors_round_trip_in_json_and_binary() -> None:
+    words = [b"a", b"", "é".encode()]
+    raw = b"".join(struct.pack("<I", len(w)) + w for w in words)
+    from_binary = parse(*binary_body(np.empty(3, np.object_), "BYTES", raw)).inputs["input"]
+    from_json = parse(json.dumps({"inputs": [{"name": "input", "shape": [3], "datatype": "BYTES",
+                                              "data": ["a", "", "é"]}]}).encode()).inputs["input"]
+    assert list(from_binary) == list(from_json) == words
+    result = InferResult("m", "1", "x", [(OutputRequest("out", binary=True), from_binary)])
+    body, length = encode_response(result)
+    assert length is not None and body[length:] == raw
+    assert json.loads(body[:length])["outputs"][0] == {"name": "out", "shape": [3], "datatype": "BYTES",
+                                                        "parameters": {"binary_data_size": len(raw)}}
+
+
+def test_binary_output_round_trip_and_id_echo() -> None:
+    call = parse(json.dumps({"id": "req-7", "inputs": [{"name": "input", "shape": [1], "datatype": "FP32",
+                                                        "data": [1]}],
+                             "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode())
+    assert call.id == "req-7" and call.outputs == [OutputRequest("logits", 0, True)]
     logits = np.array([[1.5, -2.0]], dtype=np.float32)
-    body, length = encode_response("m", request, {"logits": logits})
+    body, length = encode_response(InferResult("m", "1", call.id, [(call.outputs[0], logits)]))
     assert length is not None
     header = json.loads(body[:length])
-    assert header["outputs"][0]["parameters"]["binary_data_size"] == 8
+    assert header["id"] == "req-7" and header["outputs"][0]["parameters"]["binary_data_size"] == 8
     np.testing.assert_array_equal(np.frombuffer(body[length:], dtype=np.float32), logits.ravel())
 
 
-@pytest.mark.parametrize(
-    ("body", "header"),
-    [
-        (b"{", None),
-        (b"[" * 100_000 + b"]" * 100_000, None),
-        (b'{"inputs": []}', None),
-        (b'{"inputs": [{"name": "input", "shape": [2], "datatype": "FP32", "data": [1]}]}', None),
-        (b'{"inputs": [{"name": "input", "shape": [1], "datatype": "COMPLEX", "data": [1]}]}', None),
-        (b'{"inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": ["a"]}]}', None),
-        (b'{"inputs": [{"name": "input", "shape": [-1], "datatype": "FP32", "data": [1]}]}', None),
-        (b'{"inputs": [{"name": "input", "shape": [1], "datatype": "FP32"}]}', None),
-        (b'{"inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": [1]}]}', "abc"),
-        (b'{"inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": [1]}]}', "100000"),
-        (b'{"inputs": [{"name": "input", "shape": [2], "datatype": "FP32", '
-         b'"parameters": {"binary_data_size": 8}}]}\x00\x00\x00\x00', "83"),
-    ],
-)
-def test_malformed_requests_are_protocol_errors(body: bytes, header: str | None) -> None:
-    with pytest.raises(ProtocolError):
-        parse_request(body, header)
-    assert HEADER_LENGTH == "Inference-Header-Content-Length"
+def test_no_or_empty_outputs_mean_every_output_and_a_missing_id_is_left_out() -> None:
+    for outputs in ([], None):
+        body = {"inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": [1]}]}
+        if outputs is not None:
+            body["outputs"] = outputs
+        call = parse(json.dumps(body).encode())
+        assert call.outputs is None and call.id == ""
+    header, _ = encode_response(InferResult("m", "1", "", [(OutputRequest("logits"), np.zeros((1, 2), np.float32))]))
+    assert "id" not in json.loads(header)
+
+
+def test_classification_strings_are_tritons_format() -> None:
+    values = np.array([[1.0, 5.0, 10.0, 4.0], [0.5, 0.25, 0.125, 1.0]], np.float32)
+    top = classify(values, 2, ["a", "b", "c", "d"])
+    assert top.shape == (2, 2)
+    assert top.tolist() == [[b"10.000000:2:c", b"5.000000:1:b"], [b"1.000000:3:d", b"0.500000:0:a"]]
+    assert classify(values, 99, list("abcd")).shape == (2, 4)  # clamped to the class count
+    assert classify(values, 1, ["a"]).tolist() == [[b"10.000000:2"], [b"1.000000:3"]]  # no label: no ":label"
+
+
+def one_input(**fields: object) -> bytes:
+    item = {"name": "input", "shape": [1], "datatype": "FP32", "data": [1]}
+    item.update(fields)
+    return json.dumps({"inputs": [item]}).encode()
+
+
+# (case, body, Inference-Header-Content-Length, the error the case must reach)
+MALFORMED = [
+    ("truncated json", b"{", None, "malformed JSON"),
+    ("deep nesting", b"[" * 100_000 + b"]" * 100_000, None, "nested too deeply"),
+    ("no inputs", b'{"inputs": []}', None, "at inputs"),
+    ("count mismatch", one_input(shape=[2]), None, "1 values for shape"),
+    ("unknown datatype", one_input(datatype="COMPLEX"), None, "unsupported datatype"),
+    ("string data", one_input(data=["a"]), None, "not a list of FP32"),
+    ("negative dim", one_input(shape=[-1]), None, "non-negative int64"),
+    ("dim beyond int64", one_input(shape=[2**63]), None, "non-negative int64"),
+    ("overflowing product", one_input(shape=[2**32, 2**32], data=[]), None, "over the"),
+    ("boolean dim", one_input(shape=[True]), None, "shape.0"),
+    ("float dim", one_input(shape=[1.0]), None, "shape.0"),
+    ("numeric id", json.dumps({"id": 5, "inputs": [{"name": "input", "shape": [1], "datatype": "FP32",
+                                                    "data": [1]}]}).encode(), None, "at id"),
+    ("no data", one_input(data=None), None, "has no data"),
+    ("header length not a number", one_input(), "abc", "must be a non-negative integer"),
+    ("header length past the body", one_input(), "100000", "outside the body"),
+    ("header length of 5000 digits", one_input(), "9" * 5000, "must be a non-negative integer"),
+    ("header length in other digits", one_input(), "٣", "must be a non-negative integer"),
+    ("bad classification", json.dumps({"inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": [1]}],
+                                       "outputs": [{"name": "logits", "parameters": {"classification": True}}]}
+                                      ).encode(), None, "classification must be"),
+]
+
+
+def binary_case(shape: list[int], size: object, tail: bytes) -> tuple[bytes, str]:
+    header = json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32",
+                                     "parameters": {"binary_data_size": size}}]}).encode()
+    return header + tail, str(len(header))  # the header length is right: the JSON parses, the size check runs
+
+
+BINARY = [
+    ("size runs past the body", *binary_case([2], 8, b"\0" * 4), "binary_data_size 8 runs past the body"),
+    ("size disagrees with the shape", *binary_case([2], 4, b"\0" * 4), "4 bytes for shape [2]"),
+    ("negative size", *binary_case([1], -4, b"\0" * 4), "binary_data_size -4"),
+    ("boolean size", *binary_case([1], True, b"\0" * 4), "binary_data_size True"),
+    ("bytes left over", *binary_case([1], 4, b"\0" * 8), "4 bytes of binary data belong to no input"),
+    ("overflowing shape, zero size", *binary_case([2**32, 2**32], 0, b""), "over the"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "header", "message"), [*MALFORMED, *BINARY],
+                         ids=[c[0] for c in [*MALFORMED, *BINARY]])
+def test_malformed_requests_reach_their_check(case: str, body: bytes, header: str | None, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse(body, header)

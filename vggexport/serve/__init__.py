@@ -1,1 +1,1 @@
-"""HTTP serving: the Open Inference Protocol (KServe v2) over ONNX Runtime, with dynamic batching."""
+"""Serving: the Open Inference Protocol (KServe v2) over HTTP and gRPC, ONNX Runtime, dynamic batching; no torch."""

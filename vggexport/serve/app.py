@@ -1,220 +1,197 @@
-"""The ASGI app: ``create_app`` builds it; endpoints only translate HTTP to service calls."""
+"""The server factory: ``create_app`` builds the ASGI app (HTTP) and, in its lifespan, the gRPC server.
+
+Both transports share one ``DataPlane`` over one ``ModelService`` and its batchers.
+The process imports onnxruntime, numpy, PIL and the web stack, never torch.
+Start-up logs each phase with its time; on SIGTERM the server turns not-ready
+at once (503 on /v2/health/ready, ServerReady false on gRPC), refuses new work
+with 503 and keeps its ports open until the requests in flight are answered.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from vggexport import __version__
 from vggexport.errors import VggExportError
-from vggexport.serve.metrics import ServerMetrics, create_metrics
-from vggexport.serve.protocol import HEADER_LENGTH, InferenceRequest, ProtocolError, encode_response, parse_request
-from vggexport.serve.service import INPUT, OUTPUT, PROBABILITIES, ModelService, ServeConfig, softmax
+from vggexport.onnx_io import Phases
+from vggexport.serve.dataplane import DataPlane
+from vggexport.serve.errors import UnavailableError
+from vggexport.serve.http_api import router
+from vggexport.serve.metrics import create_metrics
+from vggexport.serve.service import ModelService, ServeConfig
 
 log = logging.getLogger("vggexport.serve")
+CONFIG_ENV = "VGGEXPORT_SERVE_CONFIG"
+GRPC_GRACE_S = 30.0  # also the longest a drain waits for requests in flight
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+@dataclass(frozen=True)
+class Listen:
+    host: str = "127.0.0.1"
+    grpc_port: int = 0  # 0: no gRPC
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise VggExportError(f"request body of {declared} bytes exceeds the {limit}-byte limit", http_status=413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise VggExportError(f"request body exceeds the {limit}-byte limit", http_status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-router = APIRouter()
+def install_drain_hook(plane: DataPlane, grace_s: float) -> None:
+    """On SIGTERM/SIGINT drain as Triton does: turn not-ready at once (HTTP 503, gRPC false) and refuse
+    new inference with 503, but keep both ports open until the requests in flight have their answers
+    (at most ``grace_s``); then hand the signal to uvicorn, which shuts down. A second signal stops at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # an embedded server (the pipeline's smoke test) has no signals of its own
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def handler(signum: int, frame: Any, previous: Callable[..., Any] = previous) -> None:
+            if plane.draining:
+                previous(signum, frame)
+                return
+            plane.draining = True
+            log.info("shutting down: not ready, draining %d in-flight request(s)", plane.in_flight)
+            stop = lambda: previous(signum, frame)  # noqa: E731
+            loop.call_soon_threadsafe(lambda: loop.create_task(finish_drain(plane, stop, grace_s)))
+
+        signal.signal(sig, handler)
 
 
-def served(request: Request, name: str) -> ModelService:
-    service: ModelService = request.app.state.service
-    if name != service.name:
-        raise VggExportError(f"unknown model {name!r}; this server serves {service.name!r}", http_status=404)
-    return service
+async def finish_drain(plane: DataPlane, stop: Callable[[], None], grace_s: float) -> None:
+    deadline = time.monotonic() + grace_s
+    while plane.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    stop()
 
 
-def observe_success(request: Request, model: ModelService, endpoint: str, started: float) -> None:
-    metrics: ServerMetrics = request.app.state.metrics
-    metrics.success.labels(model.name).inc()
-    metrics.request_latency.labels(endpoint).observe(time.perf_counter() - started)
-
-
-@router.get("/v2/health/live")
-async def live() -> dict[str, bool]:
-    return {"live": True}
-
-
-@router.get("/v2/health/ready")
-async def ready(request: Request) -> dict[str, bool]:
-    return {"ready": request.app.state.service.runner.is_active}
-
-
-@router.get("/v2")
-async def server_metadata() -> dict[str, Any]:
-    return {"name": "vggexport", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
-
-
-@router.get("/v2/models/{name}")
-@router.get("/v2/models/{name}/versions/{version}")
-async def model_metadata(name: str, request: Request, version: str = "1") -> dict[str, Any]:
-    return served(request, name).metadata().model_dump()
-
-
-@router.get("/v2/models/{name}/ready")
-@router.get("/v2/models/{name}/versions/{version}/ready")
-async def model_ready(name: str, request: Request, version: str = "1") -> dict[str, Any]:
-    model = served(request, name)
-    return {"name": model.name, "ready": model.runner.is_active}
-
-
-@router.post("/v2/models/{name}/infer")
-@router.post("/v2/models/{name}/versions/{version}/infer")
-async def infer(name: str, request: Request, version: str = "1") -> Response:
-    started = time.perf_counter()
-    model = served(request, name)
-    body = await read_body(request, model.config.max_body_bytes)
-    parsed, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
-    wanted = requested_outputs(parsed)
-    if len(tensors) != 1:
-        raise ProtocolError(f"expected exactly one input ({INPUT!r}), got {len(tensors)}")
-    ((input_name, array),) = tensors.items()
-    logits = await model.infer(model.check_input(input_name, array))
-    outputs = {n: logits if n == OUTPUT else softmax(logits) for n in wanted}
-    payload, header_length = encode_response(model.name, parsed, outputs)
-    observe_success(request, model, "infer", started)
-    if header_length is None:
-        return Response(payload, media_type="application/json")
-    return Response(payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
-
-
-def requested_outputs(parsed: InferenceRequest) -> list[str]:
-    wanted = [o.name for o in parsed.outputs] if parsed.outputs else [OUTPUT]
-    unknown = [n for n in wanted if n not in (OUTPUT, PROBABILITIES)]
-    if unknown:
-        raise ProtocolError(f"unknown output {unknown[0]!r}: choose {OUTPUT!r} or {PROBABILITIES!r}")
-    return wanted
-
-
-@router.post("/v2/models/{name}/classify")
-async def classify(name: str, request: Request, top_k: int = 3) -> dict[str, Any]:
-    """A PNG or JPEG (raw body, or multipart field ``file``) in; top-k labels with probabilities out."""
-    started = time.perf_counter()
-    model = served(request, name)
-    raw = await read_body(request, model.config.max_body_bytes)
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raw = await image_from_multipart(request, raw)
-    logits = await model.infer(model.decode_image(raw))
-    observe_success(request, model, "classify", started)
-    return {"model_name": model.name, "predictions": model.top_k(logits, top_k)[0]}
-
-
-@router.get("/metrics")
-async def prometheus(request: Request) -> Response:
-    registry = request.app.state.metrics.registry
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # --workers N: every worker's counts, summed
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-
-def create_app(config: ServeConfig) -> FastAPI:
-    metrics = create_metrics()
-    service = ModelService(config, metrics)
-    log.info("serving %s from %s on %s", service.name, config.model, service.runner.provider)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        service.batcher.start()
-        yield
-        await service.batcher.stop()
-
-    app = FastAPI(title="vggexport", version=__version__, lifespan=lifespan)
-    app.state.service, app.state.metrics = service, metrics
-    app.include_router(router)
+def add_error_handlers(app: FastAPI, plane: DataPlane) -> None:
+    metrics = app.state.metrics
 
     @app.exception_handler(VggExportError)
     async def user_error(_: Request, exc: VggExportError) -> JSONResponse:
-        metrics.failure.labels(service.name, "client" if exc.http_status < 500 else "server").inc()
-        return error(exc.http_status, str(exc))
+        metrics.failure.labels(plane.service.name, "client" if exc.http_status < 500 else "server").inc()
+        retry = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, UnavailableError) else None
+        return error(exc.http_status, str(exc), retry)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"msg": "invalid request"}
-        return error(422, f"invalid request: {first.get('msg')}")
+        where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+        return error(400, f"invalid request at {where}: {first.get('msg')}")
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return error(exc.status_code, str(exc.detail))
 
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)  # the details stay in the server's log
+        metrics.failure.labels(plane.service.name, "server").inc()
+        return error(500, "internal server error; see the server log")
+
+
+def create_app(config: ServeConfig, listen: Listen | None = None,
+               phase: Callable[[str], None] | None = None) -> FastAPI:
+    listen = listen or Listen()
+    phase = phase or Phases()
+    metrics = create_metrics()
+    service = ModelService(config, metrics, phase)
+    plane = DataPlane(service)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        grpc_server = None
+        if listen.grpc_port:
+            from vggexport.serve.grpc_server import start_grpc
+
+            grpc_server = await start_grpc(plane, metrics, listen.host, listen.grpc_port, config.max_body_bytes,
+                                           shared_port=config.workers > 1)
+            phase(f"gRPC listening on {listen.host}:{listen.grpc_port}")
+        await service.start()
+        install_drain_hook(plane, GRPC_GRACE_S)
+        phase("ready")
+        try:
+            yield
+        finally:
+            plane.draining = True
+            if grpc_server is not None:
+                await grpc_server.stop(GRPC_GRACE_S)
+            await service.stop()
+            plane.close()
+
+    app = FastAPI(title="vggexport", version=__version__, lifespan=lifespan)
+    app.state.service, app.state.plane, app.state.metrics = service, plane, metrics
+    app.include_router(router)
+    add_error_handlers(app, plane)
     return app
 
 
-async def image_from_multipart(request: Request, raw: bytes) -> bytes:
-    from starlette.datastructures import UploadFile
-    from starlette.requests import Request as StarletteRequest
-
-    async def replay() -> dict[str, Any]:
-        return {"type": "http.request", "body": raw, "more_body": False}
-
-    try:
-        form = await StarletteRequest(request.scope, replay).form()
-    except Exception:  # python-multipart raises several types for broken forms
-        raise ProtocolError("malformed multipart body") from None
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise ProtocolError("multipart body needs an image in the field 'file'")
-    return await upload.read()
-
-
-
-CONFIG_ENV = "VGGEXPORT_SERVE_CONFIG"
+def check_ports_free(host: str, *ports: int) -> None:
+    """A port in use is a one-line error before anything starts, not a traceback from inside uvicorn."""
+    for port in ports:
+        if not port:
+            continue
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+        except OSError as exc:
+            raise VggExportError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another "
+                                 "--port / --grpc-port (--grpc-port 0 turns gRPC off)") from None
 
 
 def app_from_environment() -> FastAPI:
     """The app factory each worker process calls (``--workers N``): its config comes from the parent."""
-    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
+    saved = json.loads(os.environ[CONFIG_ENV])
+    return create_app(ServeConfig(**saved["config"]), Listen(**saved["listen"]))
 
 
-def serve_forever(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve_forever(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, grpc_port: int = 0) -> None:
     """Run under uvicorn until SIGINT/SIGTERM (which drain in-flight requests).
 
     With ``config.workers > 1`` uvicorn runs that many processes on one port, each with its own
-    ONNX Runtime session; prometheus-client's multiprocess mode sums their metrics in /metrics.
+    ONNX Runtime session (gRPC shares its port the same way, by SO_REUSEPORT); prometheus-client's
+    multiprocess mode sums their metrics in /metrics.
     """
     import uvicorn
 
-    app = create_app(config)  # also validates the model and provider before any worker starts
+    phase = Phases(lambda message: print(message, flush=True))
+    check_ports_free(host, port, grpc_port)
+    listen = Listen(host=host, grpc_port=grpc_port)
+    app = create_app(config, listen, phase)  # also validates the model and provider before any worker starts
     service: ModelService = app.state.service
-    print(f"serving {service.name} on http://{host}:{port}/v2/models/{service.name} "
-          f"({service.runner.provider}, max batch {config.max_batch_size}, {config.workers} worker(s))", flush=True)
+    grpc_note = f", gRPC on {host}:{grpc_port}" if grpc_port else ""
+    phase(f"serving {service.name} on http://{host}:{port}/v2/models/{service.name}{grpc_note} "
+          f"({service.provider}, max batch {config.max_batch_size}, {config.workers} worker(s))")
     if config.workers == 1:
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
         return
-    service.runner.deactivate()
+    for engine in service.engines:
+        engine.runner.deactivate()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vggexport-metrics-")
-    os.environ[CONFIG_ENV] = json.dumps(asdict(config))
+    os.environ[CONFIG_ENV] = json.dumps({"config": asdict(config), "listen": asdict(listen)})
     try:
         uvicorn.run("vggexport.serve.app:app_from_environment", factory=True, workers=config.workers, host=host,
                     port=port, log_level="warning", timeout_graceful_shutdown=30)

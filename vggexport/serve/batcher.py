@@ -1,68 +1,112 @@
-"""Dynamic batching (Triton's dynamic batcher is the model).
+"""Dynamic batching (Triton's dynamic batcher is the model), bounded and fail-safe.
 
 Requests wait in a queue; a single worker takes as many as fit in
 ``max_batch_size`` rows, or whatever arrived within ``max_queue_delay_ms`` of
 the first, runs them as one batch off the event loop, and hands each request
-its slice. When a batch fails, every request in it gets that exception.
+its slice of every output. Requests batch together only when their rows have the
+same shape and dtype (images of one size, for the uint8 preprocessing model).
+
+Backpressure: at most ``max_queue_size`` rows wait; beyond that ``submit`` raises
+``UnavailableError`` (HTTP 503 with Retry-After). A request that waits longer than
+``timeout_ms`` gets ``DeadlineError`` (504). A failed batch fails its requests
+only; if the worker itself dies, every waiting request fails at once and the next
+request starts a new worker, so no request is ever left hanging.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from vggexport.serve.errors import DeadlineError, InternalError, UnavailableError
+
+log = logging.getLogger("vggexport.serve")
 BatchObserver = Callable[[int, float, float], None]  # (batch rows, queue seconds, compute seconds)
+Outputs = list[np.ndarray]
 
 
 @dataclass
 class Pending:
     batch: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Outputs]
     enqueued: float = field(default_factory=time.perf_counter)
+
+    def fits_with(self, other: Pending) -> bool:
+        return self.batch.shape[1:] == other.batch.shape[1:] and self.batch.dtype == other.batch.dtype
 
 
 class DynamicBatcher:
-    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int = 64,
-                 max_queue_delay_ms: float = 0.0, observe: BatchObserver | None = None) -> None:
+    def __init__(self, infer: Callable[[np.ndarray], Sequence[np.ndarray]], *, max_batch_size: int = 64,
+                 max_queue_delay_ms: float = 0.0, max_queue_size: int | None = None, timeout_ms: float = 0.0,
+                 observe: BatchObserver | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.infer, self.max_batch_size = infer, max_batch_size
         self.max_delay = max_queue_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size if max_queue_size is not None else 4 * max_batch_size
+        if self.max_queue_size < max_batch_size:
+            raise ValueError("max_queue_size must be >= max_batch_size")
+        self.timeout = timeout_ms / 1000.0 if timeout_ms > 0 else None
         self.observe = observe or (lambda rows, queued, computed: None)
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.queued_rows = 0
         # One inference thread: ORT already uses every core inside a run.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggexport-infer")
         self.worker: asyncio.Task[None] | None = None
         self.carry: Pending | None = None
+        self.running: list[Pending] = []
+        self.closed = False
+
+    @property
+    def alive(self) -> bool:
+        return not self.closed
 
     def start(self) -> None:
-        if self.worker is None:
-            self.worker = asyncio.get_running_loop().create_task(self.run())
+        if self.closed:
+            raise UnavailableError("the server is shutting down")
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.get_running_loop().create_task(self.run(), name="vggexport-batcher")
+            self.worker.add_done_callback(self.worker_ended)
 
     async def stop(self) -> None:
-        if self.worker is not None:
+        self.closed = True
+        if self.worker is not None and not self.worker.done():  # a dead worker was reported when it died
             self.worker.cancel()
             try:
                 await self.worker
             except asyncio.CancelledError:
                 pass
-            self.worker = None
+        self.worker = None
+        self.fail_waiting(UnavailableError("the server is shutting down"))
         self.executor.shutdown(wait=True)
 
-    async def submit(self, batch: np.ndarray) -> np.ndarray:
-        """Queue ``batch`` (N rows) and wait for its N output rows."""
+    async def submit(self, batch: np.ndarray) -> Outputs:
+        """Queue ``batch`` (N rows) and wait for each output's N rows."""
         self.start()
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        await self.queue.put(Pending(batch, future))
-        return await future
+        rows = len(batch)
+        if self.queued_rows + rows > self.max_queue_size:
+            raise UnavailableError(f"the queue is full ({self.queued_rows} of {self.max_queue_size} images "
+                                   "waiting); retry later")
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(Pending(batch, future))
+        self.queued_rows += rows
+        try:
+            return await asyncio.wait_for(future, self.timeout)
+        except asyncio.TimeoutError:
+            raise DeadlineError(f"the request timed out after {self.timeout * 1000:.0f} ms") from None
+
+    def take(self, item: Pending) -> Pending:
+        self.queued_rows -= len(item.batch)
+        return item
 
     async def collect(self) -> list[Pending]:
-        first = self.carry or await self.queue.get()
+        first = self.carry or self.take(await self.queue.get())
         self.carry = None
         group, rows = [first], len(first.batch)
         deadline = time.perf_counter() + self.max_delay
@@ -72,7 +116,8 @@ class DynamicBatcher:
                 item = self.queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self.queue.get(), timeout)
             except (asyncio.QueueEmpty, asyncio.TimeoutError):
                 break
-            if rows + len(item.batch) > self.max_batch_size:
+            self.take(item)
+            if rows + len(item.batch) > self.max_batch_size or not item.fits_with(first):
                 self.carry = item  # starts the next batch; a request is never split
                 break
             group.append(item)
@@ -83,23 +128,49 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         while True:
             group = await self.collect()
-            live = [p for p in group if not p.future.cancelled()]  # clients that gave up
-            if not live:
+            self.running = [p for p in group if not p.future.done()]  # timed-out clients are gone
+            if not self.running:
                 continue
             started = time.perf_counter()
-            queued = started - min(p.enqueued for p in live)
+            queued = started - min(p.enqueued for p in self.running)
             try:
-                merged = np.concatenate([p.batch for p in live]) if len(live) > 1 else live[0].batch
-                outputs = await loop.run_in_executor(self.executor, self.infer, merged)
-            except Exception as exc:  # the batch failed: every request in it learns why
-                for pending in live:
+                merged = np.concatenate([p.batch for p in self.running]) if len(self.running) > 1 \
+                    else self.running[0].batch
+                outputs = list(await loop.run_in_executor(self.executor, self.infer, merged))
+            except Exception as exc:  # the batch failed: its requests learn it, the worker goes on
+                for pending in self.running:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
+                self.running = []
                 continue
+            self.deliver(outputs)
             self.observe(len(merged), queued, time.perf_counter() - started)
-            offset = 0
-            for pending in live:
-                rows = len(pending.batch)
-                if not pending.future.done():
-                    pending.future.set_result(outputs[offset : offset + rows])
-                offset += rows
+
+    def deliver(self, outputs: Outputs) -> None:
+        offset = 0
+        for pending in self.running:
+            rows = len(pending.batch)
+            if not pending.future.done():
+                pending.future.set_result([out[offset : offset + rows] for out in outputs])
+            offset += rows
+        self.running = []
+
+    def worker_ended(self, task: asyncio.Task[None]) -> None:
+        if self.closed:
+            return
+        if task.cancelled():
+            log.error("the batcher's worker was cancelled; failing its waiting requests")
+        elif task.exception() is not None:
+            log.error("the batcher's worker died", exc_info=task.exception())
+        self.fail_waiting(InternalError("inference failed"))
+
+    def fail_waiting(self, exc: Exception) -> None:
+        """Fail the running batch and everything queued, so no request waits for a worker that is gone."""
+        waiting = [*self.running, *([self.carry] if self.carry else [])]
+        self.running, self.carry = [], None
+        while not self.queue.empty():
+            waiting.append(self.take(self.queue.get_nowait()))
+        for pending in waiting:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+        self.queued_rows = 0

@@ -1,22 +1,34 @@
-"""The served model: an ONNX Runtime runner, its metadata, and the batcher in front of it."""
+"""The served model: its ONNX Runtime runner(s), input checks and the batchers in front of them.
+
+The model takes what its ONNX input says: FP32 (N, C, S, S) for ``model.onnx``
+and its precision variants, UINT8 (N, C, H, W) for ``model.preprocessing.onnx``.
+Images (``/classify``) always go through a preprocessing graph: the served model
+when it is one, else ``model.preprocessing.onnx`` beside it (or
+``--preprocessing-model``), so the server, Triton and every embedder share one
+preprocessing, bit for bit.
+"""
 
 from __future__ import annotations
 
-import io
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from vggexport.errors import VggExportError
-from vggexport.runners import OnnxRuntimeRunner
 from vggexport.serve.batcher import DynamicBatcher
+from vggexport.serve.engine import ServingRunner
+from vggexport.serve.errors import InternalError, NotFoundError, PayloadTooLargeError, ProtocolError
 from vggexport.serve.metrics import ServerMetrics
-from vggexport.serve.protocol import MetadataTensor, ModelMetadata, ProtocolError
 
-INPUT, OUTPUT, PROBABILITIES = "input", "logits", "probabilities"
+log = logging.getLogger("vggexport.serve")
+OUTPUT, PROBABILITIES = "logits", "probabilities"
+OUTPUTS = (OUTPUT, PROBABILITIES)
+PREPROCESSING_FILE = "model.preprocessing.onnx"
+V2_TO_NUMPY = {"FP32": np.float32, "UINT8": np.uint8, "FP16": np.float16, "FP64": np.float64}
 
 
 @dataclass(frozen=True)
@@ -25,89 +37,174 @@ class ServeConfig:
     provider: str = "auto"
     max_batch_size: int = 64
     max_queue_delay_ms: float = 0.0
+    max_queue_size: int | None = None  # queued images; None: 4 batches
+    timeout_ms: float = 30_000.0  # 0: no limit
     max_body_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    preprocessing_model: str | None = None
     threads: int | None = None
     workers: int = 1
+    grpc_port: int = 0
+    warmup: bool | None = None  # None: on CUDA only (CPU start-up stays under a second)
+
+    def __post_init__(self) -> None:
+        if self.max_queue_size is not None and self.max_queue_size < self.max_batch_size:
+            raise VggExportError("--max-queue-size must be at least --max-batch-size")
+        if self.max_image_pixels < 1:
+            raise VggExportError("--max-image-pixels must be >= 1")
 
 
-class ModelService:
-    def __init__(self, config: ServeConfig, metrics: ServerMetrics) -> None:
-        self.config = config
-        self.runner = OnnxRuntimeRunner(Path(config.model), provider=config.provider, threads=config.threads,
-                                        spinning=False)
+class Engine:
+    """One ONNX file's runner and its batcher."""
+
+    def __init__(self, path: Path, config: ServeConfig, metrics: ServerMetrics, phase: Callable[[str], None]) -> None:
+        self.runner = ServingRunner(path, provider=config.provider, threads=config.threads, phase=phase)
         self.runner.activate()
-        meta = self.runner.metadata
-        self.name = meta["model_name"]
-        self.class_names: list[str] = json.loads(meta["class_names"])
-        self.mean, self.std = json.loads(meta["mean"]), json.loads(meta["std"])
-        self.image_size, self.channels = int(meta["image_size"]), int(meta["in_channels"])
-        self.batcher = DynamicBatcher(self.runner.infer, max_batch_size=config.max_batch_size,
-                                      max_queue_delay_ms=config.max_queue_delay_ms, observe=metrics.observe_batch)
+        self.batcher = DynamicBatcher(self.runner.infer_all, max_batch_size=config.max_batch_size,
+                                      max_queue_delay_ms=config.max_queue_delay_ms,
+                                      max_queue_size=config.max_queue_size, timeout_ms=config.timeout_ms,
+                                      observe=metrics.observe_batch)
+        if config.warmup or (config.warmup is None and self.runner.on_cuda):
+            self.warm_up(config.max_batch_size, phase)
+
+    def warm_up(self, max_batch_size: int, phase: Callable[[str], None]) -> None:
+        """Run batch 1 and the largest batch once, so CUDA's first-run costs (and failures) come before ready."""
+        side = int(self.runner.metadata.get("image_size", "32"))
+        shape = [side if d == -1 else d for d in self.runner.input_shape[1:]]
+        dtype = np.uint8 if self.takes_pixels else np.float32
+        for rows in sorted({1, max_batch_size}):
+            phase(f"warm-up: batch {rows} on {self.runner.path.name}")
+            try:
+                self.runner.infer_all(np.zeros((rows, *shape), dtype))
+            except Exception as exc:
+                raise VggExportError(f"warm-up inference failed on {self.runner.provider}: "
+                                     f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}") from None
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.image_size, self.image_size)
+    def takes_pixels(self) -> bool:
+        return self.runner.input_datatype == "UINT8"
 
-    def metadata(self) -> ModelMetadata:
-        return ModelMetadata(
-            name=self.name, versions=["1"], platform="onnxruntime_onnx",
-            inputs=[MetadataTensor(name=INPUT, datatype="FP32", shape=[-1, *self.input_shape])],
-            outputs=[MetadataTensor(name=OUTPUT, datatype="FP32", shape=[-1, len(self.class_names)]),
-                     MetadataTensor(name=PROBABILITIES, datatype="FP32", shape=[-1, len(self.class_names)])],
-            parameters={"execution_provider": self.runner.provider, "class_names": self.class_names,
-                        "max_batch_size": self.config.max_batch_size},
-        )
-
-    def check_input(self, name: str, array: np.ndarray) -> np.ndarray:
-        if name != INPUT:
-            raise ProtocolError(f"unknown input {name!r}: this model takes {INPUT!r}")
-        if array.dtype != np.float32:
-            raise ProtocolError(f"input {INPUT!r} must be FP32")
-        if array.ndim != 4 or tuple(array.shape[1:]) != self.input_shape or len(array) == 0:
-            raise ProtocolError(f"input {INPUT!r} has shape {list(array.shape)}; expected [N, "
-                                f"{', '.join(map(str, self.input_shape))}] with N >= 1")
-        if len(array) > self.config.max_batch_size:
-            raise ProtocolError(f"batch of {len(array)} exceeds max batch size {self.config.max_batch_size}")
-        if not np.isfinite(array).all():
-            raise ProtocolError(f"input {INPUT!r} contains NaN or infinity")
-        return array
-
-    async def infer(self, batch: np.ndarray) -> np.ndarray:
+    async def run(self, batch: np.ndarray) -> list[np.ndarray]:
         try:
             return await self.batcher.submit(batch)
         except VggExportError:
             raise
-        except Exception as exc:  # a failed batch: the client hears why, the server goes on
-            raise VggExportError(f"inference failed: {type(exc).__name__}: {exc}", http_status=500) from None
+        except Exception:  # a failed batch: the client hears that it failed, the log hears why
+            log.exception("inference failed in %s", self.runner.path.name)
+            raise InternalError("inference failed; see the server log") from None
 
-    def decode_image(self, raw: bytes) -> np.ndarray:
-        """PNG/JPEG bytes -> the normalized (1, C, H, W) float32 the model takes, as in training."""
-        import torch
-        from PIL import Image, UnidentifiedImageError
 
-        from vggexport.transforms import preprocess
-
-        if not raw:
-            raise ProtocolError("empty image body")
+class ModelService:
+    def __init__(self, config: ServeConfig, metrics: ServerMetrics, phase: Callable[[str], None]) -> None:
+        self.config = config
+        self.engine = Engine(Path(config.model), config, metrics, phase)
+        meta = self.engine.runner.metadata
+        self.name = meta["model_name"]
         try:
-            with Image.open(io.BytesIO(raw)) as image:
-                image = image.convert("L" if self.channels == 1 else "RGB")
-                pixels = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, self.channels)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-            raise ProtocolError("the body is not a readable PNG or JPEG image") from None
-        tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1).unsqueeze(0)
-        with torch.no_grad():
-            return preprocess(tensor, image_size=self.image_size, mean=self.mean, std=self.std).numpy()
+            self.class_names: list[str] = [str(c) for c in json.loads(meta["class_names"])]
+            self.channels = int(meta.get("in_channels", "3"))
+        except (ValueError, TypeError):
+            raise VggExportError(f"{config.model} has unreadable class_names metadata; re-export it") from None
+        if not self.class_names:  # a model trained without names: its class indices are its labels
+            classes = self.engine.runner.session.get_outputs()[0].shape[-1]
+            self.class_names = [str(i) for i in range(classes if isinstance(classes, int) else 0)]
+        self.images = self.engine if self.engine.takes_pixels else self.find_image_engine(metrics, phase)
 
-    def top_k(self, logits: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+    def find_image_engine(self, metrics: ServerMetrics, phase: Callable[[str], None]) -> Engine | None:
+        explicit = self.config.preprocessing_model
+        path = Path(explicit) if explicit else Path(self.config.model).with_name(PREPROCESSING_FILE)
+        if not path.is_file():
+            if explicit:
+                raise VggExportError(f"no preprocessing model at {path}")
+            phase(f"no {PREPROCESSING_FILE} beside the model: /classify is off")
+            return None
+        engine = Engine(path, self.config, metrics, phase)
+        if not engine.takes_pixels:
+            raise VggExportError(f"{path} takes {engine.runner.input_datatype}, not uint8 pixels: "
+                                 "it is not a preprocessing model")
+        if engine.runner.metadata.get("checkpoint_sha256") != self.engine.runner.metadata.get("checkpoint_sha256"):
+            raise VggExportError(f"{path} was exported from another checkpoint than {self.config.model}; "
+                                 "re-export both with `vggexport export --with-preprocessing`")
+        return engine
+
+    @property
+    def engines(self) -> list[Engine]:
+        return [self.engine, *([self.images] if self.images and self.images is not self.engine else [])]
+
+    @property
+    def ready(self) -> bool:
+        return all(e.runner.is_active and e.batcher.alive for e in self.engines)
+
+    @property
+    def provider(self) -> str:
+        return self.engine.runner.provider
+
+    @property
+    def input_name(self) -> str:
+        return self.engine.runner.input_name
+
+    @property
+    def input_datatype(self) -> str:
+        return self.engine.runner.input_datatype
+
+    @property
+    def input_shape(self) -> list[int]:
+        return self.engine.runner.input_shape
+
+    def check_input(self, name: str, array: np.ndarray) -> np.ndarray:
+        if name != self.input_name:
+            raise ProtocolError(f"unknown input {name[:40]!r}: this model takes {self.input_name!r}")
+        if array.dtype != V2_TO_NUMPY.get(self.input_datatype):
+            raise ProtocolError(f"input {name!r} must be {self.input_datatype}")
+        return self.check_batch(array, self.engine)
+
+    def check_batch(self, array: np.ndarray, engine: Engine) -> np.ndarray:
+        wanted = engine.runner.input_shape
+        if array.ndim != len(wanted) or any(w not in (-1, n) for w, n in zip(wanted[1:], array.shape[1:])):
+            raise ProtocolError(f"input has shape {list(array.shape)}; expected {wanted} (-1: any size >= 1)")
+        if 0 in array.shape:
+            raise ProtocolError(f"input has shape {list(array.shape)}: every dimension must be >= 1")
+        if len(array) > self.config.max_batch_size:
+            raise ProtocolError(f"batch of {len(array)} exceeds max batch size {self.config.max_batch_size}")
+        if engine.takes_pixels and array.shape[-1] * array.shape[-2] > self.config.max_image_pixels:
+            raise PayloadTooLargeError(f"{array.shape[-1]}x{array.shape[-2]} image exceeds --max-image-pixels "
+                                       f"{self.config.max_image_pixels}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ProtocolError("input contains NaN or infinity")
+        return array
+
+    async def infer(self, batch: np.ndarray) -> np.ndarray:
+        return (await self.engine.run(batch))[0].astype(np.float32, copy=False)
+
+    async def classify(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 (1, C, H, W) -> (logits, the uint8 pixels the model saw, when the graph gives them)."""
+        images = self.check_classify_available()
+        outputs = await images.run(self.check_batch(pixels, images))
+        return outputs[0].astype(np.float32, copy=False), (outputs[1] if len(outputs) > 1 else None)
+
+    def check_classify_available(self) -> Engine:
+        if self.images is None:
+            raise NotFoundError(f"/classify needs {PREPROCESSING_FILE} beside {Path(self.config.model).name} "
+                                "(or --preprocessing-model): re-export with `vggexport export --with-preprocessing`")
+        return self.images
+
+    def top_k(self, logits: np.ndarray, k: int) -> list[list[dict[str, object]]]:
         probabilities = softmax(logits)
         k = max(1, min(k, len(self.class_names)))
-        order = np.argsort(-probabilities, axis=1)[:, :k]
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         return [[{"index": int(i), "label": self.class_names[i], "probability": float(p[i])} for i in row]
                 for row, p in zip(order, probabilities)]
 
+    async def start(self) -> None:
+        for engine in self.engines:
+            engine.batcher.start()
+
+    async def stop(self) -> None:
+        for engine in self.engines:
+            await engine.batcher.stop()
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
+    shifted = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)

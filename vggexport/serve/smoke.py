@@ -39,9 +39,10 @@ def smoke_request(model: Path, *, provider: str = "auto", timeout: float = 30.0)
             if time.monotonic() > deadline or not thread.is_alive():
                 raise VggExportError("the smoke-test server did not start")
             time.sleep(0.05)
-        x = np.zeros((1, *service.input_shape), np.float32)
-        body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                       "data": x.ravel().tolist()}], "outputs": [{"name": "probabilities"}]})
+        side = int(service.engine.runner.metadata.get("image_size", "32"))
+        shape = [1, *(side if d == -1 else d for d in service.input_shape[1:])]
+        body = json.dumps({"inputs": [{"name": service.input_name, "shape": shape, "datatype": service.input_datatype,
+                                       "data": [0] * int(np.prod(shape))}], "outputs": [{"name": "probabilities"}]})
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/{service.name}/infer",
                                          data=body.encode(), headers={"content-type": "application/json"})
         with urllib.request.urlopen(request, timeout=timeout) as response:

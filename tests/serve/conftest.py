@@ -1,0 +1,77 @@
+"""Serving fixtures: a model folder with model.onnx and model.preprocessing.onnx, and real servers on it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServerProcess
+from vggexport.serve.smoke import free_port
+
+
+class Served(ServerProcess):
+    """A `vggexport serve` process with HTTP and gRPC on free ports of 127.0.0.1."""
+
+    def __init__(self, model: Path, *extra: str) -> None:
+        self.grpc_port = free_port()
+        super().__init__(model, "--grpc-port", str(self.grpc_port), "--provider", "cpu", *extra)
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+
+    def output(self) -> str:
+        return self.process.stdout.read() if self.process.stdout else ""
+
+
+@pytest.fixture(scope="session")
+def served_folder(trained_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model.onnx and model.preprocessing.onnx of the tiny trained model, in a folder of their own."""
+    from vggexport.checkpoint import load_checkpoint
+    from vggexport.export import export_onnx
+    from vggexport.spec import ExportSpec
+
+    folder = tmp_path_factory.mktemp("served") / "vgg11_bn"
+    folder.mkdir()
+    ckpt = load_checkpoint(trained_artifacts / "vgg11_bn" / "best.pt")
+    export_onnx(ckpt, folder / "model.onnx", ExportSpec())
+    export_onnx(ckpt, folder / "model.preprocessing.onnx", ExportSpec(), preprocessing=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(served_folder: Path) -> Iterator[Served]:
+    process = Served(served_folder / "model.onnx", "--max-batch-size", "64", "--max-queue-delay-ms", "5",
+                     "--max-body-mb", "1").wait_ready()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def model_only(served_folder: Path, tmp_path: Path) -> Path:
+    """model.onnx with no preprocessing model beside it."""
+    folder = tmp_path / "vgg11_bn"
+    folder.mkdir()
+    shutil.copyfile(served_folder / "model.onnx", folder / "model.onnx")
+    return folder / "model.onnx"
+
+
+def failing_model(path: Path) -> Path:
+    """A vggexport-labelled ONNX whose Reshape to (1, 4) fails at run time for any batch but 1."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "target"], ["logits"])], "fails",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 2, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor("target", TensorProto.INT64, [2], [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    meta = {"model_name": "fails", "class_names": json.dumps(list("abcd")), "model_config": "{}",
+            "image_size": "2", "in_channels": "1"}
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save_model(model, str(path))
+    return path

@@ -1,0 +1,138 @@
+"""Loading vggexport ONNX files without torch: metadata and ONNX Runtime sessions.
+
+The serving process imports this and never ``vggexport.export`` (which needs torch):
+a session's own ``get_modelmeta().custom_metadata_map`` carries the labels and
+preprocessing, so the file is read once, by ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vggexport.errors import VggExportError
+from vggexport.manifest import check_artifact
+
+log = logging.getLogger("vggexport.onnx")
+CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
+REQUIRED_KEYS = ("model_name", "class_names", "model_config")
+# cuDNN's exhaustive search benchmarks every conv algorithm again for each new input shape; a
+# server sees up to max-batch-size different batch shapes, so it would stall on each new one.
+SERVING_CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": "1"}
+
+
+def check_metadata(metadata: dict[str, str], path: Path) -> dict[str, str]:
+    if "model_config" not in metadata:
+        raise VggExportError(f"{path} is ONNX but not a vggexport export (no model_config metadata)")
+    missing = [key for key in REQUIRED_KEYS if not metadata.get(key)]
+    if missing:
+        raise VggExportError(f"{path} lacks the metadata {', '.join(missing)}; re-export it with vggexport")
+    return metadata
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata_props of a vggexport ONNX file (onnx package, no session), or a clear error."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise VggExportError(f"no ONNX model at {path}: run `vggexport onnx` first")
+    check_artifact(path)
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, onnx raises its own; all mean "not ONNX"
+        raise VggExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+    return check_metadata({p.key: p.value for p in proto.metadata_props}, path)
+
+
+def session_metadata(session: Any, path: Path) -> dict[str, str]:
+    return check_metadata(dict(session.get_modelmeta().custom_metadata_map), path)
+
+
+def first_line(exc: BaseException) -> str:
+    return ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:200]
+
+
+class Phases:
+    """Start-up logs each phase with its time, so a slow or stuck start shows where it is."""
+
+    def __init__(self, say: Callable[[str], None] | None = None) -> None:
+        self.say = say or log.info
+        self.started = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        self.say(f"[{time.perf_counter() - self.started:6.2f}s] {message}")
+
+
+def load_session(path: str | Path, *, provider: str = "cpu", options: Any = None,
+                 phase: Callable[[str], None] | None = None) -> tuple[Any, dict[str, str]]:
+    """(ONNX Runtime session, vggexport metadata). ``provider``: cpu, cuda or auto.
+
+    ``cuda`` fails in one line when the CUDA provider does not start, instead of
+    ORT's silent CPU fallback (microsoft/onnxruntime#23372).
+    """
+    phase = phase or Phases()
+    path = Path(path)
+    if provider not in ("auto", "cpu", "cuda"):
+        raise VggExportError(f"unknown provider {provider!r}: use auto, cuda or cpu")
+    if not path.is_file():
+        raise VggExportError(f"no ONNX model at {path}: run `vggexport onnx` first")
+    check_artifact(path)
+    phase("importing onnxruntime")
+    import onnxruntime as ort
+
+    wants_cuda = provider == "cuda" or (provider == "auto" and CUDA_EP in ort.get_available_providers())
+    providers: list[Any] = [CPU_EP]
+    if wants_cuda:
+        preload_cuda_libraries(ort, phase)
+        providers = [(CUDA_EP, SERVING_CUDA_OPTIONS), CPU_EP]
+    # When CUDA cannot start ORT logs a multi-line error and falls back; we check and report it ourselves.
+    ort.set_default_logger_severity(4 if wants_cuda else 3)
+    phase(f"creating the session for {path.name} on {[p if isinstance(p, str) else p[0] for p in providers]}")
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # ORT raises its own pybind types (Fail, InvalidGraph, ...)
+        raise VggExportError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
+    if provider == "cuda" and CUDA_EP not in session.get_providers():
+        raise VggExportError("the CUDA execution provider did not start (no GPU, or CUDA/cuDNN libraries "
+                             "missing); use --provider cpu or auto")
+    phase(f"session ready on {session.get_providers()[0]}")
+    return session, session_metadata(session, path)
+
+
+def preload_cuda_libraries(ort: Any, phase: Callable[[str], None]) -> None:
+    """CUDA/cuDNN from the nvidia-* wheels, where present; a failure here is not fatal by itself."""
+    if not hasattr(ort, "preload_dlls"):
+        return
+    phase("preloading CUDA and cuDNN libraries")
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # the session's provider check below decides whether CUDA works
+        phase(f"preloading CUDA libraries failed ({first_line(exc)}); relying on the system's")
+
+
+ONNX_ELEMENT_TYPES = {1: "FP32", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16", 11: "FP64"}
+
+
+def graph_io(path: str | Path) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
+    """([(name, v2 datatype, dims)] of the inputs, same of the outputs); -1 marks a dynamic dimension."""
+    import onnx
+
+    try:
+        graph = onnx.load_model(str(path), load_external_data=False).graph
+    except Exception as exc:
+        raise VggExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+
+    def describe(values: Any) -> list[tuple[str, str, list[int]]]:
+        found = []
+        for value in values:
+            tensor = value.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+            found.append((value.name, ONNX_ELEMENT_TYPES.get(tensor.elem_type, f"onnx type {tensor.elem_type}"), dims))
+        return found
+
+    initializers = {init.name for init in graph.initializer}
+    return describe(v for v in graph.input if v.name not in initializers), describe(graph.output)

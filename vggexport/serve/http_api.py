@@ -1,0 +1,132 @@
+"""KServe v2 over HTTP: thin FastAPI endpoints that translate to and from the data plane.
+
+Readiness is the status code (200 ready, 503 not), as Triton and Kubernetes probes expect.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+from vggexport.serve.dataplane import DataPlane
+from vggexport.serve.errors import PayloadTooLargeError, ProtocolError
+from vggexport.serve.metrics import ServerMetrics
+from vggexport.serve.protocol import HEADER_LENGTH, encode_response, parse_request
+
+router = APIRouter()
+
+
+def plane(request: Request) -> DataPlane:
+    return request.app.state.plane
+
+
+def status(ok: bool, body: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse(body or {}, status_code=200 if ok else 503)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def observe_success(request: Request, model: str, endpoint: str, started: float) -> None:
+    metrics: ServerMetrics = request.app.state.metrics
+    metrics.success.labels(model).inc()
+    metrics.request_latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
+@router.get("/v2/health/live")
+async def live(request: Request) -> JSONResponse:
+    return status(plane(request).live(), {"live": plane(request).live()})
+
+
+@router.get("/v2/health/ready")
+async def ready(request: Request) -> JSONResponse:
+    return status(plane(request).ready(), {"ready": plane(request).ready()})
+
+
+@router.get("/v2")
+async def server_metadata(request: Request) -> dict[str, Any]:
+    return plane(request).server_metadata()
+
+
+@router.get("/v2/models/{name}")
+@router.get("/v2/models/{name}/versions/{version}")
+async def model_metadata(name: str, request: Request, version: str | None = None) -> dict[str, Any]:
+    return plane(request).model_metadata(name, version)
+
+
+@router.get("/v2/models/{name}/ready")
+@router.get("/v2/models/{name}/versions/{version}/ready")
+async def model_ready(name: str, request: Request, version: str | None = None) -> JSONResponse:
+    is_ready = plane(request).model_ready(name, version)
+    return status(is_ready, {"name": name, "ready": is_ready})
+
+
+@router.post("/v2/models/{name}/infer")
+@router.post("/v2/models/{name}/versions/{version}/infer")
+async def infer(name: str, request: Request, version: str | None = None) -> Response:
+    started = time.perf_counter()
+    data = plane(request)
+    model = data.model(name, version)  # 404 before reading a body meant for another model
+    body = await read_body(request, model.config.max_body_bytes)
+    call = await data.offload(parse_request, body, request.headers.get(HEADER_LENGTH), name, version)
+    result = await data.infer(call)
+    payload, header_length = await data.offload(encode_response, result)
+    observe_success(request, model.name, "infer", started)
+    if header_length is None:
+        return Response(payload, media_type="application/json")
+    return Response(payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+
+
+@router.post("/v2/models/{name}/classify")
+async def classify(name: str, request: Request, top_k: int = 3, return_input: bool = False) -> dict[str, Any]:
+    """An image (raw body, or multipart field ``file``) in; top-k labels with probabilities out."""
+    started = time.perf_counter()
+    data = plane(request)
+    model = data.model(name, None)
+    raw = await read_body(request, model.config.max_body_bytes)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raw = await image_from_multipart(request, raw)
+    answer = await data.classify_image(name, raw, top_k=top_k, return_input=return_input)
+    observe_success(request, model.name, "classify", started)
+    return answer
+
+
+@router.get("/metrics")
+async def prometheus(request: Request) -> Response:
+    registry = request.app.state.metrics.registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # --workers N: every worker's counts, summed
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def image_from_multipart(request: Request, raw: bytes) -> bytes:
+    from starlette.datastructures import UploadFile
+    from starlette.requests import Request as StarletteRequest
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    try:
+        form = await StarletteRequest(request.scope, replay).form()
+    except Exception:  # python-multipart raises several types for broken forms
+        raise ProtocolError("malformed multipart body") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise ProtocolError("multipart body needs an image in the field 'file'")
+    return await upload.read()
