@@ -96,6 +96,14 @@ def test_corrupt_files_are_named(tmp_path: Path) -> None:
         assert name in message
 
 
+def test_decompression_bombs_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_folder(tmp_path)
+    photo((400, 300), "RGB", 1).save(tmp_path / "dog" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # 400 x 300 is now a bomb; the others are not
+    with pytest.raises(VggExportError, match="huge.png"):
+        load_dataset("imagefolder", tmp_path, image_size=32, channels=3)
+
+
 @pytest.mark.parametrize("layout", ["one class", "no images", "not a folder"])
 def test_unusable_folders(tmp_path: Path, layout: str) -> None:
     if layout == "one class":

@@ -44,7 +44,8 @@ def decode_photo(path: Path, mode: str) -> np.ndarray:
     from PIL import Image, ImageOps
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # palette-with-transparency and bomb warnings: the conversion is defined
+        warnings.simplefilter("ignore")  # palette-with-transparency warnings: the conversion is defined
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # as the server: too many pixels is refused
         with Image.open(path) as image:
             image.load()  # decode here: a truncated file raises now, named by the caller
             converted = ImageOps.exif_transpose(image).convert(mode)
@@ -69,7 +70,8 @@ def read_photos(paths: list[Path], *, image_size: int, resize_size: int, mode: s
     for path in paths:
         try:
             fitted.append(fit_to_model(decode_photo(path, mode), image_size=image_size, resize_size=resize_size))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as exc:
             broken.append(f"{path} ({str(exc).strip().splitlines()[0][:80] if str(exc).strip() else type(exc).__name__})")
     if broken:
         more = f" and {len(broken) - MAX_LISTED} more" if len(broken) > MAX_LISTED else ""
