@@ -150,6 +150,25 @@ def photo_batches(config: ModelConfig, folder: str | os.PathLike[str],
         yield images, None if labels is None else labels[start : start + batch_size]
 
 
+def raw_photos(config: ModelConfig, folder: str | os.PathLike[str]) -> Iterator[tuple[np.ndarray, int | None]]:
+    """Each photo as decoded, before any resize: uint8 (1, C, H, W) and its label or None.
+
+    For the uint8 ONNX graph, which must do the resize and crop itself; same folder layouts as
+    ``photo_batches``, same order.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataNotFoundError(f"no image folder at {root}")
+    paths, labels = photo_labels(split_folders(root)[1] or root, config.class_names)
+    mode = "L" if config.in_channels == 1 else "RGB"
+    for i, path in enumerate(paths):
+        try:
+            pixels = decode_photo(path, mode)
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for unreadable files (and bombs)
+            raise VggExportError(f"unreadable image file: {path} ({type(exc).__name__})") from None
+        yield pixels.transpose(2, 0, 1)[None].copy(), None if labels is None else int(labels[i])
+
+
 def photo_labels(root: Path, class_names: tuple[str, ...]) -> tuple[list[Path], np.ndarray | None]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose = [p for p in image_files(root) if p.parent == root]
