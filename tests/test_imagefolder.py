@@ -13,7 +13,7 @@ from torchvision.transforms import functional as TF
 from tests.conftest import tiny_config
 from vggexport.data import load_dataset
 from vggexport.errors import VggExportError
-from vggexport.imagefolder import decode_photo, default_resize, fit_to_model, photo_batches
+from vggexport.imagefolder import decode_photo, default_resize, fit_to_model, photo_batches, raw_photos
 from vggexport.transforms import centre_offset, resize_crop, resized_size
 
 MODES = ("RGB", "L", "RGBA", "P")
@@ -96,6 +96,14 @@ def test_corrupt_files_are_named(tmp_path: Path) -> None:
         assert name in message
 
 
+def test_decompression_bombs_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_folder(tmp_path)
+    photo((400, 300), "RGB", 1).save(tmp_path / "dog" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # 400 x 300 is now a bomb; the others are not
+    with pytest.raises(VggExportError, match="huge.png"):
+        load_dataset("imagefolder", tmp_path, image_size=32, channels=3)
+
+
 @pytest.mark.parametrize("layout", ["one class", "no images", "not a folder"])
 def test_unusable_folders(tmp_path: Path, layout: str) -> None:
     if layout == "one class":
@@ -118,6 +126,11 @@ def test_photo_batches_labelled_by_class_name(tmp_path: Path) -> None:
     labels = np.concatenate([b[1] for b in batches])
     assert images.shape == (6, 3, 32, 32) and images.dtype == np.uint8 and [len(b[0]) for b in batches] == [4, 2]
     assert sorted(labels.tolist()) == [1, 1, 1, 2, 2, 2]
+    raw = list(raw_photos(config, tmp_path))  # the same photos, same order, before the resize and crop
+    assert [label for _, label in raw] == labels.tolist()
+    for (pixels, _), fitted in zip(raw, images):
+        assert pixels.dtype == np.uint8 and pixels.shape[:2] == (1, 3) and pixels.shape[2:] != (32, 32)
+        assert np.array_equal(fit_to_model(pixels[0].transpose(1, 2, 0), image_size=32, resize_size=37).numpy(), fitted)
 
 
 def test_photo_batches_unlabelled_and_refusals(tmp_path: Path) -> None:

@@ -332,3 +332,34 @@ def test_fine_tune_refusals(case: str, torchvision_vgg: tuple[Path, torch.nn.Mod
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert not list((tmp_path / "artifacts").rglob("*.pt"))
+
+
+def test_files_without_batch_norm_counters_import(torchvision_vgg: tuple[Path, torch.nn.Module], tmp_path: Path,
+                                                  run_cli: Cli) -> None:
+    """torchvision's published _bn files predate num_batches_tracked; they must import as torchvision loads them."""
+    state = {k: v for k, v in torchvision_vgg[1].state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "legacy.pth")
+    result = run_cli("import", "torchvision:vgg11_bn", "--weights", tmp_path / "legacy.pth", "--artifacts", tmp_path)
+    assert result.exit_code == 0, result.output
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(load_checkpoint(tmp_path / "vgg11_bn" / "best.pt").build_model()(x),
+                                   torchvision_vgg[1](x))
+
+
+@pytest.mark.gpu
+def test_graphs_on_cuda_match_the_cpu(imported: Path, tmp_path: Path) -> None:
+    """ORT's CUDA provider runs the antialiased Resize and the crop as the CPU does."""
+    providers = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}
+    for graph in ("model.preprocessing.onnx", "model.onnx"):
+        sessions = {k: ort.InferenceSession(str(imported / graph), providers=p) for k, p in providers.items()}
+        assert sessions["cuda"].get_providers()[0] == "CUDAExecutionProvider"
+        if graph == "model.onnx":
+            feeds = [np.random.default_rng(0).standard_normal((8, 3, 224, 224), dtype=np.float32)]
+        else:
+            feeds = [decode_photo(framed_photo(tmp_path / f"{i}.jpg", size, i), "RGB").transpose(2, 0, 1)[None].copy()
+                     for i, size in enumerate(PHOTO_SIZES)]
+        for x in feeds:
+            cpu, cuda = (sessions[k].run(None, {"input": x})[0] for k in ("cpu", "cuda"))
+            np.testing.assert_allclose(cuda, cpu, atol=5e-3 * np.abs(cpu).max(), rtol=1e-2)
+            assert (cuda.argmax(1) == cpu.argmax(1)).all()

@@ -63,3 +63,12 @@ def test_pipeline_uses_the_name(tmp_path: Path, run_cli: Cli) -> None:
                      tmp_path / "a", "--no-serve")
     assert result.exit_code == 0, result.output
     assert "piped answered" in result.output and (tmp_path / "a" / "piped" / "parity.json").is_file()
+
+
+def test_configs_from_older_checkpoints_keep_their_name_and_policy() -> None:
+    from vggexport.model import ModelConfig
+
+    old = {"cfg": "D", "batch_norm": False, "in_channels": 1, "num_classes": 10, "image_size": 32, "head": 512,
+           "dropout": 0.5, "width": 0.25, "mean": [0.286], "std": [0.353], "class_names": [], "dataset": "mnist"}
+    config = ModelConfig.from_dict(old)
+    assert (config.name, config.resize_size, config.color_mode) == ("vgg16", 0, "L")

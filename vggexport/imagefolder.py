@@ -44,7 +44,8 @@ def decode_photo(path: Path, mode: str) -> np.ndarray:
     from PIL import Image, ImageOps
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # palette-with-transparency and bomb warnings: the conversion is defined
+        warnings.simplefilter("ignore")  # palette-with-transparency warnings: the conversion is defined
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # as the server: too many pixels is refused
         with Image.open(path) as image:
             image.load()  # decode here: a truncated file raises now, named by the caller
             converted = ImageOps.exif_transpose(image).convert(mode)
@@ -69,7 +70,8 @@ def read_photos(paths: list[Path], *, image_size: int, resize_size: int, mode: s
     for path in paths:
         try:
             fitted.append(fit_to_model(decode_photo(path, mode), image_size=image_size, resize_size=resize_size))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as exc:
             broken.append(f"{path} ({str(exc).strip().splitlines()[0][:80] if str(exc).strip() else type(exc).__name__})")
     if broken:
         more = f" and {len(broken) - MAX_LISTED} more" if len(broken) > MAX_LISTED else ""
@@ -146,6 +148,25 @@ def photo_batches(config: ModelConfig, folder: str | os.PathLike[str],
         images = read_photos(paths[start : start + batch_size], image_size=config.image_size,
                              resize_size=config.resize_size, mode=mode).numpy()
         yield images, None if labels is None else labels[start : start + batch_size]
+
+
+def raw_photos(config: ModelConfig, folder: str | os.PathLike[str]) -> Iterator[tuple[np.ndarray, int | None]]:
+    """Each photo as decoded, before any resize: uint8 (1, C, H, W) and its label or None.
+
+    For the uint8 ONNX graph, which must do the resize and crop itself; same folder layouts as
+    ``photo_batches``, same order.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataNotFoundError(f"no image folder at {root}")
+    paths, labels = photo_labels(split_folders(root)[1] or root, config.class_names)
+    mode = "L" if config.in_channels == 1 else "RGB"
+    for i, path in enumerate(paths):
+        try:
+            pixels = decode_photo(path, mode)
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for unreadable files (and bombs)
+            raise VggExportError(f"unreadable image file: {path} ({type(exc).__name__})") from None
+        yield pixels.transpose(2, 0, 1)[None].copy(), None if labels is None else int(labels[i])
 
 
 def photo_labels(root: Path, class_names: tuple[str, ...]) -> tuple[list[Path], np.ndarray | None]:

@@ -126,7 +126,8 @@ def load_weights(model: VGG, state: dict[str, torch.Tensor], origin: str, source
     """
     expected = {k: v for k, v in model.state_dict().items() if not (skip and k.startswith(skip))}
     given = {k: v for k, v in state.items() if not (skip and k.startswith(skip))}
-    missing = [k for k in expected if k not in given]
+    # torchvision's own files predate batch norm's step counter; load_state_dict fills it in, as for torchvision.
+    missing = [k for k in expected if k not in given and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in given if k not in expected]
     wrong = [f"{k} {tuple(given[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
              if k in given and given[k].shape != v.shape]
