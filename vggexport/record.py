@@ -80,6 +80,8 @@ def write_records(report: Any, files: list[tuple[Path, str, bool]], checkpoint: 
 def verification_problem(path: Path) -> str | None:
     """Why ``path`` may not ship (None when parity.json records exactly this file as passed)."""
     path = Path(path)
+    if not path.is_file():
+        return f"no model file at {path}"
     entry = read_record(path.resolve().parent).get("files", {}).get(path.name)
     if entry is None:
         return f"{path} has not been verified: run `vggexport verify --model {path}`"
@@ -98,6 +100,8 @@ def require_verified(path: Path, *, allow_unverified: bool = False) -> None:
         problem = str(exc)
     if problem is None:
         return
+    if not Path(path).is_file():
+        raise VggExportError(problem)
     if not allow_unverified:
         raise VggExportError(f"{problem} (or pass --allow-unverified)")
     print(f"warning: {problem}; serving it anyway (--allow-unverified)", file=sys.stderr, flush=True)
