@@ -81,7 +81,7 @@ def verification_problem(path: Path) -> str | None:
     """Why ``path`` may not ship (None when parity.json records exactly this file as passed)."""
     path = Path(path)
     if not path.is_file():
-        return f"no model file at {path}"
+        return f"no ONNX model at {path}: run `vggexport export` first"
     entry = read_record(path.resolve().parent).get("files", {}).get(path.name)
     if entry is None:
         return f"{path} has not been verified: run `vggexport verify --model {path}`"
