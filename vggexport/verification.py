@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from vggexport import artifacts as paths
 from vggexport.checkpoint import Checkpoint
@@ -25,8 +22,6 @@ from vggexport.names import ONNX_PRECISIONS
 from vggexport.runners import artifact_kind, make_runner, runtimes_for
 from vggexport.spec import ExportSpec
 from vggexport.verify import (
-    Batch,
-    Batches,
     Candidate,
     Check,
     FailureSaver,
@@ -35,6 +30,7 @@ from vggexport.verify import (
     random_inputs,
     run_parity,
 )
+from vggexport.verify_data import random_pixel_batches, real_checks
 
 DEFAULT_FILES = (paths.ONNX, paths.ONNX_PREPROCESSING, paths.ONNX_FP16, paths.ONNX_INT8, paths.TORCHSCRIPT,
                  paths.EXPORTED_PROGRAM)
@@ -142,64 +138,14 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def model_input(pixels: Any, ckpt: Checkpoint) -> Any:
-    """uint8 pixels -> the float input, by the model's own resize/crop policy (what the uint8 graph runs)."""
-    import torch
-
-    from vggexport.transforms import normalize, resize_crop
-
-    config = ckpt.model_config
-    x = resize_crop(pixels.to(torch.float32) / 255.0, image_size=config.image_size, resize_size=config.resize_size)
-    return normalize(x, mean=config.mean, std=config.std)
-
-
-def real_batches(ckpt: Checkpoint, data_dir: str | None, samples: int | None, spec: ExportSpec) -> Batches:
-    """The dataset's test split: raw pixels and, from them, the preprocessed input exactly as in training."""
-    import torch
-
-    from vggexport.data import load_dataset
-
-    config = ckpt.model_config
-    # By default, the data the model was trained on: `verify --model FILE` needs no --data-dir repeated.
-    data_dir = data_dir or ckpt.payload.get("train_config", {}).get("data_dir")
-    data = load_dataset(config.dataset, data_dir, image_size=config.image_size, channels=config.in_channels)
-    images, labels = data.test_images[:samples], data.test_labels[:samples].numpy()
-    batch_size = spec.real_batch_size(image_size=config.image_size, width=config.width,
-                                      views=2 if config.flip_average else 1)
-
-    def produce() -> Iterator[Batch]:
-        for start in range(0, len(images), batch_size):
-            pixels = images[start : start + batch_size]
-            with torch.no_grad():
-                x = model_input(pixels, ckpt)
-            yield Batch(x.numpy(), labels[start : start + batch_size], pixels.numpy())
-    return produce
-
-
-def random_pixel_batches(ckpt: Checkpoint, seed: int = 1) -> Batches:
-    """Random uint8 images of an odd, non-square size, for the preprocessing variant's resize path."""
-    import torch
-
-    config = ckpt.model_config
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (7, config.in_channels, config.image_size + 5, config.image_size + 3), dtype=np.uint8)
-
-    def produce() -> Iterator[Batch]:
-        with torch.no_grad():
-            x = model_input(torch.from_numpy(pixels), ckpt)
-        yield Batch(x.numpy(), None, pixels)
-    return produce
-
-
 def build_checks(ckpt: Checkpoint, spec: ExportSpec, options: VerifyOptions, need_pixels: bool) -> dict[str, Check]:
     config = ckpt.model_config
     shape = (config.in_channels, config.image_size, config.image_size)
     checks = {k: Check(array_batches(v, None, len(v))) for k, v in random_inputs(shape, spec.batch_sizes).items()}
     if need_pixels:
-        checks["random-pixels"] = Check(random_pixel_batches(ckpt), has_pixels=True)
+        checks["random-pixels"] = Check(random_pixel_batches(config), has_pixels=True)
     if not options.random_only:
-        checks["real"] = Check(real_batches(ckpt, options.data_dir, options.samples, spec), has_pixels=True,
-                               judge_top1=True)
+        checks.update(real_checks(ckpt, options.data_dir, options.samples, spec, need_pixels))
     return checks
 
 

@@ -43,6 +43,7 @@ class Check:
     batches: Batches
     has_pixels: bool = False
     judge_top1: bool = False  # only real data: random inputs have near-ties
+    pixels_only: bool = False  # photos before resizing: only a uint8-input model can take them
 
 
 @dataclass
@@ -113,9 +114,13 @@ class FailureSaver:
         written = []
         for key, parts in self.kept.items():
             arrays = dict(zip(("inputs", "reference", "candidate", "labels"), map(np.concatenate, zip(*parts))))
-            target = Path(self.folder or ".") / f"{key}.npz"
-            written.append(write_atomic(target, lambda tmp, a=arrays: np.savez(open(tmp, "wb"), **a)))
+            written.append(write_atomic(Path(self.folder or ".") / f"{key}.npz", lambda tmp, a=arrays: save_npz(tmp, a)))
         return written
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:  # a handle: np.savez would append ".npz" to the temporary file's name
+        np.savez(handle, **arrays)
 
 
 def compare_candidate(reference_outputs: dict[str, list[np.ndarray]], candidate: Candidate, checks: dict[str, Check],
@@ -130,8 +135,8 @@ def compare_candidate(reference_outputs: dict[str, list[np.ndarray]], candidate:
             result.runtime, result.provider = runner.name, runner.provider
             atol, rtol = spec.tolerances(reference_provider, runner.provider)
             for name, check in checks.items():
-                if candidate.takes_pixels and not check.has_pixels:
-                    continue  # a pixel-input model cannot take random float tensors
+                if (candidate.takes_pixels and not check.has_pixels) or (check.pixels_only and not candidate.takes_pixels):
+                    continue  # a pixel-input model cannot take float tensors, nor a float model raw photos
                 comparison = Comparison(atol, rtol)
                 for reference, batch in zip(reference_outputs[name], check.batches()):
                     given = batch.pixels if candidate.takes_pixels else batch.inputs
