@@ -31,7 +31,30 @@ def convert_fp16(proto: Any) -> tuple[Any, dict[str, Any]]:
         warnings.simplefilter("ignore", UserWarning)
         converted = float16.convert_float_to_float16(proto, keep_io_types=True, op_block_list=blocked_ops,
                                                      node_block_list=kept_nodes)
+    float32_outputs(converted)
     record = {"converter": "onnxconverter-common float16.convert_float_to_float16",
               "converter_version": importlib_metadata.version("onnxconverter-common"), "keep_io_types": True,
               "fp32_ops": list(FP32_OPS), "fp32_nodes": kept_nodes, "keep_fp32": list(FP32_REGIONS)}
     return converted, json.loads(json.dumps(record))
+
+
+def float32_outputs(proto: Any) -> None:
+    """Undo the converter's fp16 Cast after a kept-fp32 node that produces a graph output.
+
+    With the tail blocked, convert_float_to_float16 (1.16) casts the float32 logits to fp16 and
+    declares the output fp16 despite keep_io_types; clients would get float16 logits.
+    """
+    import onnx
+
+    producers = {output: node for node in proto.graph.node for output in node.output}
+    for graph_output in proto.graph.output:
+        tensor_type = graph_output.type.tensor_type
+        cast = producers.get(graph_output.name)
+        if tensor_type.elem_type != onnx.TensorProto.FLOAT16 or cast is None or cast.op_type != "Cast":
+            continue
+        source = producers.get(cast.input[0])
+        if source is None:
+            continue
+        source.output[list(source.output).index(cast.input[0])] = graph_output.name
+        proto.graph.node.remove(cast)
+        tensor_type.elem_type = onnx.TensorProto.FLOAT
