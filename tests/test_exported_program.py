@@ -98,7 +98,7 @@ def foreign_program(path: Path) -> None:
     ("flipped byte", "has changed since vggexport wrote it"),
 ])
 def test_hostile_files_fail_in_one_line(exported: tuple[Checkpoint, Path], tmp_path: Path, damage: str,
-                                        message: str) -> None:
+                                        message: str, capfd: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "model.pt2"
     data = exported[1].read_bytes()
     if damage == "garbage":
@@ -118,6 +118,7 @@ def test_hostile_files_fail_in_one_line(exported: tuple[Checkpoint, Path], tmp_p
     with pytest.raises(VggExportError, match=message) as error:
         load_exported_program(target)
     assert "\n" not in str(error.value)
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_runner_reports_a_bad_file_as_its_error(tmp_path: Path) -> None:

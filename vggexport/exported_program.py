@@ -8,7 +8,10 @@ so either file describes itself the same way.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +58,7 @@ def load_exported_program(path: str | Path) -> tuple[torch.export.ExportedProgra
     check_artifact(path)
     extra = {TORCHSCRIPT_CONFIG: "", TORCHSCRIPT_METADATA: ""}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_logger("torch.export"):
             warnings.simplefilter("ignore")
             program = torch.export.load(path, extra_files=extra)
     except Exception as exc:  # zipfile, pickle, JSON and torch's own errors all mean "not a readable .pt2"
@@ -69,6 +72,18 @@ def load_exported_program(path: str | Path) -> tuple[torch.export.ExportedProgra
     except ValueError:
         raise VggExportError(f"{path} has an unreadable {TORCHSCRIPT_METADATA}") from None
     return program, metadata
+
+
+@contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """torch.export.load logs a full traceback before it tries its legacy format; our one line says it all."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def load_module(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
