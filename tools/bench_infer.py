@@ -6,7 +6,7 @@
 Without --checkpoint it builds the default CPU model (cfg A, batch norm, width
 0.25, 32x32, head 512) with random weights: speed does not depend on the weights.
 Throughput at batch 1, 8 and 64 and latency (median) at batch 1 for PyTorch
-eager fp32, eager bf16 autocast (CPU), TorchScript, ONNX Runtime CPU, and
+eager fp32, eager bf16 autocast (CPU), TorchScript, torch.export (.pt2), ONNX Runtime CPU, and
 ONNX Runtime CUDA and PyTorch CUDA when present.
 
 --variants compares the precision variants (model.fp16.onnx, model.int8.onnx)
@@ -33,7 +33,8 @@ import torch
 from vggexport.checkpoint import load_checkpoint, save_checkpoint
 from vggexport.export import export_onnx, export_torchscript
 from vggexport.model import ModelConfig, build_model
-from vggexport.runners import OnnxRuntimeRunner, Runner, TorchRunner, TorchScriptRunner
+from vggexport.exported_program import export_exported_program
+from vggexport.runners import ExportedProgramRunner, OnnxRuntimeRunner, Runner, TorchRunner, TorchScriptRunner
 from vggexport.spec import ExportSpec
 
 BATCHES = (1, 8, 64)
@@ -56,13 +57,17 @@ def make_runners(ckpt_path: Path, folder: Path) -> list[Runner]:
     ckpt = load_checkpoint(ckpt_path)
     onnx_path = export_onnx(ckpt, folder / "model.onnx", ExportSpec())
     ts_path = export_torchscript(ckpt, folder / "model.torchscript.pt")
+    pt2_path = export_exported_program(ckpt, folder / "model.pt2")
     runners: list[Runner] = [TorchRunner(ckpt_path), TorchRunner(ckpt_path, precision="bf16"),
-                             TorchScriptRunner(ts_path), OnnxRuntimeRunner(onnx_path, provider="cpu")]
+                             TorchScriptRunner(ts_path), ExportedProgramRunner(pt2_path),
+                             OnnxRuntimeRunner(onnx_path, provider="cpu")]
     runners[1].name = "pytorch-bf16"
     if torch.cuda.is_available():
         cuda = TorchRunner(ckpt_path, device="cuda")
         cuda.name = "pytorch-cuda"
-        runners += [cuda, OnnxRuntimeRunner(onnx_path, provider="cuda")]
+        program = ExportedProgramRunner(pt2_path, device="cuda")
+        program.name = "torch-export-cuda"
+        runners += [cuda, program, OnnxRuntimeRunner(onnx_path, provider="cuda")]
     return runners
 
 
@@ -82,10 +87,9 @@ def bench_variants(ckpt_path: Path, folder: Path, args: argparse.Namespace) -> N
     fp32 = export_onnx(ckpt, folder / "model.onnx", ExportSpec())
     images = "train" if args.data_dir else "noise"
     calibration = CalibrationConfig(data_dir=args.data_dir, images=images, samples=args.calibration_samples)
-    files = {"fp32": fp32, "fp16": make_variant(fp32, "fp16", folder / "model.fp16.onnx"),
-             "int8": make_variant(fp32, "int8", folder / "model.int8.onnx", calibration)}
-    if args.provider == "cuda":
-        files.pop("int8")  # ORT's CUDA provider runs QDQ int8 through fp32 kernels: not a deployment target
+    files = {"fp32": fp32, "fp16": make_variant(fp32, "fp16", folder / "model.fp16.onnx")}
+    if args.provider == "cpu":  # ORT's CUDA provider has few int8 kernels: the int8 file is a CPU deployment
+        files["int8"] = make_variant(fp32, "int8", folder / "model.int8.onnx", calibration)
     shape = (config.in_channels, config.image_size, config.image_size)
     inputs = {b: np.random.default_rng(0).standard_normal((b, *shape), dtype=np.float32) for b in VARIANT_BATCHES}
     runners = {name: OnnxRuntimeRunner(path, provider=args.provider) for name, path in files.items()}
@@ -102,8 +106,6 @@ def bench_variants(ckpt_path: Path, folder: Path, args: argparse.Namespace) -> N
     print(f"{'variant':<8}{'size MB':>9}{'size/fp32':>11}" + "".join(
         f"{'b' + str(b) + ' img/s':>13}{'ratio (min-max)':>22}" for b in VARIANT_BATCHES))
     for name, path in files.items():
-        if name not in runners:
-            continue
         cells = ""
         for b in VARIANT_BATCHES:
             ratios = [t / f for t, f in zip(throughput[name][b], throughput["fp32"][b])]
