@@ -89,8 +89,8 @@ def quiet_logger(name: str) -> Iterator[None]:
 def load_module(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """A callable module on ``device``.
 
-    ``move_to_device_pass`` rewrites the program's device constants and its
-    weights; ``.module().to(device)`` would move the weights only.
+    ``move_to_device_pass`` moves weights, buffers and the device arguments
+    recorded in the graph; ``.module().to(device)`` would move the weights only.
     """
     program, metadata = load_exported_program(path)
     if device != "cpu":
