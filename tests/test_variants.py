@@ -235,3 +235,26 @@ def test_calibration_config_refuses_bad_values(field: str, value: object, match:
 
 def test_calibration_method_is_case_insensitive() -> None:
     assert CalibrationConfig(method="Entropy").method == "entropy"
+
+
+def test_with_preprocessing_is_fp32_only(artifacts: Path, run_cli: Cli) -> None:
+    result = run_cli("onnx", "--artifacts", artifacts, "--precision", "fp16", "--with-preprocessing")
+    assert result.exit_code == 1 and "use it with --precision fp32" in result.output
+
+
+@pytest.mark.realdata
+def test_accuracy_tool_reads_only_the_files(int8: Path, fp16: Path, real_data_dir: Path, tmp_path: Path) -> None:
+    """tools/variant_accuracy.py: onnxruntime + numpy + metadata on the real test set (the tiny model is no good
+    at Fashion-MNIST, so whether the targets are met is not the point here: exit 1 is allowed, a crash is not)."""
+    import subprocess
+    import sys
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "variant_accuracy.py"
+    out = tmp_path / "accuracy.json"
+    result = subprocess.run([sys.executable, str(tool), str(int8.parent), str(real_data_dir / "FashionMNIST" / "raw"),
+                             "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode in (0, 1) and "Traceback" not in result.stderr, result.stderr
+    report = json.loads(out.read_text())
+    assert set(report) == {"fp32", "fp16", "int8"}
+    assert report["int8"]["from_this_fp32"] is True and report["int8"]["precision_metadata"] == "int8"
+    assert 0 <= report["fp16"]["top1_agreement"] <= 1 and report["int8"]["size_ratio"] < 0.5
