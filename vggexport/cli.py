@@ -205,22 +205,50 @@ def torchscript(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | No
     click.echo(f"wrote {export_torchscript(selection(cfg, batch_norm, artifacts, checkpoint), out)}")
 
 
+calibration_options = compose(
+    click.option("--calibration-samples", type=int, default=512, show_default=True,
+                 help="int8: training images to calibrate activation ranges on (a seeded random subset)."),
+    click.option("--calibration-method", type=click.Choice(("minmax", "entropy", "percentile"), case_sensitive=False),
+                 default="minmax", show_default=True,
+                 help="int8: how activation ranges are chosen (entropy clips most; see BENCHMARKS.md)."),
+    click.option("--calibration-seed", type=int, default=0, show_default=True, help="int8: which subset."),
+    click.option("--data-dir", type=click.Path(), default=None,
+                 help="int8: dataset root holding the training images (as for train)."),
+    # Tests and demonstrations only: calibrating on constant or noise images makes a bad int8 model on purpose.
+    click.option("--calibration-images", type=click.Choice(("train", "constant", "noise")), default="train",
+                 hidden=True),
+)
+
+
+def calibration_config(calibration_samples: int, calibration_method: str, calibration_seed: int,
+                       data_dir: str | None, calibration_images: str) -> Any:
+    from vggexport.quantize import CalibrationConfig
+
+    return CalibrationConfig(method=calibration_method, samples=calibration_samples, seed=calibration_seed,
+                             data_dir=data_dir, images=calibration_images)
+
+
 @cli.command()
 @model_options
 @checkpoint_option
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Output file [default: <artifacts>/<name>/model.onnx].")
+              help="Output file [default: <artifacts>/<name>/model.onnx, model.fp16.onnx or model.int8.onnx].")
 @opset_option
+
 @click.option("--with-preprocessing/--no-preprocessing", default=True, show_default=True,
               help="Also write model.preprocessing.onnx: uint8 pixels of any size in, resized/cropped and normalized "
                    "inside (what the server's /classify runs).")
+@click.option("--precision", type=click.Choice(ONNX_PRECISIONS), default="fp32", show_default=True,
+              help="fp16 and int8 are made from the fp32 model.onnx exported before from the same checkpoint.")
+@calibration_options
 def onnx(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, out: str | None, opset: int,
-         with_preprocessing: bool) -> None:
+         with_preprocessing: bool, precision: str, **calibration: Any) -> None:
     """Export a checkpoint to a self-describing ONNX file (dynamic batch, metadata_props)."""
     from vggexport.workflow import export_onnx
 
-    spec = make_spec(opset)
-    for path in export_onnx(selection(cfg, batch_norm, artifacts, checkpoint), spec, out, with_preprocessing):
+    spec, config = make_spec(opset), calibration_config(**calibration)
+    for path in export_onnx(selection(cfg, batch_norm, artifacts, checkpoint), spec, out, with_preprocessing,
+                            precision=precision, calibration=config):
         click.echo(f"wrote {path}")
 
 
@@ -228,14 +256,20 @@ def onnx(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, out
 @model_options
 @checkpoint_option
 @opset_option
+
 @click.option("--with-preprocessing/--no-preprocessing", default=True, show_default=True,
               help="Also write model.preprocessing.onnx (uint8 pixels in; what /classify runs).")
+@click.option("--precision", "precisions", type=click.Choice(ONNX_PRECISIONS), multiple=True, default=("fp32",),
+              show_default=True, help="ONNX precisions to write (repeatable); fp32 is always written.")
+@calibration_options
 def export(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, opset: int,
-           with_preprocessing: bool) -> None:
-    """Run both exports: TorchScript and ONNX."""
+           with_preprocessing: bool, precisions: tuple[str, ...], **calibration: Any) -> None:
+    """Run every export: TorchScript, torch.export (.pt2), ONNX and the ONNX precision variants asked for."""
     from vggexport.workflow import export_all
 
-    for path in export_all(selection(cfg, batch_norm, artifacts, checkpoint), make_spec(opset), with_preprocessing):
+    config = calibration_config(**calibration)
+    for path in export_all(selection(cfg, batch_norm, artifacts, checkpoint), make_spec(opset), with_preprocessing,
+                           precisions, config):
         click.echo(f"wrote {path}")
 
 

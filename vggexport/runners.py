@@ -121,6 +121,31 @@ class TorchScriptRunner(TorchRunner):
         return model
 
 
+class ExportedProgramRunner(TorchRunner):
+    """A ``torch.export`` program (model.pt2) on cpu or cuda."""
+
+    name = "torch-export"
+
+    def __init__(self, path: str | Path, *, device: str = "cpu") -> None:
+        super().__init__(path, device=device)
+        self.metadata: dict[str, Any] = {}
+
+    def load(self) -> Any:
+        from vggexport.exported_program import load_module
+
+        model, self.metadata = load_module(self.source, self.device_name)
+        return model
+
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            return super().infer_impl(batch)
+        except AssertionError:
+            # The program's shape guards fail with an AssertionError naming an internal symbol.
+            size, channels = self.metadata.get("image_size", "?"), self.metadata.get("in_channels", "?")
+            raise VggExportError(f"input shape {tuple(batch.shape)} does not match the program's "
+                                 f"(batch, {channels}, {size}, {size})") from None
+
+
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
 
@@ -240,14 +265,10 @@ def make_runner(runtime: str, path: Path, **kwargs: Any) -> Runner:
     device = "cuda" if runtime.endswith("-cuda") else "cpu"
     runner: Runner
     if runtime in ("torchscript", "torchscript-cuda"):
+
         runner = TorchScriptRunner(path, device=device)
     elif runtime in ("torch-export", "torch-export-cuda"):
-        from vggexport import runners
-
-        exported_program_runner = getattr(runners, "ExportedProgramRunner", None)
-        if exported_program_runner is None:
-            raise VggExportError("this vggexport cannot run .pt2 files")
-        runner = exported_program_runner(path, device=device)
+        runner = ExportedProgramRunner(path, device=device)
     elif runtime in ("onnxruntime-cpu", "onnxruntime-cuda"):
         return OnnxRuntimeRunner(path, provider=device, **kwargs)
     else:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vggexport import artifacts as paths
 from vggexport.checkpoint import Checkpoint, load_checkpoint
+from vggexport.errors import VggExportError
 from vggexport.spec import ExportSpec
+
+if TYPE_CHECKING:
+    from vggexport.quantize import CalibrationConfig
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,14 @@ def export_torchscript(selection: ModelSelection, out: str | None = None, ckpt: 
 
 
 def export_onnx(selection: ModelSelection, spec: ExportSpec, out: str | None = None,
-                with_preprocessing: bool = False, ckpt: Checkpoint | None = None) -> list[Path]:
+                with_preprocessing: bool = False, ckpt: Checkpoint | None = None, precision: str = "fp32",
+                calibration: CalibrationConfig | None = None) -> list[Path]:
+    """fp32 from the checkpoint; fp16/int8 from the fp32 model.onnx already exported from that checkpoint."""
     from vggexport.export import export_onnx as export
 
     ckpt = ckpt or selection.load_checkpoint()
+    if precision != "fp32":  # the uint8-input graph is fp32 only: with_preprocessing concerns fp32 exports
+        return [export_variant(selection, precision, out, calibration, ckpt)]
     folder = paths.model_dir(selection.artifacts, ckpt.model_config.name)
     written = [export(ckpt, out or folder / paths.ONNX, spec)]
     if with_preprocessing:
@@ -54,7 +63,32 @@ def export_onnx(selection: ModelSelection, spec: ExportSpec, out: str | None = N
     return written
 
 
-def export_all(selection: ModelSelection, spec: ExportSpec, with_preprocessing: bool = True) -> list[Path]:
-    """Both exports from one load (and one checksum check) of the checkpoint."""
+def export_variant(selection: ModelSelection, precision: str, out: str | None = None,
+                   calibration: CalibrationConfig | None = None, ckpt: Checkpoint | None = None) -> Path:
+    from vggexport.variants import make_variant
+
+    ckpt = ckpt or selection.load_checkpoint()
+    folder = paths.model_dir(selection.artifacts, ckpt.model_config.name)
+    target = out or folder / paths.ONNX_BY_PRECISION[precision]
+    return make_variant(folder / paths.ONNX, precision, target, calibration, checkpoint_sha256=ckpt.sha256())
+
+
+def export_exported_program(selection: ModelSelection, out: str | None = None, ckpt: Checkpoint | None = None) -> Path:
+    from vggexport.exported_program import export_exported_program as export
+
+    ckpt = ckpt or selection.load_checkpoint()
+    return export(ckpt, out or paths.model_dir(selection.artifacts, ckpt.model_config.name) / paths.EXPORTED_PROGRAM)
+
+
+def export_all(selection: ModelSelection, spec: ExportSpec, with_preprocessing: bool = False,
+               precisions: Sequence[str] = ("fp32",), calibration: CalibrationConfig | None = None) -> list[Path]:
+    """Every export from one load (and one checksum check) of the checkpoint; fp32 ONNX always, variants on request."""
+    unknown = sorted(set(precisions) - set(paths.ONNX_BY_PRECISION))
+    if unknown:
+        raise VggExportError(f"unknown precision {unknown[0]!r}: choose {', '.join(paths.ONNX_BY_PRECISION)}")
     ckpt = selection.load_checkpoint()
-    return [export_torchscript(selection, ckpt=ckpt), *export_onnx(selection, spec, None, with_preprocessing, ckpt)]
+    written = [export_torchscript(selection, ckpt=ckpt), export_exported_program(selection, ckpt=ckpt),
+               *export_onnx(selection, spec, None, with_preprocessing, ckpt)]
+    for precision in dict.fromkeys(p for p in precisions if p != "fp32"):
+        written.append(export_variant(selection, precision, None, calibration, ckpt))
+    return written

@@ -1,0 +1,177 @@
+"""int8 ONNX by static quantization (onnxruntime.quantization: QDQ, per-channel weights).
+
+Calibration uses training images, chosen by a seeded permutation and preprocessed
+exactly as at inference (vggexport.transforms.preprocess), so the activation
+ranges are those the deployed model sees. ``CalibrationConfig.images`` can ask
+for constant or noise images instead: a deliberately bad calibration, which
+verify must refuse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
+from vggexport.errors import VggExportError
+from vggexport.model import ModelConfig
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_IMAGES = ("train", "constant", "noise")
+# Graph regions that can stay fp32 (see fp32_regions): the flip that builds the two views, the first
+# conv, the last linear layer, and the log-softmax/logsumexp tail of the flip average.
+FP32_REGIONS = ("flip", "first_conv", "last_layer", "tail")
+DEFAULT_FP32_REGIONS = ("tail",)
+CALIBRATION_BATCH = 64
+ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    method: str = "minmax"
+    samples: int = 512
+    seed: int = 0
+    data_dir: str | None = None
+    images: str = "train"
+    keep_fp32: tuple[str, ...] = DEFAULT_FP32_REGIONS
+    per_channel: bool = True
+    # int8 activations (S8S8): as fast as uint8 on VNNI/AMX here (BENCHMARKS.md, "Precision variants"),
+    # and free of U8S8's saturation on AVX2 CPUs without VNNI, where the file may be served too.
+    activation_type: str = "int8"
+    extra_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        method = self.method.lower()
+        if method not in CALIBRATION_METHODS:
+            raise VggExportError(f"unknown calibration method {self.method!r}: choose {', '.join(CALIBRATION_METHODS)}")
+        object.__setattr__(self, "method", method)
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise VggExportError(f"calibration samples must be a whole number >= 1, not {self.samples!r}")
+        if self.images not in CALIBRATION_IMAGES:
+            raise VggExportError(f"unknown calibration images {self.images!r}: choose {', '.join(CALIBRATION_IMAGES)}")
+        unknown = set(self.keep_fp32) - set(FP32_REGIONS)
+        if unknown:
+            raise VggExportError(f"unknown fp32 regions {sorted(unknown)}: choose from {', '.join(FP32_REGIONS)}")
+        if self.activation_type not in ("uint8", "int8"):
+            raise VggExportError(f"activation type must be uint8 or int8, not {self.activation_type!r}")
+
+
+def calibration_images(config: ModelConfig, calibration: CalibrationConfig) -> np.ndarray:
+    """float32 (N, C, S, S), normalized as at inference; N = calibration.samples."""
+    import torch
+
+    from vggexport.transforms import preprocess
+
+    generator = torch.Generator().manual_seed(calibration.seed)
+    if calibration.images == "train":
+        from vggexport.data import load_dataset
+
+        data = load_dataset(config.dataset, calibration.data_dir, image_size=config.image_size,
+                            channels=config.in_channels)
+        count = len(data.train_images)
+        if calibration.samples > count:
+            raise VggExportError(f"{calibration.samples} calibration samples asked for; the training set has {count}")
+        pixels = data.train_images[torch.randperm(count, generator=generator)[: calibration.samples]]
+    else:
+        shape = (calibration.samples, config.in_channels, config.image_size, config.image_size)
+        if calibration.images == "constant":
+            pixels = torch.zeros(shape, dtype=torch.uint8)
+        else:
+            pixels = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+    with torch.no_grad():
+        x = preprocess(pixels, image_size=config.image_size, mean=config.mean, std=config.std)
+    return x.numpy()
+
+
+def fp32_regions(graph: Any, regions: tuple[str, ...]) -> list[str]:
+    """Names of the nodes of ``regions`` in a VGG graph (a topologically sorted onnx GraphProto)."""
+    nodes = list(graph.node)
+    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    linears = [i for i, n in enumerate(nodes) if n.op_type in ("Gemm", "MatMul")]
+    if not convs or not linears:
+        raise VggExportError("the ONNX graph has no Conv or no Gemm/MatMul: not a vggexport VGG")
+    chosen: set[int] = set()
+    if "flip" in regions:
+        chosen.update(range(convs[0]))
+    if "first_conv" in regions:
+        chosen.add(convs[0])
+    if "last_layer" in regions:
+        chosen.add(linears[-1])
+    if "tail" in regions:
+        chosen.update(range(linears[-1] + 1, len(nodes)))
+    return [nodes[i].name for i in sorted(chosen)]
+
+
+class ArrayReader(CalibrationDataReader):
+    """Calibration batches from an in-memory array."""
+
+    def __init__(self, input_name: str, images: np.ndarray, batch_size: int = CALIBRATION_BATCH) -> None:
+        self.input_name, self.images, self.batch_size = input_name, images, batch_size
+        self.batches: Iterator[np.ndarray] = self.restart()
+
+    def restart(self) -> Iterator[np.ndarray]:
+        return (self.images[i : i + self.batch_size] for i in range(0, len(self.images), self.batch_size))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self.batches = self.restart()
+
+
+def tensor_ranges(prepared: Path, reader: ArrayReader, method: Any, cache: Path) -> None:
+    """Calibrate ``prepared`` and save its activation ranges to ``cache`` (ORT's calibration-cache JSON).
+
+    quantize_static would calibrate too, but it builds the entropy calibrator with 128 histogram
+    bins for 128 quantized bins, where the only candidate threshold is the full range: Entropy
+    then equals MinMax (measured). TensorRT's 2048 bins give KL divergence thresholds to choose from.
+    """
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    options = ENTROPY_BINS if method == CalibrationMethod.Entropy else {}
+    calibrator = create_calibrator(prepared, None, augmented_model_path=str(cache.with_suffix(".augmented.onnx")),
+                                   calibrate_method=method, extra_options=options)
+    with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+        calibrator.collect_data(reader)
+        save_tensors_data(calibrator.compute_data(), cache)
+
+
+def quantize_int8(fp32_path: Path, config: ModelConfig, calibration: CalibrationConfig) -> tuple[Any, dict[str, Any]]:
+    """(int8 ModelProto, calibration record for the metadata)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    images = calibration_images(config, calibration)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[calibration.method]
+    activation = QuantType.QUInt8 if calibration.activation_type == "uint8" else QuantType.QInt8
+    with tempfile.TemporaryDirectory(prefix="vggexport-int8-") as tmp:
+        prepared, quantized, ranges = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx", Path(tmp) / "ranges.json"
+        # ORT's symbolic shape inference fails on the exporter's value_info (a rank-less output); ONNX's suffices.
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load_model(str(prepared)).graph
+        excluded = fp32_regions(graph, calibration.keep_fp32)
+        tensor_ranges(prepared, ArrayReader(graph.input[0].name, images), method, ranges)
+        quantize_static(str(prepared), str(quantized), None, quant_format=QuantFormat.QDQ,
+                        per_channel=calibration.per_channel, activation_type=activation,
+                        weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=excluded,
+                        extra_options=dict(calibration.extra_options), calibration_cache_path=str(ranges))
+        proto = onnx.load_model(str(quantized))
+    # Which data calibrated is recorded; where it lay on this machine (data_dir) is not.
+    record = {key: value for key, value in asdict(calibration).items() if key != "data_dir"}
+    record.update(format="QDQ", weight_type="int8", dataset=config.dataset, excluded_nodes=excluded,
+                  keep_fp32=list(calibration.keep_fp32))
+    if calibration.method == "entropy":
+        record.update(ENTROPY_BINS)
+    return proto, json.loads(json.dumps(record))
