@@ -31,7 +31,7 @@ def exported_artifacts(trained_artifacts: Path, tmp_path_factory: pytest.TempPat
 
     root = tmp_path_factory.mktemp("verify")
     shutil.copytree(trained_artifacts / "vgg11_bn", root / "vgg11_bn")
-    result = CliRunner().invoke(cli, ["export", "--artifacts", str(root), "--with-preprocessing"])
+    result = CliRunner().invoke(cli, ["export", "--artifacts", str(root)])  # the preprocessing graph by default
     assert result.exit_code == 0, result.output
     return root
 
@@ -51,7 +51,7 @@ def test_verify_checks_every_artifact_and_records_each_file(verified: tuple[Path
     assert "all runtimes agree" in output, output
     record = json.loads((folder / "parity.json").read_text())
     assert record["passed"] and record["checkpoint"]["sha256"] == sha256_file(folder / "best.pt")
-    assert set(record["files"]) == {"model.onnx", "model.preprocessing.onnx", "model.torchscript.pt"}
+    assert set(record["files"]) == {"model.onnx", "model.preprocessing.onnx", "model.torchscript.pt", "model.pt2"}
     for name, entry in record["files"].items():
         assert entry["sha256"] == sha256_file(folder / name) and entry["passed"], name
     onnx_real = record["files"]["model.onnx"]["runtimes"][0]["checks"]["real"]
@@ -229,3 +229,44 @@ def test_embedding_without_torch(verified: tuple[Path, str], real_data_dir: Path
     with torch.no_grad():
         ours = ckpt.build_model()(preprocess(images, image_size=32, mean=config.mean, std=config.std)).argmax(1)
     assert predicted == ours.tolist()
+
+
+def test_variants_are_judged_by_accuracy(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path) -> None:
+    """A faithful fp16 passes; an int8 calibrated on constant images (deliberately bad) is refused."""
+    folder, _ = verified
+    copy = tmp_path / "vgg11_bn"
+    shutil.copytree(folder, copy)
+    assert run_cli("onnx", "--artifacts", tmp_path, "--precision", "fp16").exit_code == 0
+    assert run_cli("onnx", "--artifacts", tmp_path, "--precision", "int8", "--calibration-images", "constant",
+                   "--calibration-samples", "64").exit_code == 0
+    result = run_cli("verify", "--artifacts", tmp_path, "--model", copy / "model.fp16.onnx",
+                     "--model", copy / "model.int8.onnx")
+    assert result.exit_code == 1, result.output
+    files = json.loads((copy / "parity.json").read_text())["files"]
+    assert files["model.fp16.onnx"]["passed"] and files["model.fp16.onnx"]["precision"] == "fp16"
+    int8 = files["model.int8.onnx"]
+    assert not int8["passed"] and all(f.startswith("[real]") and "int8" in f for f in int8["runtimes"][0]["failures"])
+    assert not any("atol" in f for f in int8["runtimes"][0]["failures"]), "variants are not judged elementwise"
+
+
+def test_an_fp32_file_claiming_int8_is_refused(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path) -> None:
+    from tests.broken_models import set_metadata
+
+    folder, _ = verified
+    claim = broken_copy(folder / "model.onnx", tmp_path / "claims-int8.onnx", set_metadata("precision", str))
+    import onnx
+
+    proto = onnx.load(str(claim))
+    proto.metadata_props.add(key="precision", value="int8")
+    onnx.save(proto, str(claim))
+    result = run_cli("verify", "--artifacts", folder.parent, "--model", claim)
+    assert result.exit_code == 1 and "has no QuantizeLinear" in result.output
+
+
+def test_random_only_cannot_verify_a_variant(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path) -> None:
+    folder, _ = verified
+    copy = tmp_path / "vgg11_bn"
+    shutil.copytree(folder, copy)
+    assert run_cli("onnx", "--artifacts", tmp_path, "--precision", "fp16").exit_code == 0
+    result = run_cli("verify", "--artifacts", tmp_path, "--model", copy / "model.fp16.onnx", "--random-only")
+    assert result.exit_code == 2 and "judged by accuracy on real data" in result.output

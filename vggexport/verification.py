@@ -98,7 +98,9 @@ def read_extra_files(path: Path) -> dict[str, str]:
         raise VggExportError(f"{path} is not a readable archive ({type(exc).__name__})") from None
 
 
-def read_onnx(path: Path) -> tuple[dict[str, str], bool]:
+def read_onnx(path: Path) -> tuple[dict[str, str], bool, list[str]]:
+    """(metadata, takes uint8 pixels, problems): a file claiming a reduced precision must really be one,
+    or an fp32 file could claim "int8" to be judged by the looser accuracy criteria."""
     import onnx
 
     try:
@@ -107,7 +109,15 @@ def read_onnx(path: Path) -> tuple[dict[str, str], bool]:
         raise VggExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
     inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     takes_pixels = bool(inputs) and inputs[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    return {p.key: p.value for p in proto.metadata_props}, takes_pixels
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    precision, problems = metadata.get("precision", "fp32"), []
+    ops = {node.op_type for node in proto.graph.node}
+    fp16_weights = any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+    if precision == "int8" and not {"QuantizeLinear", "DequantizeLinear"} <= ops:
+        problems.append("[metadata] 'precision' is 'int8' but the graph has no QuantizeLinear/DequantizeLinear")
+    if precision == "fp16" and not fp16_weights:
+        problems.append("[metadata] 'precision' is 'fp16' but the graph has no float16 weights")
+    return metadata, takes_pixels, problems
 
 
 def inspect(path: Path, ckpt: Checkpoint) -> Inspected:
@@ -118,9 +128,9 @@ def inspect(path: Path, ckpt: Checkpoint) -> Inspected:
     try:
         check_artifact(path)
         if kind == "onnx":
-            found.metadata, found.takes_pixels = read_onnx(path)
-            problems = check_file_metadata(found.metadata, ckpt, takes_pixels=found.takes_pixels,
-                                           known_precisions=ONNX_PRECISIONS)
+            found.metadata, found.takes_pixels, problems = read_onnx(path)
+            problems += check_file_metadata(found.metadata, ckpt, takes_pixels=found.takes_pixels,
+                                            known_precisions=ONNX_PRECISIONS)
         else:
             extra = read_extra_files(path)
             found.metadata = json.loads(extra.get("metadata.json") or "{}")
