@@ -7,6 +7,7 @@ back, so the run that follows is exactly the run ``--epochs N`` makes with the N
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +27,16 @@ WARMUP_STEPS = 3  # first steps pay for kernel selection and allocator growth
 MAX_TIMED_STEPS = 30
 TIMED_FRACTION = 0.02  # of the budget, at most, spent timing steps
 EVAL_SAMPLE = 512
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux), so the budget also pays for Python's and torch's imports."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def sync(device: torch.device) -> None:

@@ -21,8 +21,12 @@ MAX_TENSOR_ELEMENTS = 2**31 - 1
 
 def soft_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
                        reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy through probability targets: nll_loss has no deterministic CUDA kernel, this has."""
-    targets = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    """Cross-entropy through probability targets: nll_loss has no deterministic CUDA kernel, this has.
+
+    The one-hot targets come from a comparison, not F.one_hot, whose range check syncs the GPU every step.
+    """
+    classes = torch.arange(logits.shape[-1], device=logits.device)
+    targets = (labels.unsqueeze(-1) == classes).to(logits.dtype)
     return F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction=reduction)
 
 

@@ -29,7 +29,7 @@ from vggexport.manifest import dataset_identity
 from vggexport.model import VGG, ModelConfig, build_model
 from vggexport.reporting import console, epoch_line, epoch_progress, shipped_line
 from vggexport.training.batches import Augmentation, BatchSource, Splits, make_splits, stream_seed
-from vggexport.training.budget import calibrate
+from vggexport.training.budget import calibrate, process_age
 from vggexport.training.checkpointer import Checkpointer
 from vggexport.training.config import TrainConfig, resolve
 from vggexport.training.evaluator import Evaluator, soft_cross_entropy
@@ -85,7 +85,7 @@ class Trainer:
     """One run. Its parts live elsewhere: batches (BatchSource), scoring (Evaluator), files (Checkpointer)."""
 
     def __init__(self, config: TrainConfig) -> None:
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() - process_age()  # the budget counts from the process's start
         self.requested_epochs = config.epochs
         self.dist = distributed.setup(config.device)
         self.device = self.dist.device
