@@ -78,6 +78,7 @@ def assert_same_state(a: Path, b: Path) -> None:
     assert sa["optimizer"]["param_groups"][0]["lr"] == sb["optimizer"]["param_groups"][0]["lr"]
 
 
+@pytest.mark.slow
 def test_mid_epoch_stop_resumes_at_the_exact_step(tmp_path: Path) -> None:
     train(TrainConfig(**RANDOM_RECIPE, epochs=2, artifacts=str(tmp_path / "a")))
     stopped = train(TrainConfig(**RANDOM_RECIPE, epochs=2, max_steps=5, artifacts=str(tmp_path / "b")))
@@ -90,6 +91,7 @@ def test_mid_epoch_stop_resumes_at_the_exact_step(tmp_path: Path) -> None:
     assert [(r["record"], r["epoch"]) for r in lines] == [("epoch", 1), ("epoch", 2), ("test", 2)]
 
 
+@pytest.mark.slow
 def test_time_budget_records_its_choice_and_epochs_repeats_it(tmp_path: Path, run_cli: Cli) -> None:
     budgeted = run_cli("train", *cli_args({**RANDOM_RECIPE, "ema": 0}), "--time-budget", "0.4m",
                        "--artifacts", tmp_path / "a")

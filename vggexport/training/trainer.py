@@ -33,7 +33,7 @@ from vggexport.training.budget import calibrate, process_age
 from vggexport.training.checkpointer import Checkpointer
 from vggexport.training.config import TrainConfig, resolve
 from vggexport.training.evaluator import Evaluator, soft_cross_entropy
-from vggexport.training.schedule import warmup_cosine
+from vggexport.training.schedule import BudgetPlan, Timings, warmup_cosine
 
 
 def make_optimizer(name: str, model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -161,8 +161,6 @@ class Trainer:
             epoch, start = divmod(self.step, self.steps_per_epoch)
             stats = self.train_epoch(epoch, start)
             self.end_epoch(epoch, stats, partial=self.step % self.steps_per_epoch != 0)
-        if not self.records and self.step == 0:
-            raise VggExportError("nothing trained")
         result = self.ship()
         if self.dist.enabled:
             same = distributed.parameters_identical(self.model, self.dist)
@@ -275,7 +273,8 @@ class Trainer:
         ckpt = self.checkpointer.load_last(self.device)
         state = ckpt.payload
         self.epochs = self.requested_epochs or int(state.get("epochs") or self.config.epochs)
-        self.plan = None
+        self.plan = BudgetPlan(**state["plan"]) if state.get("plan") else None
+        self.timings = Timings(**state["timings"]) if state.get("timings") else None
         self.scheduler = warmup_cosine(self.optimizer, self.epochs * self.steps_per_epoch, self.config.warmup)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])  # after the scheduler: it restores the current lr
@@ -293,8 +292,9 @@ class Trainer:
     def ship(self) -> TrainResult:
         """best.pt: the final model, or the one picked on validation; then its one test-set score."""
         if self.candidate is not None:
-            weights, selection = self.candidate["model"], {"selected_on": "val", "selected_epoch":
-                                                           self.candidate["epoch"], "selected_step": self.candidate["step"]}
+            weights = self.candidate["model"]
+            selection = {"selected_on": "val", "selected_epoch": self.candidate["epoch"],
+                         "selected_step": self.candidate["step"]}
         else:
             weights = {k: v.detach().to("cpu", copy=True) for k, v in self.eval_model.state_dict().items()}
             selection = {"selected_on": "final", "selected_epoch": self.records[-1]["epoch"] if self.records else 0,
@@ -305,8 +305,8 @@ class Trainer:
         scores = self.evaluator(shipped, self.splits.test.first(self.config.eval_samples), "test")
         record = {"record": "test", "epoch": selection["selected_epoch"], "step": self.step, **selection, **scores}
         self.records.append(record)
-        self.checkpointer.save_shipped(weights, {**scores, **selection}, {**selection, "step": self.step,
-                                                                          "epochs": self.epochs})
+        self.checkpointer.save_shipped(weights, {**scores, **selection},
+                                       {**selection, "step": self.step, "epochs": self.epochs})
         self.checkpointer.write_records(self.records, self.title)
         self.checkpointer.update_manifest(record, self.dataset)
         self.say(shipped_line(record))
