@@ -101,8 +101,10 @@ def test_time_budget_records_its_choice_and_epochs_repeats_it(tmp_path: Path, ru
     assert state["plan"]["budget_s"] == 24 and state["plan"]["epochs"] == epochs >= 1
     assert set(state["timings"]) == {"step_s", "eval_image_s", "save_s"} and state["timings"]["step_s"] > 0
     assert f"repeat with --epochs {epochs}" in budgeted.output
-    repeated = train(TrainConfig(**{**RANDOM_RECIPE, "ema": 0}, epochs=epochs, artifacts=str(tmp_path / "b")))
-    assert repeated.epochs == epochs
+    # max_steps: the budget's safety valve may have stopped a run on a machine that slowed down meanwhile
+    repeated = train(TrainConfig(**{**RANDOM_RECIPE, "ema": 0}, epochs=epochs, max_steps=state["step"],
+                                 artifacts=str(tmp_path / "b")))
+    assert repeated.epochs == epochs and repeated.steps == state["step"]
     a, b = (load_checkpoint(p / "vgg11_bn" / "last.pt").payload["model"] for p in (tmp_path / "a", tmp_path / "b"))
     for key in a:  # the measurement's steps were undone: the budgeted run is the --epochs run
         assert torch.equal(a[key], b[key]), key

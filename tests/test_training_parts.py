@@ -14,6 +14,7 @@ from vggexport.data import make_synthetic
 from vggexport.errors import VggExportError
 from vggexport.model import ModelConfig, build_model
 from vggexport.training.batches import Augmentation, BatchSource, Split, make_splits, stratified_holdout
+from vggexport.training.budget import out_of_time
 from vggexport.training.checkpointer import Checkpointer
 from vggexport.training.config import TrainConfig, parse_duration, resolve
 from vggexport.training.evaluator import Evaluator, eval_batch_size, soft_cross_entropy
@@ -62,6 +63,13 @@ def test_plan_fills_the_budget_with_whole_epochs() -> None:
     with_val = plan_epochs(600, 10, TIMINGS, steps_per_epoch=468, val_images=5000, test_images=10_000)
     assert with_val.epochs < plan.epochs  # validation each epoch costs time too
     assert "repeat with --epochs 11" in plan.describe()
+
+
+def test_a_slowed_machine_stops_before_the_budget_ends() -> None:
+    plan = plan_epochs(600, 10, TIMINGS, steps_per_epoch=468, val_images=0, test_images=10_000)
+    assert not out_of_time(plan, elapsed_s=300, last_epoch_s=47.8)  # on schedule
+    assert out_of_time(plan, elapsed_s=560, last_epoch_s=47.8)  # 40 s left: one more epoch would overrun
+    assert not out_of_time(None, elapsed_s=10_000, last_epoch_s=1)  # no budget, no valve
 
 
 def test_plan_trains_at_least_one_epoch() -> None:

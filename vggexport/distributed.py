@@ -85,6 +85,15 @@ def broadcast_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
             dist.broadcast(buffer, src=0)
 
 
+def rank0_decides(flag: bool, ctx: DistContext, device: torch.device) -> bool:
+    """Rank 0's answer on every rank: choices that change how many steps run must agree, or DDP hangs."""
+    if not ctx.enabled:
+        return flag
+    value = torch.tensor(int(flag), device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def parameters_identical(model: torch.nn.Module, ctx: DistContext) -> bool:
     """Whether every rank holds bit-identical parameters (they must, after DDP steps)."""
     if not ctx.enabled:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vggexport import distributed
 from vggexport.checkpoint import save_checkpoint
 from vggexport.reporting import plot_curves, write_metrics
 from vggexport.training.batches import Split
@@ -81,10 +82,13 @@ def time_steps(trainer: Trainer, budget_s: float) -> float:
 
 def keep_timing(trainer: Trainer, done: bool) -> bool:
     """Rank 0 decides for all: data-parallel ranks must take the same number of steps."""
-    flag = torch.tensor(0 if done else 1, device=trainer.device)
-    if trainer.dist.enabled:
-        torch.distributed.broadcast(flag, src=0)
-    return bool(flag.item())
+    return distributed.rank0_decides(not done, trainer.dist, trainer.device)
+
+
+def out_of_time(plan: BudgetPlan | None, elapsed_s: float, last_epoch_s: float) -> bool:
+    """The safety valve: when the machine has slowed down so much since the measurement that one more epoch
+    and the final scoring would pass the budget, stop now (the schedule stays as fixed; the run ends on time)."""
+    return plan is not None and plan.budget_s - elapsed_s < last_epoch_s + plan.final_s
 
 
 def time_evaluation(trainer: Trainer) -> float:

@@ -29,7 +29,7 @@ from vggexport.manifest import dataset_identity
 from vggexport.model import VGG, ModelConfig, build_model
 from vggexport.reporting import console, epoch_line, epoch_progress, shipped_line
 from vggexport.training.batches import Augmentation, BatchSource, Splits, make_splits, stream_seed
-from vggexport.training.budget import calibrate, process_age
+from vggexport.training.budget import calibrate, out_of_time, process_age
 from vggexport.training.checkpointer import Checkpointer
 from vggexport.training.config import TrainConfig, resolve
 from vggexport.training.evaluator import Evaluator, soft_cross_entropy
@@ -159,14 +159,23 @@ class Trainer:
         self.announce()
         while self.step < self.epochs * self.steps_per_epoch and not self.stopping():
             epoch, start = divmod(self.step, self.steps_per_epoch)
+            began = time.perf_counter()
             stats = self.train_epoch(epoch, start)
             self.end_epoch(epoch, stats, partial=self.step % self.steps_per_epoch != 0)
+            if self.step < self.epochs * self.steps_per_epoch and self.out_of_time(time.perf_counter() - began):
+                self.say(f"[yellow]stopping after epoch {epoch + 1} of {self.epochs}: this machine is slower "
+                         f"than measured at the start, and another epoch would pass the time budget[/yellow]")
+                break
         result = self.ship()
         if self.dist.enabled:
             same = distributed.parameters_identical(self.model, self.dist)
             self.say(f"parameters {'identical' if same else 'DIFFER'} across {self.dist.world_size} processes")
             distributed.teardown(self.dist)
         return result
+
+    def out_of_time(self, last_epoch_s: float) -> bool:
+        late = out_of_time(self.plan, time.perf_counter() - self.started, last_epoch_s)
+        return distributed.rank0_decides(late, self.dist, self.device)
 
     def plan_run(self) -> None:
         """Fix the number of epochs (measured against the time budget, if one is set) and the schedule."""
