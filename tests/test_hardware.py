@@ -51,7 +51,8 @@ def test_available_memory_reads_meminfo() -> None:
 def test_a_batch_that_does_not_fit_is_one_line() -> None:
     from vggexport.hardware import batch_must_fit
 
-    with pytest.raises(VggExportError, match=r"batch of 256 images does not fit in cpu memory .*--batch-size, e\.g\. 128"):
+    expected = r"batch of 256 images does not fit in cpu memory .*--batch-size, e\.g\. 128"
+    with pytest.raises(VggExportError, match=expected):
         with batch_must_fit(256, CPU):
             torch.empty(2**62, dtype=torch.uint8)  # a real allocation failure of the CPU allocator
     with pytest.raises(RuntimeError, match="shape"):  # other errors keep their traceback: they are bugs

@@ -76,7 +76,8 @@ def test_plan_trains_at_least_one_epoch() -> None:
     assert plan_epochs(10, 9, TIMINGS, steps_per_epoch=1000, val_images=0, test_images=10).epochs == 1
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("600", 600), ("90s", 90), ("10m", 600), ("1.5h", 5400), (" 2 min", 120)])
+@pytest.mark.parametrize(("text", "seconds"),
+                         [("600", 600), ("90s", 90), ("10m", 600), ("1.5h", 5400), (" 2 min", 120)])
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 

@@ -110,13 +110,15 @@ train_options = compose(
     click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
                  help="On conv and linear weights [default: 0.05 for adam, 5e-4 for sgd]."),
     click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-                 help="auto = bf16 where the device computes it natively (Ampere+ GPUs; AMX/AVX-512 BF16 CPUs), else fp16 with loss scaling on CUDA and fp32 on the CPU."),
+                 help="auto = bf16 where the device computes it natively (Ampere+ GPUs; AMX/AVX-512 BF16 CPUs), "
+                      "else fp16 with loss scaling on CUDA and fp32 on the CPU."),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N optimizer steps."),
     click.option("--resume", is_flag=True, help="Continue from <artifacts>/<name>/last.pt."),
     click.option("--compile", "compile_", is_flag=True, help="torch.compile the model."),
-    click.option("--deterministic", is_flag=True, help="Deterministic algorithms, CUDA included: repeatable runs, bit-exact resume."),
+    click.option("--deterministic", is_flag=True,
+                 help="Deterministic algorithms, CUDA included: repeatable runs, bit-exact resume."),
     click.option("--crop-padding", type=click.IntRange(min=0), default=None,
                  help="Random-shift augmentation in pixels (0: off; flips stay on where the data allows) "
                       "[default: 0; 2 with --recipe fast]."),

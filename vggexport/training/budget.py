@@ -74,7 +74,8 @@ def time_steps(trainer: Trainer, budget_s: float) -> float:
     for x, labels in batches:
         trainer.train_step(x, labels)
         timed += 1
-        if not keep_timing(trainer, timed >= MAX_TIMED_STEPS or time.perf_counter() - began > TIMED_FRACTION * budget_s):
+        enough = timed >= MAX_TIMED_STEPS or time.perf_counter() - began > TIMED_FRACTION * budget_s
+        if not keep_timing(trainer, enough):
             break
     sync(trainer.device)
     return (time.perf_counter() - began) / max(1, timed)

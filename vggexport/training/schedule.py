@@ -55,7 +55,8 @@ class BudgetPlan:
     margin_s: float
 
     def describe(self) -> str:
-        return (f"time budget {self.budget_s:.0f}s: {self.epochs} epochs x {self.epoch_s:.1f}s predicted, "
+        epochs = f"{self.epochs} epoch{'' if self.epochs == 1 else 's'}"
+        return (f"time budget {self.budget_s:.0f}s: {epochs} x {self.epoch_s:.1f}s predicted, "
                 f"{self.final_s:.1f}s for the final test scoring, {self.margin_s:.0f}s margin; "
                 f"repeat with --epochs {self.epochs}")
 
