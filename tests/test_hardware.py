@@ -38,3 +38,58 @@ def test_explicit_precision_wins_over_capability(native: bool) -> None:
 def test_fp16_on_cpu_is_refused() -> None:
     with pytest.raises(VggExportError, match="fp16 training needs CUDA"):
         resolve_precision("fp16", CPU, native_bf16=True)
+
+
+def test_available_memory_reads_meminfo() -> None:
+    from vggexport.hardware import available_memory
+
+    meminfo = "MemTotal:       24000000 kB\nMemFree:  1000 kB\nMemAvailable:   20000000 kB\n"
+    assert available_memory(CPU, meminfo) == 20000000 * 1024
+    assert available_memory(CPU, "garbage") == 4 << 30  # unknown: assume a small machine
+
+
+def test_a_batch_that_does_not_fit_is_one_line() -> None:
+    from vggexport.hardware import batch_must_fit
+
+    expected = r"batch of 256 images does not fit in cpu memory .*--batch-size, e\.g\. 128"
+    with pytest.raises(VggExportError, match=expected):
+        with batch_must_fit(256, CPU):
+            torch.empty(2**62, dtype=torch.uint8)  # a real allocation failure of the CPU allocator
+    with pytest.raises(RuntimeError, match="shape"):  # other errors keep their traceback: they are bugs
+        with batch_must_fit(256, CPU):
+            torch.zeros(3).view(2, 2)
+
+
+def test_cuda_out_of_memory_is_recognised() -> None:
+    from vggexport.hardware import is_out_of_memory
+
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+@pytest.mark.parametrize(("precision", "enabled"), [("fp32", False), ("bf16", False)])
+def test_grad_scaler_only_for_fp16(precision: str, enabled: bool) -> None:
+    from vggexport.hardware import make_grad_scaler
+
+    assert make_grad_scaler(CPU, precision).is_enabled() is enabled
+
+
+@pytest.mark.gpu
+def test_grad_scaler_on_for_cuda_fp16() -> None:
+    from vggexport.hardware import make_grad_scaler
+
+    assert make_grad_scaler(torch.device("cuda"), "fp16").is_enabled()
+
+
+def test_deterministic_mode_sets_cublas_workspace(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vggexport.hardware import CUBLAS_DETERMINISTIC, configure_determinism
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        configure_determinism(True, torch.device("cuda"))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert __import__("os").environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_DETERMINISTIC
+        assert not torch.backends.cudnn.benchmark
+    finally:
+        configure_determinism(False, CPU)
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -64,15 +64,17 @@ def seed_loop(data_dir: str, device: torch.device, steps: int, batch: int, size:
 
 def our_loop(config: TrainConfig, steps: int) -> tuple[float, Trainer]:
     trainer = Trainer(config)
+    trainer.plan_run()  # fixes the schedule (no --time-budget here: nothing is timed)
+    trainer.forward.train()
     generator = torch.Generator().manual_seed(0)
-    n = len(trainer.data.train_labels)
+    n = len(trainer.splits.train)
     for i in range(steps + 2):
         if i == 2:
             if trainer.device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
         index = torch.randint(0, n, (config.batch_size,))
-        trainer.train_batch(index, generator)
+        trainer.train_step(*trainer.source.batch(index, generator))
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()
     return steps * config.batch_size / (time.perf_counter() - started), trainer
@@ -112,14 +114,15 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--recipe", default="default", help="also time the 32x32 step of this recipe (fast: full width)")
     args = parser.parse_args()
-    common = dict(data_dir=args.data_dir, device=args.device, artifacts="/tmp/vggexport-bench", seed=0)
+    common = dict(data_dir=args.data_dir, device=args.device, artifacts="/tmp/vggexport-bench", seed=0, epochs=1)
     ours, trainer = our_loop(TrainConfig(**common, image_size=224, width=1.0, head=512, batch_size=16), args.steps)
     seed = seed_loop(args.data_dir, trainer.device, args.steps, 16, 224)
     print(f"device {trainer.device} precision {trainer.precision}")
     print(f"seed config (cfg A, 1x224x224, batch 16, head 512): seed-style {seed:.2f} img/s, ours {ours:.2f} img/s, "
           f"ratio {ours / seed:.2f}x")
-    small = TrainConfig(**common, image_size=32, batch_size=256)
+    small = TrainConfig(**common, recipe=args.recipe, image_size=32, batch_size=256)
     ips, trainer = our_loop(small, max(args.steps, 10))
     achieved = ips * train_flops_per_image(trainer.model_config) / 1e9
     size = 2048 if trainer.device.type == "cuda" else 1024

@@ -13,7 +13,7 @@ import click
 
 from vggexport import __version__
 from vggexport.errors import VggExportError
-from vggexport.names import CFG_NAMES, DATASETS, ONNX_PRECISIONS, OPTIMIZERS, PRECISIONS, PROVIDERS, RUNTIMES
+from vggexport.names import CFG_NAMES, DATASETS, ONNX_PRECISIONS, OPTIMIZERS, PRECISIONS, PROVIDERS, RECIPES, RUNTIMES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,6 +37,16 @@ class CLI(click.Group):
         except (click.Abort, KeyboardInterrupt):
             fail("interrupted", 130)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def duration(text: str) -> float:
+    """``--time-budget``: 600, 90s, 10m -> seconds, or a click usage error (one line)."""
+    from vggexport.training.config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except VggExportError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -99,12 +109,23 @@ train_options = compose(
     click.option("--dataset", type=click.Choice(DATASETS), default="fashion-mnist", show_default=True),
     click.option("--data-dir", type=click.Path(), default=None,
                  help="Dataset root (torchvision layout); else $VGGEXPORT_DATA_DIR, else the user cache."),
-    click.option("--image-size", type=int, default=None, help="Multiple of 32 [default: 224 on CUDA, 32 on CPU]."),
-    click.option("--width", type=float, default=None, help="Channel multiplier [default: 1.0 on CUDA, 0.25 on CPU]."),
+    click.option("--recipe", type=click.Choice(RECIPES), default="default", show_default=True,
+                 help="Defaults for the options left unset. fast: the GPU speed run (32x32, full width, batch 256, "
+                      "shifts 2 px, erasing 0.25, EMA 0.999, --time-budget 50s unless --epochs)."),
+    click.option("--image-size", type=int, default=None,
+                 help="Multiple of 32 [default: 224 on CUDA, 32 on CPU; 32 with --recipe fast]."),
+    click.option("--width", type=float, default=None,
+                 help="Channel multiplier [default: 1.0 on CUDA, 0.25 on CPU; 1.0 with --recipe fast]."),
     click.option("--head", type=int, default=512, show_default=True, help="Classifier width (4096 in the paper)."),
     click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True),
-    click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True),
-    click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+    click.option("--epochs", type=click.IntRange(min=1), default=None,
+                 help="Epochs [default: 8, or what --time-budget allows]."),
+    click.option("--time-budget", type=str, default=None, callback=lambda _c, _p, v: None if v is None else duration(v),
+                 help="Seconds for the whole run (600, 90s, 10m): the first steps are timed and the most whole "
+                      "epochs that fit, evaluation and checkpoints included, are trained; the choice is printed "
+                      "and saved so --epochs repeats it."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                 help="Global batch [default: 128; 256 with --recipe fast]."),
     click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
                  help="Peak learning rate [default: 0.05 for sgd, 0.003 for adam]."),
     click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
@@ -112,17 +133,31 @@ train_options = compose(
     click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
                  help="On conv and linear weights [default: 0.05 for adam, 5e-4 for sgd]."),
     click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-                 help="auto = bf16 on CUDA or on a CPU with native bf16 (AMX/AVX-512 BF16), else fp32."),
+                 help="auto = bf16 where the device computes it natively (Ampere+ GPUs; AMX/AVX-512 BF16 CPUs), "
+                      "else fp16 with loss scaling on CUDA and fp32 on the CPU."),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N optimizer steps."),
     click.option("--resume", is_flag=True, help="Continue from <artifacts>/<name>/last.pt."),
     click.option("--compile", "compile_", is_flag=True, help="torch.compile the model."),
-    click.option("--deterministic", is_flag=True, help="Deterministic algorithms (bit-exact resume)."),
-    click.option("--crop-padding", type=click.IntRange(min=0), default=0, show_default=True,
-                 help="Random-shift augmentation in pixels (0: off; flips stay on where the data allows)."),
-    click.option("--erase", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-                 help="Random-erasing probability per training image (Zhong et al. 2017)."),
+    click.option("--deterministic", is_flag=True,
+                 help="Deterministic algorithms, CUDA included: repeatable runs, bit-exact resume."),
+    click.option("--crop-padding", type=click.IntRange(min=0), default=None,
+                 help="Random-shift augmentation in pixels (0: off; flips stay on where the data allows) "
+                      "[default: 0; 2 with --recipe fast]."),
+    click.option("--erase", type=click.FloatRange(0, 1), default=None,
+                 help="Random-erasing probability per training image (Zhong et al. 2017) [default: 0; 0.25 with "
+                      "--recipe fast]."),
+    click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True),
+    click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=None,
+                 help="Decay of an exponential moving average of the weights, which is then evaluated and shipped "
+                      "(0: off) [default: 0; 0.999 with --recipe fast]."),
+    click.option("--val-size", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Hold N training images out (seeded, stratified by class) and ship the model with the best "
+                      "accuracy on them; 0 ships the final model. The test set is scored once, for the shipped model."),
+    click.option("--eval-samples", type=click.IntRange(min=1), default=None,
+                 help="Score only the first N images of the validation and test splits (quick checks)."),
+    click.option("--sync-bn", is_flag=True, help="Synchronised batch norm across data-parallel processes (CUDA)."),
     click.option("--flip-average/--no-flip-average", default=None,
                  help="At inference average the image's and its mirror's class probabilities, as the paper "
                       "does (section 3.2) [default: on where the dataset is mirror-symmetric]."),

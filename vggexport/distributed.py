@@ -8,9 +8,11 @@ the same update (up to batch-norm statistics, which are per process).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +62,36 @@ def setup(device_spec: str) -> DistContext:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistContext(rank=rank, world_size=world_size, device=device)
+
+
+@contextlib.contextmanager
+def main_first(ctx: DistContext) -> Iterator[None]:
+    """Rank 0 runs the body (reading, downloading) while the others wait; then they run it, from the
+    files rank 0 left, so N processes never download the same dataset at once."""
+    if ctx.enabled and not ctx.is_main:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if ctx.enabled and ctx.is_main:
+            dist.barrier()
+
+
+def broadcast_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
+    """Rank 0's buffers (batch-norm running statistics) everywhere: every rank then evaluates the model
+    rank 0 saves, and a sharded evaluation scores one model, not N."""
+    if ctx.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def rank0_decides(flag: bool, ctx: DistContext, device: torch.device) -> bool:
+    """Rank 0's answer on every rank: choices that change how many steps run must agree, or DDP hangs."""
+    if not ctx.enabled:
+        return flag
+    value = torch.tensor(int(flag), device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def parameters_identical(model: torch.nn.Module, ctx: DistContext) -> bool:

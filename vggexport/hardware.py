@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -84,3 +86,62 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})"
+
+
+# cuBLAS reads this when it creates its first handle; without it, deterministic matmuls on CUDA raise.
+CUBLAS_DETERMINISTIC = ":4096:8"
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels everywhere, or cuDNN's autotuner on CUDA. Call before the first CUDA matmul."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = device.type == "cuda"
+
+
+def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """fp16 gradients underflow without loss scaling; bf16 and fp32 have fp32's range and need none."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def available_memory(device: torch.device, meminfo: str | None = None) -> int:
+    """Bytes free for new tensors: the GPU's free memory, or the kernel's MemAvailable on the CPU."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if meminfo is None:
+        try:
+            meminfo = Path("/proc/meminfo").read_text()
+        except OSError:
+            meminfo = ""
+    for line in meminfo.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 4 << 30  # unknown: assume a small machine
+
+
+CPU_ALLOCATION_FAILURES = ("DefaultCPUAllocator", "can't allocate memory", "not enough memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in CPU_ALLOCATION_FAILURES)
+
+
+@contextlib.contextmanager
+def batch_must_fit(batch_size: int, device: torch.device) -> Iterator[None]:
+    """A training batch that does not fit becomes one line that says what to change, not a traceback."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        smaller = max(1, batch_size // 2)
+        raise VggExportError(f"a training batch of {batch_size} images does not fit in {device.type} memory "
+                             f"({first}); use a smaller --batch-size, e.g. {smaller}") from None

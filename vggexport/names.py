@@ -12,6 +12,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RUNTIMES = ("torchscript", "torchscript-cuda", "torch-export", "torch-export-cuda", "onnxruntime-cpu", "onnxruntime-cuda")
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
 PROVIDERS = ("auto", "cuda", "cpu")
+RECIPES = ("default", "fast")
+
 DEPTHS = {"A": 11, "B": 13, "D": 16, "E": 19}
 
 

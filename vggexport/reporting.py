@@ -31,11 +31,21 @@ def epoch_progress(total_steps: int, epoch: int, epochs: int, show: bool = True)
 
 
 def epoch_line(record: dict[str, Any]) -> str:
+    """One epoch: training numbers, and validation numbers where a split is held out (never the test set)."""
+    val = (f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f}  "
+           if "val_accuracy" in record else "")
+    partial = " (stopped mid-epoch)" if record.get("partial") else ""
     return (
         f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}  "
-        f"test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.4f}  "
-        f"{record['images_per_second']:.0f} img/s  {record['elapsed_s']:.0f}s"
+        f"{val}{record['images_per_second']:.0f} img/s  {record['elapsed_s']:.0f}s{partial}"
     )
+
+
+def shipped_line(record: dict[str, Any]) -> str:
+    chosen = (f"picked on the validation split at epoch {record['selected_epoch']}"
+              if record["selected_on"] == "val" else "the final model")
+    return (f"test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.4f} on "
+            f"{record['test_samples']} images, scored once for the shipped model ({chosen})")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -55,14 +65,17 @@ def plot_curves(path: Path, records: list[dict[str, Any]], title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [r["epoch"] for r in records]
+    epochs = [r for r in records if r.get("record", "epoch") == "epoch"]
+    tests = [r for r in records if r.get("record") == "test"]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_ax.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
-    loss_ax.plot(epochs, [r["test_loss"] for r in records], "o-", label="test")
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
-    acc_ax.plot(epochs, [r["train_accuracy"] for r in records], "o-", label="train")
-    acc_ax.plot(epochs, [r["test_accuracy"] for r in records], "o-", label="test")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        x = [r["epoch"] for r in epochs]
+        ax.plot(x, [r[f"train_{metric}"] for r in epochs], "o-", label="train")
+        if any(f"val_{metric}" in r for r in epochs):
+            ax.plot(x, [r.get(f"val_{metric}", float("nan")) for r in epochs], "o-", label="validation")
+        for r in tests:
+            ax.plot([r["epoch"]], [r[f"test_{metric}"]], "*", markersize=12, label="test (shipped model, once)")
+        ax.set(xlabel="epoch", ylabel=metric, title=metric)
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend()
