@@ -94,7 +94,9 @@ class ServerProcess:
         self.model = model
         base = command or [sys.executable, "-m", "vggexport", "serve", "--model", str(model),
                            *([] if gate else ["--allow-unverified"])]
-        self.process = subprocess.Popen([*base, "--port", str(self.port), *extra], stdout=subprocess.PIPE,
+        # Never a fixed port: gRPC is off unless a test asks for it (8001 may be taken on the machine).
+        grpc = [] if "--grpc-port" in extra or "--grpc-port" in base else ["--grpc-port", "0"]
+        self.process = subprocess.Popen([*base, "--port", str(self.port), *grpc, *extra], stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, **popen)  # type: ignore[call-overload]
 
     def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
