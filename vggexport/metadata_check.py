@@ -7,21 +7,12 @@ An application that embeds the file preprocesses and labels from the metadata al
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from vggexport.checkpoint import Checkpoint
 
 # Entries that describe the exporting tool, not the model: a re-export by a newer vggexport keeps its verdict.
 TOOL_KEYS = frozenset({"vggexport_version"})
 PRECISION_KEYS = frozenset({"precision", "calibration", "fp32_sha256"})
-
-
-def canonical(value: str) -> Any:
-    """JSON values compare as values (a reformatted list is the same list); other strings as text."""
-    try:
-        return json.loads(value)
-    except (TypeError, ValueError):
-        return value
 
 
 def metadata_mismatches(found: dict[str, str], expected: dict[str, str], *, where: str = "metadata") -> list[str]:
@@ -32,7 +23,7 @@ def metadata_mismatches(found: dict[str, str], expected: dict[str, str], *, wher
             continue
         if key not in found:
             problems.append(f"[{where}] {key!r} is missing (the checkpoint says {short(wanted)})")
-        elif canonical(found[key]) != canonical(wanted):
+        elif found[key] != wanted:  # exact text: readers in other languages parse it, "32.0" is not "32"
             problems.append(f"[{where}] {key!r} is {short(found[key])} but the checkpoint says {short(wanted)}")
     return problems
 

@@ -27,6 +27,7 @@ class Comparison:
     top1_agree: int = 0
     violations: int = 0  # finite elements outside atol + rtol * |reference|
     nonfinite: int = 0  # NaN or Inf elements in the candidate's output
+    max_relative_error: float = 0.0  # per sample: ||candidate - reference|| / ||reference||
     correct: int = 0
     reference_correct: int = 0
     labelled: int = 0
@@ -49,6 +50,8 @@ class Comparison:
         norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(safe, axis=1)
         cosine = np.where(finite.all(axis=1), np.sum(ref * safe, axis=1) / np.maximum(norms, 1e-30), -1.0)
         self.min_cosine = min(self.min_cosine, float(cosine.min(initial=1.0)))
+        relative = np.linalg.norm(diff, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
+        self.max_relative_error = max(self.max_relative_error, float(relative.max(initial=0.0)))
         agree = (ref.argmax(1) == safe.argmax(1)) & finite.all(axis=1)
         self.top1_agree += int(agree.sum())
         exceeds = diff > self.atol + self.rtol * np.abs(ref)
@@ -85,6 +88,10 @@ class Comparison:
         if self.nonfinite:
             found.append(f"{self.nonfinite} non-finite values (NaN or Inf) in the output")
         if criterion is not None:
+            limit = criterion.max_relative_error_real if judge_top1 else criterion.max_relative_error_random
+            if self.max_relative_error > limit:
+                found.append(f"logits differ by up to {self.max_relative_error:.3g} of their norm (allowed {limit:g} "
+                             f"for {criterion.name})")
             return found + (self.accuracy_failures(criterion) if judge_top1 else [])
         if self.violations:
             found.append(f"{self.violations} values outside atol={self.atol:g} rtol={self.rtol:g} "

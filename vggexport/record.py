@@ -16,16 +16,22 @@ from typing import Any
 from vggexport.artifacts import PARITY
 from vggexport.errors import VggExportError
 from vggexport.fileio import sha256_file, write_text_atomic
-from vggexport.manifest import check_artifact, update_manifest
+from vggexport.manifest import check_artifact, read_manifest, update_manifest
 
 FORMAT = "vggexport.parity/2"
 
 
 def read_record(folder: Path) -> dict[str, Any]:
-    """The folder's record, or {} when there is none; a record edited behind vggexport's back is refused."""
+    """The folder's record, or {} when there is none; a record edited behind vggexport's back is refused.
+
+    This checks integrity (the manifest's sha256), not who wrote the record: whoever can rewrite both
+    files can forge a verdict.
+    """
     path = folder / PARITY
     if not path.is_file():
         return {}
+    if PARITY not in read_manifest(folder).get("artifacts", {}):
+        raise VggExportError(f"{path} was not written by `vggexport verify` (the manifest does not list it)")
     check_artifact(path)
     try:
         record = json.loads(path.read_text())
@@ -36,10 +42,14 @@ def read_record(folder: Path) -> dict[str, Any]:
     return record
 
 
-def file_entry(path: Path, kind: str, takes_pixels: bool, results: list[dict[str, Any]]) -> dict[str, Any]:
+def file_entry(path: Path, kind: str, takes_pixels: bool, results: list[dict[str, Any]],
+               complete: bool) -> dict[str, Any]:
+    real = [c for r in results for name, c in r["checks"].items() if name.startswith("real")]
     return {"sha256": results[0]["sha256"] if results else sha256_file(path), "kind": kind,
             "precision": results[0]["precision"] if results else "fp32", "takes_pixels": takes_pixels,
             "passed": bool(results) and all(r["passed"] for r in results), "runtimes": results,
+            "real_data": {"checked": bool(real), "samples": max((c["samples"] for c in real), default=0),
+                          "complete": bool(real) and complete},
             "verified_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -63,8 +73,9 @@ def write_records(report: Any, files: list[tuple[Path, str, bool]], checkpoint: 
         same_checkpoint = previous.get("checkpoint", {}).get("sha256") == checkpoint_sha256
         entries = dict(previous.get("files", {})) if same_checkpoint else {}
         for path, kind, takes_pixels in items:
-            results = [r for r in data["runtimes"][1:] if r["artifact"] == path.name]
-            entries[path.name] = file_entry(path, kind, takes_pixels, results)
+            digest = sha256_file(path)
+            results = [r for r in data["runtimes"][1:] if r["artifact"] == path.name and r["sha256"] == digest]
+            entries[path.name] = file_entry(path, kind, takes_pixels, results, data["real_complete"])
         record = {"format": FORMAT, "model": data["model"], "passed": all(e["passed"] for e in entries.values()),
                   "checkpoint": {"path": str(checkpoint), "sha256": checkpoint_sha256},
                   "tolerances": {k: data[k] for k in ("atol", "rtol", "cuda_atol", "cuda_rtol", "min_top1_agreement")},
@@ -77,27 +88,35 @@ def write_records(report: Any, files: list[tuple[Path, str, bool]], checkpoint: 
     return written
 
 
-def verification_problem(path: Path) -> str | None:
-    """Why ``path`` may not ship (None when parity.json records exactly this file as passed)."""
+def verification_status(path: Path) -> tuple[str | None, str | None]:
+    """(why ``path`` may not ship, a warning): (None, None) when parity.json records this very file as passed
+    on the whole real test set."""
     path = Path(path)
     if not path.is_file():
-        return f"no ONNX model at {path}: run `vggexport export` first"
+        return f"no ONNX model at {path}: run `vggexport export` first", None
     entry = read_record(path.resolve().parent).get("files", {}).get(path.name)
     if entry is None:
-        return f"{path} has not been verified: run `vggexport verify --model {path}`"
+        return f"{path} has not been verified: run `vggexport verify --model {path}`", None
     if entry.get("sha256") != sha256_file(path):
-        return f"{path} changed after it was verified: run `vggexport verify --model {path}` again"
+        return f"{path} changed after it was verified: run `vggexport verify --model {path}` again", None
     if entry.get("passed") is not True:
-        return f"{path} failed verification (see {path.parent / PARITY}); fix the export and verify it again"
-    return None
+        return f"{path} failed verification (see {path.parent / PARITY}); fix the export and verify it again", None
+    real = entry.get("real_data", {})
+    if not real.get("checked"):
+        return f"{path} was verified on random inputs only: run `vggexport verify --model {path}` with real data", None
+    if not real.get("complete"):
+        return None, f"{path} was verified on {real.get('samples')} real samples only, not the whole test set"
+    return None, None
 
 
 def require_verified(path: Path, *, allow_unverified: bool = False) -> None:
     """Refuse an unverified file with a one-line error; ``allow_unverified`` turns that into a warning."""
     try:
-        problem = verification_problem(path)
+        problem, warning = verification_status(path)
     except VggExportError as exc:
-        problem = str(exc)
+        problem, warning = str(exc), None
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     if problem is None:
         return
     if not Path(path).is_file():

@@ -8,10 +8,12 @@ the same real images as raw pixels; a reduced-precision variant is judged by acc
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vggexport import artifacts as paths
 from vggexport.checkpoint import Checkpoint
@@ -30,7 +32,7 @@ from vggexport.verify import (
     random_inputs,
     run_parity,
 )
-from vggexport.verify_data import random_pixel_batches, real_checks
+from vggexport.verify_data import mixed_batches, random_pixel_batches, real_checks
 
 DEFAULT_FILES = (paths.ONNX, paths.ONNX_PREPROCESSING, paths.ONNX_FP16, paths.ONNX_INT8, paths.TORCHSCRIPT,
                  paths.EXPORTED_PROGRAM)
@@ -52,6 +54,7 @@ class VerifyOptions:
     device: str = "cpu"  # where the PyTorch fp32 reference runs
     report: str | None = None  # an extra copy of this run's report
     save_failures: str | None = None
+    seed: int | None = None  # of the random inputs; None: drawn per run, so no graph can recognise them
 
 
 @dataclass
@@ -98,29 +101,74 @@ def read_extra_files(path: Path) -> dict[str, str]:
         raise VggExportError(f"{path} is not a readable archive ({type(exc).__name__})") from None
 
 
-def read_onnx(path: Path) -> tuple[dict[str, str], bool, list[str]]:
-    """(metadata, takes uint8 pixels, problems): a file claiming a reduced precision must really be one,
-    or an fp32 file could claim "int8" to be judged by the looser accuracy criteria."""
+def read_onnx(path: Path, spec: ExportSpec) -> tuple[dict[str, str], bool, list[str]]:
+    """(metadata, takes uint8 pixels, problems) of an ONNX file, read once, before anything runs it."""
     import onnx
 
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise several types; all mean "not ONNX"
         raise VggExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
-    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    takes_pixels = bool(inputs) and inputs[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    graph = proto.graph
+    inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+    takes_pixels = len(inputs) == 1 and inputs[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    keys = [p.key for p in proto.metadata_props]
     metadata = {p.key: p.value for p in proto.metadata_props}
-    precision, problems = metadata.get("precision", "fp32"), []
-    ops = {node.op_type for node in proto.graph.node}
-    fp16_weights = any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
-    if precision == "int8" and not {"QuantizeLinear", "DequantizeLinear"} <= ops:
-        problems.append("[metadata] 'precision' is 'int8' but the graph has no QuantizeLinear/DequantizeLinear")
-    if precision == "fp16" and not fp16_weights:
-        problems.append("[metadata] 'precision' is 'fp16' but the graph has no float16 weights")
+    problems = [f"[file] metadata key {k!r} appears {keys.count(k)} times" for k in sorted(set(keys))
+                if keys.count(k) > 1]
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+        # Its weights would live in another file, which neither the recorded sha256 nor the manifest covers.
+        problems.append("[file] weights stored outside the .onnx file (external data): vggexport exports one file")
+    problems += interface_problems(graph, spec, takes_pixels)
+    problems += precision_problems(graph, metadata.get("precision", "fp32"))
     return metadata, takes_pixels, problems
 
 
-def inspect(path: Path, ckpt: Checkpoint) -> Inspected:
+def interface_problems(graph: Any, spec: ExportSpec, takes_pixels: bool) -> list[str]:
+    """One input named as the spec says; the spec's output first (the preprocessing graph adds its view)."""
+    from vggexport.export import MODEL_VIEW
+
+    inputs = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+    outputs = [o.name for o in graph.output]
+    allowed = [spec.output_name, MODEL_VIEW] if takes_pixels else [spec.output_name]
+    problems = []
+    if inputs != [spec.input_name]:
+        problems.append(f"[file] inputs are {inputs}, expected [{spec.input_name!r}]")
+    if not outputs or outputs[0] != spec.output_name or not set(outputs) <= set(allowed):
+        problems.append(f"[file] outputs are {outputs}, expected {allowed}")
+    return problems
+
+
+def precision_problems(graph: Any, precision: str) -> list[str]:
+    """A claimed reduced precision must be the computation's: every Conv/Gemm weight int8 or float16.
+
+    Otherwise an fp32 file could claim "int8" (with a dead QuantizeLinear somewhere) to be judged by
+    the looser accuracy criteria.
+    """
+    import onnx
+
+    producers = {o: node for node in graph.node for o in node.output}
+    initializers = {t.name: t.data_type for t in graph.initializer}
+    weights = [node.input[1] for node in graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
+
+    def weight_type(name: str) -> int | None:
+        node = producers.get(name)
+        if node is not None and node.op_type in ("DequantizeLinear", "Cast", "Transpose", "Identity"):
+            return weight_type(node.input[0])
+        return initializers.get(name)
+
+    wanted = {"int8": {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}, "fp16": {onnx.TensorProto.FLOAT16},
+              "fp32": {onnx.TensorProto.FLOAT}}.get(precision)
+    if wanted is None or not weights:
+        return []
+    wrong = [w for w in weights if weight_type(w) not in wanted]
+    if wrong:
+        return [f"[file] 'precision' is {precision!r} but {len(wrong)} of {len(weights)} conv/linear weights "
+                f"are not {precision} (first: {wrong[0]!r})"]
+    return []
+
+
+def inspect(path: Path, ckpt: Checkpoint, spec: ExportSpec) -> Inspected:
     from vggexport.manifest import check_artifact
 
     kind = artifact_kind(path) or ""
@@ -128,16 +176,19 @@ def inspect(path: Path, ckpt: Checkpoint) -> Inspected:
     try:
         check_artifact(path)
         if kind == "onnx":
-            found.metadata, found.takes_pixels, problems = read_onnx(path)
+            found.metadata, found.takes_pixels, problems = read_onnx(path, spec)
             problems += check_file_metadata(found.metadata, ckpt, takes_pixels=found.takes_pixels,
                                             known_precisions=ONNX_PRECISIONS)
         else:
             extra = read_extra_files(path)
-            found.metadata = json.loads(extra.get("metadata.json") or "{}")
+            metadata = json.loads(extra.get("metadata.json") or "{}")
+            if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+                raise VggExportError(f"{path}'s metadata.json is not an object of strings")
+            found.metadata = metadata
             problems = check_file_metadata(found.metadata, ckpt, takes_pixels=False, known_precisions=("fp32",))
             problems += check_torchscript_config(extra.get("model_config.json", ""), ckpt)
         found.problems = tuple(problems)
-    except (VggExportError, ValueError) as exc:
+    except (VggExportError, ValueError, TypeError, AttributeError) as exc:
         found.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return found
 
@@ -148,12 +199,15 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def build_checks(ckpt: Checkpoint, spec: ExportSpec, options: VerifyOptions, need_pixels: bool) -> dict[str, Check]:
+def build_checks(ckpt: Checkpoint, spec: ExportSpec, options: VerifyOptions, need_pixels: bool,
+                 seed: int) -> dict[str, Check]:
     config = ckpt.model_config
     shape = (config.in_channels, config.image_size, config.image_size)
-    checks = {k: Check(array_batches(v, None, len(v))) for k, v in random_inputs(shape, spec.batch_sizes).items()}
+    randoms = random_inputs(shape, spec.batch_sizes, seed)
+    checks = {k: Check(array_batches(v, None, len(v))) for k, v in randoms.items()}
+    checks["random-mixed"] = Check(mixed_batches(shape, spec.mixed_batch_sizes, seed + 1))
     if need_pixels:
-        checks["random-pixels"] = Check(random_pixel_batches(config), has_pixels=True)
+        checks["random-pixels"] = Check(random_pixel_batches(config, seed + 2), has_pixels=True)
     if not options.random_only:
         checks.update(real_checks(ckpt, options.data_dir, options.samples, spec, need_pixels))
     return checks
@@ -190,7 +244,7 @@ def verify(checkpoint: Path, folder: Path, spec: ExportSpec, options: VerifyOpti
 
     ckpt = load_reference_checkpoint(checkpoint)
     files = artifact_files(folder, options.models, options.random_only)
-    inspected = [inspect(path, ckpt) for path in files]
+    inspected = [inspect(path, ckpt, spec) for path in files]
     if options.random_only and any(f.precision != "fp32" for f in inspected):
         raise UsageError("fp16 and int8 variants are judged by accuracy on real data: drop --random-only")
     cuda = cuda_available()
@@ -200,10 +254,12 @@ def verify(checkpoint: Path, folder: Path, spec: ExportSpec, options: VerifyOpti
     if not candidates:
         raise UsageError(f"no runtime among {', '.join(options.runtimes)} runs "
                          f"{', '.join(f.path.name for f in inspected)}")
-    checks = build_checks(ckpt, spec, options, need_pixels=any(f.takes_pixels for f in inspected))
+    seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(4), "little")
+    checks = build_checks(ckpt, spec, options, need_pixels=any(f.takes_pixels for f in inspected), seed=seed)
     saver = FailureSaver(Path(options.save_failures)) if options.save_failures else None
     reference = TorchRunner(ckpt.build_model("cpu"), device=options.device)
     report = run_parity(reference, candidates, checks, spec, model=ckpt.model_config.name, saver=saver)
+    report.random_seed, report.real_complete = seed, options.samples is None and not options.random_only
     if saver is not None:
         saver.write()
     write_records(report, [(f.path, f.kind, f.takes_pixels) for f in inspected], ckpt.path, ckpt.sha256())

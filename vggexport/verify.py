@@ -64,6 +64,8 @@ class ParityReport:
     model: str
     spec: ExportSpec
     runtimes: list[RuntimeParity] = field(default_factory=list)
+    random_seed: int = 0
+    real_complete: bool = False  # the real check covered the whole test split (no --samples, not --random-only)
 
     @property
     def passed(self) -> bool:
@@ -78,6 +80,7 @@ class ParityReport:
                 "cuda_atol": self.spec.cuda_atol, "cuda_rtol": self.spec.cuda_rtol,
                 "min_top1_agreement": self.spec.min_top1_agreement,
                 "variants": {k: vars(v) for k, v in self.spec.variants.items()},
+                "random_seed": self.random_seed, "real_complete": self.real_complete,
                 "runtimes": [r.to_dict() for r in self.runtimes]}
 
     def write(self, path: str | Path) -> Path:

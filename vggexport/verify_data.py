@@ -40,16 +40,28 @@ def dataset_input(images: Any, config: ModelConfig) -> Any:
 
 
 def random_pixel_batches(config: ModelConfig, seed: int = 1) -> Batches:
-    """Random uint8 images of an odd, non-square size, for the preprocessing graph's resize and crop."""
+    """Random uint8 images of odd, non-square sizes in batches of 7, 1 and 2, for the graph's resize and crop."""
     import torch
 
     rng = np.random.default_rng(seed)
     side = max(config.image_size, config.resize_size)
-    pixels = rng.integers(0, 256, (7, config.in_channels, side + 5, side + 3), dtype=np.uint8)
+    shapes = [(7, side + 5, side + 3), (1, side + 17, side - 3), (2, 2 * side + 1, side + 9)]
+    batches = [rng.integers(0, 256, (n, config.in_channels, h, w), dtype=np.uint8) for n, h, w in shapes]
 
     def produce() -> Iterator[Batch]:
-        with torch.no_grad():
-            yield Batch(model_input(torch.from_numpy(pixels), config).numpy(), None, pixels)
+        for pixels in batches:
+            with torch.no_grad():
+                yield Batch(model_input(torch.from_numpy(pixels), config).numpy(), None, pixels)
+    return produce
+
+
+def mixed_batches(shape: tuple[int, int, int], sizes: tuple[int, ...], seed: int) -> Batches:
+    """Random tensors in batches of every listed size, one comparison over all of them."""
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal((n, *shape), dtype=np.float32) for n in sizes]
+
+    def produce() -> Iterator[Batch]:
+        yield from (Batch(a) for a in arrays)
     return produce
 
 
