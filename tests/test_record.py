@@ -31,7 +31,7 @@ def refused(server: ServerProcess) -> str:
 def test_serve_refuses_until_verify_passes(run_cli: Cli, exported: Path) -> None:
     output = refused(ServerProcess(exported / "model.onnx", "--provider", "cpu", gate=True))
     assert "has not been verified" in output and "--allow-unverified" in output
-    assert run_cli("verify", "--artifacts", exported.parent, "--random-only").exit_code == 0
+    assert run_cli("verify", "--artifacts", exported.parent).exit_code == 0
     server = ServerProcess(exported / "model.onnx", "--provider", "cpu", gate=True).wait_ready()
     assert server.stop() in (0, -15)
 
@@ -45,7 +45,7 @@ def test_allow_unverified_serves_with_a_warning(exported: Path) -> None:
 
 
 def test_verifying_only_torchscript_does_not_ship_the_onnx(run_cli: Cli, exported: Path) -> None:
-    result = run_cli("verify", "--artifacts", exported.parent, "--random-only", "--runtimes", "torchscript")
+    result = run_cli("verify", "--artifacts", exported.parent, "--runtimes", "torchscript")
     assert result.exit_code == 0, result.output
     record = json.loads((exported / "parity.json").read_text())
     assert set(record["files"]) == {"model.torchscript.pt"}
@@ -60,8 +60,33 @@ def test_a_failed_file_is_refused_and_a_re_export_needs_verify_again(run_cli: Cl
     broken = broken_copy(exported / "model.onnx", exported / "broken.onnx", BREAKERS["wrong-mean"])
     assert run_cli("verify", "--artifacts", exported.parent, "--model", broken, "--random-only").exit_code == 1
     assert "failed verification" in refused(ServerProcess(broken, "--provider", "cpu", gate=True))
-    assert run_cli("verify", "--artifacts", exported.parent, "--random-only").exit_code == 0
+    assert run_cli("verify", "--artifacts", exported.parent).exit_code == 0
     assert run_cli("triton", "--artifacts", exported.parent, "--kind", "cpu").exit_code == 0
     assert run_cli("onnx", "--artifacts", exported.parent, "--opset", "20").exit_code == 0  # other bytes
     output = refused(ServerProcess(exported / "model.onnx", "--provider", "cpu", gate=True))
     assert "changed after it was verified" in output
+
+
+def test_random_only_or_a_subset_is_not_a_full_verification(run_cli: Cli, exported: Path) -> None:
+    """Real images are where a model can misbehave unseen by random tensors: the gate wants them."""
+    assert run_cli("verify", "--artifacts", exported.parent, "--random-only").exit_code == 0
+    output = refused(ServerProcess(exported / "model.onnx", "--provider", "cpu", gate=True))
+    assert "verified on random inputs only" in output
+    assert run_cli("verify", "--artifacts", exported.parent, "--samples", "100").exit_code == 0
+    triton = run_cli("triton", "--artifacts", exported.parent, "--kind", "cpu")
+    assert triton.exit_code == 0 and "warning: " in triton.output and "100 real samples only" in triton.output
+
+
+def test_a_forged_record_is_refused(run_cli: Cli, exported: Path) -> None:
+    """A parity.json the manifest does not list was not written by verify."""
+    import hashlib
+
+    digest = hashlib.sha256((exported / "model.onnx").read_bytes()).hexdigest()
+    forged = {"format": "vggexport.parity/2", "files": {"model.onnx": {
+        "sha256": digest, "passed": True, "real_data": {"checked": True, "complete": True}}}}
+    (exported / "parity.json").write_text(json.dumps(forged))
+    manifest = json.loads((exported / "manifest.json").read_text())
+    manifest["artifacts"].pop("parity.json", None)
+    (exported / "manifest.json").write_text(json.dumps(manifest))
+    triton = run_cli("triton", "--artifacts", exported.parent, "--kind", "cpu")
+    assert triton.exit_code == 1 and "was not written by `vggexport verify`" in triton.output
