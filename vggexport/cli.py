@@ -68,6 +68,7 @@ def cli() -> None:
     vggexport train                 # Fashion-MNIST, VGG-11 (cfg A)
     vggexport export --cfg A        # TorchScript + ONNX
     vggexport verify --cfg A        # parity of every runtime against PyTorch
+    vggexport report --cfg A        # one self-contained HTML page about the model
     vggexport serve --cfg A         # KServe v2 over HTTP with ONNX Runtime
     """
 
@@ -231,6 +232,40 @@ def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, a
     print_parity(result)
     return 0 if result.passed else 1
 
+
+
+@cli.command()
+@model_options
+@click.option("--name", default=None, help="Model folder under --artifacts [default: from --cfg/--batch-norm, e.g. vgg11_bn].")
+@checkpoint_option
+@click.option("--data-dir", type=click.Path(), default=None, help="Where the dataset's test split is.")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Evaluate only the first N test images [default: the whole test split].")
+@click.option("--mistakes", type=click.IntRange(min=0), default=24, show_default=True,
+              help="Most confident mistakes to show as thumbnails.")
+@click.option("--bench/--no-bench", default=True, show_default=True,
+              help="Time every runtime at batch 1 and 64 (about --bench-seconds each).")
+@click.option("--bench-seconds", type=click.FloatRange(min=0.05, max=60), default=1.0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output file [default: <artifacts>/<name>/report.html].")
+def report(cfg: str, batch_norm: bool, artifacts: str, name: str | None, checkpoint: str | None,
+           data_dir: str | None, samples: int | None, mistakes: int, bench: bool, bench_seconds: float,
+           out: str | None) -> None:
+    """Write one self-contained HTML report: model card, curves, confusion matrix, mistakes, parity, speed."""
+    from vggexport.report import ReportConfig, build_report
+
+    folder = paths_model_dir(artifacts, name or selection(cfg, batch_norm, artifacts).name)
+    config = ReportConfig(folder=folder, checkpoint=checkpoint, data_dir=data_dir, samples=samples,
+                          mistakes=mistakes, bench=bench, bench_seconds=bench_seconds, out=out)
+    click.echo(f"wrote {build_report(config)}")
+
+
+def paths_model_dir(artifacts: str, name: str) -> Any:
+    from vggexport.artifacts import model_dir
+
+    if not name or "/" in name or name in (".", ".."):
+        raise VggExportError(f"--name {name!r} must be a plain folder name")
+    return model_dir(artifacts, name)
 
 server_options = compose(
     click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it)."),

@@ -153,6 +153,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     app = FastAPI(title="vggexport", version=__version__, lifespan=lifespan)
     app.state.service, app.state.metrics = service, metrics
     app.include_router(router)
+    from vggexport.serve.page import install_page; install_page(app)  # noqa: E702  GET /, offline /docs
 
     @app.exception_handler(VggExportError)
     async def user_error(_: Request, exc: VggExportError) -> JSONResponse:

@@ -1,0 +1,107 @@
+"""Headless Debian Chromium driven by Playwright, for the tests that look at pages as a person would.
+
+The browser is the system's /usr/bin/chromium (apt-get install chromium); Playwright never downloads one.
+Without it the browser tests skip on a developer's machine but fail in CI (CI=true), where .ci/run
+installs it: a missing browser must not turn the tests green by skipping them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
+
+
+def browser_missing_reason() -> str | None:
+    if not CHROMIUM.is_file():
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install -e '.[test]')"
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    reason = browser_missing_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests must run in CI: {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield launched
+        launched.close()
+
+
+@dataclass
+class Watched:
+    """A page plus what it said: console errors, uncaught exceptions, and requests that left the machine."""
+
+    page: Any
+    errors: list[str] = field(default_factory=list)
+    external: list[str] = field(default_factory=list)
+
+    def assert_clean(self) -> None:
+        assert not self.errors, f"console errors: {self.errors}"
+        assert not self.external, f"requests to other hosts (the page must work offline): {self.external}"
+
+
+def is_local(url: str) -> bool:
+    parsed = urlparse(url)
+    return parsed.scheme in ("data", "blob", "file", "about") or parsed.hostname in LOCAL_HOSTS
+
+
+def watched_page(browser: Any, width: int = 1200, height: int = 900) -> Watched:
+    """A new page whose requests to anywhere but this machine are blocked and recorded."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    watched = Watched(page)
+    page.on("console", lambda message: watched.errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: watched.errors.append(f"uncaught: {error}"))
+
+    def guard(route: Any) -> None:
+        if is_local(route.request.url):
+            route.continue_()
+        else:
+            watched.external.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", guard)
+    return watched
+
+
+def assert_not_uniform(png: bytes) -> None:
+    """A screenshot with more than one colour in it: something rendered."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        extrema = image.convert("L").getextrema()
+    assert extrema[1] - extrema[0] > 64, f"the screenshot is blank (grey levels {extrema})"
+
+
+def broken_images(page: Any) -> list[str]:
+    """The src (cut short) of every <img> that did not decode to a picture."""
+    return page.eval_on_selector_all(
+        "img", "images => images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => (i.src || '').slice(0, 60))")
+
+
+def save_screenshot(png: bytes, name: str) -> None:
+    """Keep a copy when VGGEXPORT_SCREENSHOTS names a folder (how docs/*.png are refreshed)."""
+    folder = os.environ.get("VGGEXPORT_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / name).write_bytes(png)

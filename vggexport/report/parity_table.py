@@ -1,0 +1,155 @@
+"""The parity table from parity.json, tolerant of its layout.
+
+parity.json lists results per runtime (``runtimes``) and, in newer versions, per verified file
+(``files``/``artifacts``, each with sha256, runtime, checks and a verdict). Whatever entries it holds become
+rows; every model file in the manifest that no entry covers is shown as "not verified", and a file whose
+sha256 differs from the one verified is shown as stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from vggexport.report.html import Section, badge, esc, note, table
+
+ENTRY_LISTS = ("files", "artifacts", "results", "runtimes", "models")
+FILE_KEYS = ("file", "path", "artifact", "model_file", "model")
+METRICS = (("max_abs", "max abs", "{:.2e}"), ("max_rel", "max rel", "{:.2e}"), ("mean_abs", "mean abs", "{:.2e}"),
+           ("p99_abs", "p99 abs", "{:.2e}"), ("min_cosine", "min cos", "{:.6f}"),
+           ("top1_agreement", "top-1 agree", "{:.2%}"), ("accuracy", "accuracy", "{:.4f}"), ("samples", "n", "{:d}"))
+MODEL_SUFFIXES = (".onnx", ".pt2", ".torchscript.pt")
+RUNTIME_OF_SUFFIX = {".onnx": "onnxruntime", ".pt2": "torch-export", ".torchscript.pt": "torchscript"}
+
+
+@dataclass(frozen=True)
+class Row:
+    file: str
+    sha256: str
+    runtime: str
+    provider: str
+    check: str
+    metrics: dict[str, Any]
+    verdict: str
+    detail: str = ""
+
+
+def verdict_of(data: dict[str, Any]) -> str | None:
+    verdict = data.get("verdict", data.get("status"))
+    if isinstance(verdict, str):
+        return verdict
+    if isinstance(data.get("passed"), bool):
+        return "pass" if data["passed"] else "FAIL"
+    return None
+
+
+def entries(data: Any, inherited: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Flatten nested lists/dicts of results; inner entries inherit the outer file, sha256 and runtime."""
+    inherited = inherited or {}
+    for key in ENTRY_LISTS:
+        found = data.get(key) if isinstance(data, dict) else None
+        if isinstance(found, dict):
+            found = [{"file": name, **value} for name, value in found.items() if isinstance(value, dict)]
+        if isinstance(found, list):
+            for item in found:
+                if not isinstance(item, dict):
+                    continue
+                merged = {**inherited, **item}
+                inner = list(entries(item, merged))
+                yield from inner or [merged]
+            return
+
+
+def file_of(entry: dict[str, Any]) -> str:
+    for key in FILE_KEYS:
+        value = entry.get(key)
+        if isinstance(value, str) and value:
+            return value.rsplit("/", 1)[-1]
+    return ""
+
+
+def checks_of(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    checks = entry.get("checks")
+    if isinstance(checks, dict):
+        return [(str(k), v) for k, v in checks.items() if isinstance(v, dict)]
+    if isinstance(checks, list):
+        return [(str(c.get("name", c.get("check", i))), c) for i, c in enumerate(checks) if isinstance(c, dict)]
+    return []
+
+
+def parity_rows(data: dict[str, Any], recorded: dict[str, str]) -> list[Row]:
+    rows = []
+    for entry in entries(data):
+        name = file_of(entry)
+        sha = str(entry.get("sha256") or "")
+        verdict = verdict_of(entry) or "unknown"
+        if name and sha and recorded.get(name) and recorded[name] != sha:
+            verdict = "stale: file changed since verify"
+        detail = "; ".join(str(x) for x in [entry.get("error"), *(entry.get("failures") or [])] if x)
+        runtime = str(entry.get("runtime", ""))
+        if runtime.startswith("pytorch"):
+            verdict = "reference"
+        name = name or default_file(runtime)
+        base = dict(file=name, sha256=sha, runtime=runtime, provider=str(entry.get("provider", "")))
+        checks = checks_of(entry)
+        if not checks:
+            rows.append(Row(**base, check="-", metrics={}, verdict=verdict, detail=detail))
+        for check, values in checks:
+            check_verdict = verdict if verdict == "reference" else verdict_of(values) or verdict
+            rows.append(Row(**base, check=check, metrics=values, verdict=check_verdict, detail=detail))
+    return rows
+
+
+def default_file(runtime: str) -> str:
+    for prefix, name in (("onnxruntime", "model.onnx"), ("torchscript", "model.torchscript.pt"),
+                         ("torch-export", "model.pt2"), ("pytorch", "best.pt")):
+        if runtime.startswith(prefix):
+            return name
+    return ""
+
+
+def model_files(recorded: dict[str, str]) -> list[str]:
+    return sorted(name for name in recorded if name.endswith(MODEL_SUFFIXES))
+
+
+def covered(name: str, rows: list[Row]) -> bool:
+    return any(r.file == name for r in rows)
+
+
+def format_metric(values: dict[str, Any], key: str, pattern: str) -> str:
+    value = values.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return ""
+    return pattern.format(int(value)) if pattern == "{:d}" else pattern.format(value)
+
+
+def parity_section(data: dict[str, Any] | None, problem: str | None, recorded: dict[str, str]) -> Section:
+    title = "Parity of every artifact"
+    rows = parity_rows(data, recorded) if data else []
+    intro = ""
+    if problem:
+        intro = note(problem)
+    elif data is not None:
+        overall = verdict_of(data)
+        tolerance = ", ".join(f"{k} {data[k]:g}" for k in ("atol", "rtol", "cuda_atol", "cuda_rtol")
+                              if isinstance(data.get(k), (int, float)))
+        intro = (f"<p>Every runtime compared against PyTorch eager fp32 {esc('(' + tolerance + ')') if tolerance else ''}."
+                 f" Overall: {badge(overall or 'unknown')}</p>")
+    unverified = [Row(name, recorded[name], RUNTIME_OF_SUFFIX[next(s for s in MODEL_SUFFIXES if name.endswith(s))],
+                      "", "-", {}, "not verified") for name in model_files(recorded) if not covered(name, rows)]
+    all_rows = rows + unverified
+    if not all_rows:
+        return Section("parity", title, intro + note("No exported artifact and no parity result: run "
+                                                     "`vggexport export` then `vggexport verify`."))
+    used = [(k, label, pattern) for k, label, pattern in METRICS if any(format_metric(r.metrics, k, pattern)
+                                                                        for r in all_rows)]
+    headers = ["file", "sha256", "runtime", "provider", "check", *[label for _, label, _ in used], "verdict"]
+    lines = []
+    for row in all_rows:
+        sha = f'<span class="mono" title="{esc(row.sha256)}">{esc(row.sha256[:12])}</span>' if row.sha256 else ""
+        verdict = badge(row.verdict) + (f'<div class="muted">{esc(row.detail[:300])}</div>' if row.detail else "")
+        lines.append([row.file or "(runtime default)", sha, row.runtime, row.provider, row.check,
+                      *[format_metric(row.metrics, k, p) for k, _, p in used], verdict])
+    numeric = range(5, 5 + len(used))
+    return Section("parity", title, intro + table(headers, lines, numeric=numeric, raw=[1, len(headers) - 1]))
