@@ -22,6 +22,7 @@ function setStatus(text, isError) {
   const status = $("status");
   status.textContent = text;
   status.classList.toggle("error", Boolean(isError));
+  status.classList.remove("answer");
 }
 
 function addRow(list, term, value) {
@@ -171,6 +172,7 @@ async function classify(file) {
     $("result").hidden = false;
     const top = (body.predictions || [])[0];
     setStatus(top ? `${top.label} (${(top.probability * 100).toFixed(1)}%)` : "No prediction");
+    $("status").classList.add("answer");
     document.body.dataset.state = "classified";
   } catch (error) {
     setStatus(`Could not classify ${file.name || "the image"}: ${error.message}`, true);
