@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.browser.chromium import assert_not_uniform, broken_images, browser, save_screenshot, watched_page  # noqa: F401
+from tests.browser.chromium import (  # noqa: F401  (browser is a fixture)
+    assert_not_uniform,
+    broken_images,
+    browser,
+    overflows_horizontally,
+    save_screenshot,
+    watched_page,
+)
 from tests.conftest import Cli
 from vggexport.report import ReportConfig, build_report
 from vggexport.report.curves import split_series
@@ -220,8 +227,29 @@ def test_report_renders_in_chromium(browser, report: Path) -> None:  # type: ign
     assert page.locator("img").count() >= 9
     assert broken_images(page) == []
     assert page.locator(".gallery figure").count() == 6
+    assert not overflows_horizontally(page)
     png = page.screenshot(full_page=False)
     assert_not_uniform(png)
     save_screenshot(png, "report.png")
     watched.assert_clean()
     page.close()
+
+
+@pytest.mark.gpu
+def test_report_on_cuda_times_the_cuda_runtimes(verified_folder: Path, tmp_path: Path) -> None:
+    out = build_report(ReportConfig(folder=verified_folder, samples=SAMPLES, device="cuda", bench_seconds=0.2,
+                                    out=str(tmp_path / "cuda.html")))
+    html = out.read_text()
+    assert "PyTorch eager fp32 on cuda" in html
+    for runtime in ("pytorch-cuda", "torchscript-cuda", "onnxruntime-cuda"):
+        assert f"<td>{runtime}</td>" in html, runtime
+    assert "error:" not in html.split('id="speed"')[1].split("</section>")[0]
+
+
+def test_cuda_device_without_cuda_is_a_one_line_error(run_cli: Cli, verified_folder: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run_cli("report", "--artifacts", verified_folder.parent, "--device", "cuda", "--no-bench")
+    assert result.exit_code != 0 and result.output.startswith("error: ") and result.output.count("\n") == 1

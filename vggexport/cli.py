@@ -236,7 +236,8 @@ def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, a
 
 @cli.command()
 @model_options
-@click.option("--name", default=None, help="Model folder under --artifacts [default: from --cfg/--batch-norm, e.g. vgg11_bn].")
+@click.option("--name", default=None,
+              help="Model folder under --artifacts [default: from --cfg/--batch-norm, e.g. vgg11_bn].")
 @checkpoint_option
 @click.option("--data-dir", type=click.Path(), default=None, help="Where the dataset's test split is.")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
@@ -246,17 +247,18 @@ def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, a
 @click.option("--bench/--no-bench", default=True, show_default=True,
               help="Time every runtime at batch 1 and 64 (about --bench-seconds each).")
 @click.option("--bench-seconds", type=click.FloatRange(min=0.05, max=60), default=1.0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Device of the test-set evaluation (auto, cpu, cuda).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Output file [default: <artifacts>/<name>/report.html].")
 def report(cfg: str, batch_norm: bool, artifacts: str, name: str | None, checkpoint: str | None,
            data_dir: str | None, samples: int | None, mistakes: int, bench: bool, bench_seconds: float,
-           out: str | None) -> None:
+           device: str, out: str | None) -> None:
     """Write one self-contained HTML report: model card, curves, confusion matrix, mistakes, parity, speed."""
     from vggexport.report import ReportConfig, build_report
 
     folder = paths_model_dir(artifacts, name or selection(cfg, batch_norm, artifacts).name)
     config = ReportConfig(folder=folder, checkpoint=checkpoint, data_dir=data_dir, samples=samples,
-                          mistakes=mistakes, bench=bench, bench_seconds=bench_seconds, out=out)
+                          mistakes=mistakes, bench=bench, bench_seconds=bench_seconds, device=device, out=out)
     click.echo(f"wrote {build_report(config)}")
 
 

@@ -105,3 +105,8 @@ def save_screenshot(png: bytes, name: str) -> None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / name).write_bytes(png)
+
+
+def overflows_horizontally(page: Any) -> bool:
+    """Wider than the window: a table or figure pushes the layout sideways."""
+    return bool(page.evaluate("document.documentElement.scrollWidth > window.innerWidth"))

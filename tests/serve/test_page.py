@@ -9,7 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser.chromium import assert_not_uniform, broken_images, browser, save_screenshot, watched_page  # noqa: F401
+from tests.browser.chromium import (  # noqa: F401  (browser is a fixture)
+    assert_not_uniform,
+    broken_images,
+    browser,
+    overflows_horizontally,
+    save_screenshot,
+    watched_page,
+)
 from tests.conftest import ServerProcess
 
 MODEL = "vgg11_bn"
@@ -96,7 +103,7 @@ def test_upload_in_the_browser_gives_classify_top1(browser, server: ServerProces
     # The input the model saw: the server's when it returns one, else the browser's 32x32 approximation.
     size = page.eval_on_selector("#model-input", "i => [i.naturalWidth, i.naturalHeight]")
     assert size == [32, 32], size
-    assert broken_images(page) == []
+    assert broken_images(page) == [] and not overflows_horizontally(page)
     png = page.screenshot()
     assert_not_uniform(png)
     if index == 0:
@@ -106,7 +113,8 @@ def test_upload_in_the_browser_gives_classify_top1(browser, server: ServerProces
 
 
 @pytest.mark.browser
-def test_top_k_choice_and_a_bad_file_in_the_browser(browser, server: ServerProcess, tmp_path: Path) -> None:  # noqa: F811
+def test_top_k_choice_and_a_bad_file_in_the_browser(browser, server: ServerProcess,  # noqa: F811
+                                                   tmp_path: Path) -> None:
     watched = watched_page(browser)
     page = watched.page
     page.goto(f"{server.url}/")

@@ -79,8 +79,11 @@ def build_report(config: ReportConfig) -> Path:
     from vggexport.report.evaluation import evaluate_test_set
     from vggexport.report.html import page
 
+    from vggexport.hardware import resolve_device
+
     folder = Path(config.folder)
     ckpt = load_checkpoint(config.checkpoint or folder / paths.BEST)
+    device = str(resolve_device(config.device))  # --device cuda without CUDA is the user's error, not a note
     manifest, manifest_problem = safe_manifest(folder)
     records, metrics_problem = read_records(folder / paths.METRICS)
     parity, parity_problem = read_json_file(folder / paths.PARITY, "not verified; run `vggexport verify`.")
@@ -89,7 +92,7 @@ def build_report(config: ReportConfig) -> Path:
     evaluation, eval_problem = None, None
     try:
         evaluation = evaluate_test_set(ckpt, data_dir=config.data_dir, samples=config.samples,
-                                       keep_mistakes=config.mistakes, device=config.device)
+                                       keep_mistakes=config.mistakes, device=device)
     except VggExportError as exc:
         eval_problem = f"No test-set evaluation: {exc}"
     timings = bench.measure(folder, ckpt, config.bench_seconds) if config.bench else None
@@ -114,7 +117,8 @@ def build_report(config: ReportConfig) -> Path:
     return target
 
 
-def summary_tiles(evaluation: Any, parameters: int, parity: dict[str, Any] | None, timings: Any) -> list[tuple[str, str]]:
+def summary_tiles(evaluation: Any, parameters: int, parity: dict[str, Any] | None,
+                  timings: Any) -> list[tuple[str, str]]:
     from vggexport.report.parity_table import verdict_of
 
     tiles = [("parameters", f"{parameters / 1e6:.2f} M" if parameters >= 1e5 else f"{parameters:,}")]

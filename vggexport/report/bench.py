@@ -53,7 +53,8 @@ def candidates(folder: Path, ckpt: Checkpoint, cuda: bool) -> list[Candidate]:
     found: list[Candidate] = []
     for device in devices:
         suffix = "" if device == "cpu" else "-cuda"
-        found.append((f"pytorch{suffix}", ckpt.path.name, lambda d=device: TorchRunner(ckpt.build_model("cpu"), device=d)))
+        found.append((f"pytorch{suffix}", ckpt.path.name,
+                      lambda d=device: TorchRunner(ckpt.build_model("cpu"), device=d)))
         if (folder / paths.TORCHSCRIPT).is_file():
             found.append((f"torchscript{suffix}", paths.TORCHSCRIPT,
                           lambda d=device: TorchScriptRunner(folder / paths.TORCHSCRIPT, device=d)))

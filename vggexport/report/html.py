@@ -34,6 +34,9 @@ section { background: var(--card); border: 1px solid var(--line); border-radius:
 section h2 { margin: 0 0 12px; font-size: 19px; }
 section h3 { margin: 18px 0 8px; font-size: 15px; color: var(--muted); }
 table { border-collapse: collapse; width: 100%; font-size: 14px; }
+.scroll { overflow-x: auto; }
+#parity table { font-size: 13px; }
+#parity td, #parity th { padding: 5px 7px; }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { color: var(--muted); font-weight: 600; background: #fafbfc; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -102,7 +105,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Iterab
             content = str(cell) if i in raw else esc("" if cell is None else cell)
             cells.append(f'<td class="num">{content}</td>' if i in numeric else f"<td>{content}</td>")
         lines.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table></div>'
 
 
 def bar(fraction: float) -> str:

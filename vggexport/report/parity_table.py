@@ -134,8 +134,9 @@ def parity_section(data: dict[str, Any] | None, problem: str | None, recorded: d
         overall = verdict_of(data)
         tolerance = ", ".join(f"{k} {data[k]:g}" for k in ("atol", "rtol", "cuda_atol", "cuda_rtol")
                               if isinstance(data.get(k), (int, float)))
-        intro = (f"<p>Every runtime compared against PyTorch eager fp32 {esc('(' + tolerance + ')') if tolerance else ''}."
-                 f" Overall: {badge(overall or 'unknown')}</p>")
+        limits = esc(f"({tolerance})") if tolerance else ""
+        intro = (f"<p>Every runtime compared against PyTorch eager fp32 {limits}. "
+                 f"Overall: {badge(overall or 'unknown')}</p>")
     unverified = [Row(name, recorded[name], RUNTIME_OF_SUFFIX[next(s for s in MODEL_SUFFIXES if name.endswith(s))],
                       "", "-", {}, "not verified") for name in model_files(recorded) if not covered(name, rows)]
     all_rows = rows + unverified
@@ -144,12 +145,16 @@ def parity_section(data: dict[str, Any] | None, problem: str | None, recorded: d
                                                      "`vggexport export` then `vggexport verify`."))
     used = [(k, label, pattern) for k, label, pattern in METRICS if any(format_metric(r.metrics, k, pattern)
                                                                         for r in all_rows)]
-    headers = ["file", "sha256", "runtime", "provider", "check", *[label for _, label, _ in used], "verdict"]
+    with_sha = any(r.sha256 for r in all_rows)
+    headers = ["file", *(["sha256"] if with_sha else []), "runtime", "provider", "check", "verdict",
+               *[label for _, label, _ in used]]
     lines = []
     for row in all_rows:
         sha = f'<span class="mono" title="{esc(row.sha256)}">{esc(row.sha256[:12])}</span>' if row.sha256 else ""
         verdict = badge(row.verdict) + (f'<div class="muted">{esc(row.detail[:300])}</div>' if row.detail else "")
-        lines.append([row.file or "(runtime default)", sha, row.runtime, row.provider, row.check,
-                      *[format_metric(row.metrics, k, p) for k, _, p in used], verdict])
-    numeric = range(5, 5 + len(used))
-    return Section("parity", title, intro + table(headers, lines, numeric=numeric, raw=[1, len(headers) - 1]))
+        lines.append([row.file or "(runtime default)", *([sha] if with_sha else []), row.runtime, row.provider,
+                      row.check, verdict, *[format_metric(row.metrics, k, p) for k, _, p in used]])
+    first_metric = headers.index("verdict") + 1
+    numeric = range(first_metric, first_metric + len(used))
+    raw = [headers.index("verdict"), *([1] if with_sha else [])]
+    return Section("parity", title, intro + table(headers, lines, numeric=numeric, raw=raw))
