@@ -40,6 +40,12 @@ def training_time(records: list[dict[str, Any]]) -> str:
     return ", ".join(parts)
 
 
+def recorded_accuracy(saved: dict[str, Any], precision: str | None) -> str:
+    found = ", ".join(f"{k} {v:.4f}" for k, v in saved.items() if isinstance(v, float) and "accuracy" in k)
+    # Training evaluates at its own precision; this report evaluates in fp32, so the last digit may differ.
+    return f"{found} (evaluated in {precision})" if found and precision else found
+
+
 def card_section(ckpt: Checkpoint, manifest: dict[str, Any], records: list[dict[str, Any]],
                  parameters: int, test_accuracy: float | None) -> Section:
     config, payload = ckpt.model_config, ckpt.payload
@@ -59,9 +65,9 @@ def card_section(ckpt: Checkpoint, manifest: dict[str, Any], records: list[dict[
         ("Dataset", dataset.get("name") or config.dataset),
         ("Checkpoint", f"{ckpt.path.name}, saved after epoch {payload.get('epoch', '?')}, step "
                        f"{payload.get('step', '?')}"),
-        ("Accuracy recorded in the checkpoint",
-         ", ".join(f"{k} {v:.4f}" for k, v in saved.items() if isinstance(v, float) and "accuracy" in k)),
-        ("Test accuracy measured by this report", f"{test_accuracy:.4f}" if test_accuracy is not None else ""),
+        ("Accuracy recorded in training", recorded_accuracy(saved, payload.get("precision"))),
+        ("Test accuracy measured by this report (fp32)",
+         f"{test_accuracy:.4f}" if test_accuracy is not None else ""),
         ("Training time", training_time(records)),
         ("Trained on", manifest.get("device", "")),
         ("Training precision", payload.get("precision") or manifest.get("precision", "")),
