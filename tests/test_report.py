@@ -110,6 +110,29 @@ def test_missing_checkpoint_is_a_one_line_error(run_cli: Cli, tmp_path: Path) ->
     assert not (tmp_path / "nothing_here" / "report.html").exists()
 
 
+def test_truncated_checkpoint_is_a_one_line_error(run_cli: Cli, verified_folder: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "vgg11_bn"
+    folder.mkdir()
+    (folder / "best.pt").write_bytes((verified_folder / "best.pt").read_bytes()[:1000])
+    result = run_cli("report", "--artifacts", tmp_path)
+    assert result.exit_code != 0 and result.output.startswith("error: ") and result.output.count("\n") == 1
+    assert not (folder / "report.html").exists()
+
+
+@pytest.mark.parametrize("args, message", [(("--samples", "0"), "--samples"), (("--bench-seconds", "nan"), "nan"),
+                                           (("--bench-seconds", "1e9"), "--bench-seconds"),
+                                           (("--mistakes", "-1"), "--mistakes")])
+def test_bad_options_are_refused(run_cli: Cli, verified_folder: Path, args: tuple[str, ...], message: str) -> None:
+    result = run_cli("report", "--artifacts", verified_folder.parent, *args)
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+def test_more_samples_than_the_test_split_uses_all_of_it(verified_folder: Path, tmp_path: Path) -> None:
+    html = build_report(ReportConfig(folder=verified_folder, samples=10**9, bench=False, mistakes=0,
+                                     out=str(tmp_path / "r.html"))).read_text()
+    assert "of 512)" in html and "No mistakes" not in html.split('id="mistakes"')[0]
+
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".."])
 def test_name_must_be_a_plain_folder(run_cli: Cli, tmp_path: Path, name: str) -> None:
     result = run_cli("report", "--artifacts", tmp_path, "--name", name)

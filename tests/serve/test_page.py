@@ -128,6 +128,12 @@ def test_top_k_choice_and_a_bad_file_in_the_browser(browser, server: ServerProce
     page.set_input_files("#file", str(not_an_image))
     page.wait_for_selector("body[data-state='error']")
     assert "not a readable PNG or JPEG" in page.locator("#status").inner_text()
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    page.evaluate("document.body.dataset.state = ''")
+    page.set_input_files("#file", str(empty))
+    page.wait_for_selector("body[data-state='error']")
+    assert "empty image body" in page.locator("#status").inner_text()
     # The browser itself logs the 400 response; that is the only error the page may cause.
     assert all("400" in e for e in watched.errors), watched.errors
     assert not watched.external

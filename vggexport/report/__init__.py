@@ -7,6 +7,7 @@ missing or unreadable checkpoint stops the report, since every section describes
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,14 @@ class ReportConfig:
     bench_seconds: float = 1.0
     device: str = "cpu"
     out: str | None = None  # default: <folder>/report.html
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.bench_seconds) or not 0 < self.bench_seconds <= 60:
+            raise VggExportError(f"--bench-seconds must be a number of seconds in (0, 60], got {self.bench_seconds}")
+        if self.samples is not None and self.samples < 1:
+            raise VggExportError(f"--samples must be at least 1, got {self.samples}")
+        if self.mistakes < 0:
+            raise VggExportError(f"--mistakes must be 0 or more, got {self.mistakes}")
 
     @property
     def target(self) -> Path:

@@ -1,7 +1,7 @@
 // The try-it page: classify an image through this server's own endpoints, show the model card.
 "use strict";
 
-const state = { name: document.body.dataset.model, shape: null, file: null, busy: false };
+const state = { name: document.body.dataset.model, shape: null, file: null, busy: false, pending: null };
 const $ = (id) => document.getElementById(id);
 
 async function requestJson(url, options) {
@@ -153,7 +153,11 @@ async function showModelInput(body, previewUrl) {
 }
 
 async function classify(file) {
-  if (!file || state.busy || !state.name) return;
+  if (!file || !state.name) return;
+  if (state.busy) {  // one request at a time; the latest choice runs next
+    state.pending = file;
+    return;
+  }
   state.file = file;
   state.busy = true;
   const previewUrl = URL.createObjectURL(file);
@@ -179,6 +183,9 @@ async function classify(file) {
     document.body.dataset.state = "error";
   } finally {
     state.busy = false;
+    const next = state.pending;
+    state.pending = null;
+    if (next) classify(next);
   }
 }
 
