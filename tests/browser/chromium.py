@@ -23,9 +23,10 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
 
-def browser_missing_reason() -> str | None:
-    if not CHROMIUM.is_file():
-        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+def browser_missing_reason(chromium: Path | None = None) -> str | None:
+    chromium = chromium or CHROMIUM
+    if not chromium.is_file():
+        return f"no Chromium at {chromium} (apt-get install chromium)"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -33,13 +34,18 @@ def browser_missing_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    reason = browser_missing_reason()
+def require_browser(chromium: Path | None = None) -> None:
+    """Skip without a browser on a developer's machine; fail in CI, where .ci/run installs one."""
+    reason = browser_missing_reason(chromium)
     if reason:
         if os.environ.get("CI"):
             pytest.fail(f"browser tests must run in CI: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
