@@ -30,15 +30,16 @@ SAMPLES = 128
 @pytest.fixture(scope="module")
 def verified_folder(trained_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private copy of the tiny run, exported and verified (so the shared fixture stays untouched)."""
-    from vggexport.spec import ExportSpec
-    from vggexport.workflow import ModelSelection, export_all, verify
+    from click.testing import CliRunner
+
+    from vggexport.cli import cli
 
     root = tmp_path_factory.mktemp("report")
     shutil.copytree(trained_artifacts / "vgg11_bn", root / "vgg11_bn",
-                    ignore=shutil.ignore_patterns("*.onnx", "*.torchscript.pt", "parity.json"))
-    chosen = ModelSelection(artifacts=str(root))
-    export_all(chosen, ExportSpec())
-    verify(chosen, ExportSpec(), samples=SAMPLES)
+                    ignore=shutil.ignore_patterns("*.onnx", "*.torchscript.pt", "*.pt2", "parity.json"))
+    for command in (["export"], ["verify", "--samples", str(SAMPLES)]):
+        result = CliRunner().invoke(cli, [*command, "--artifacts", str(root)])
+        assert result.exit_code == 0, result.output
     return root / "vgg11_bn"
 
 
@@ -64,7 +65,8 @@ def test_report_is_one_self_contained_file_with_every_section(report: Path) -> N
 
 def test_report_numbers_match_the_model(report: Path, verified_folder: Path) -> None:
     parity = json.loads((verified_folder / "parity.json").read_text())
-    reference = next(r for r in parity["runtimes"] if r["runtime"] == "pytorch")["checks"]["real"]["accuracy"]
+    reference = next(r["checks"]["real"]["reference_accuracy"] for r in parity["runtimes"]
+                     if "real" in r.get("checks", {}))
     html = report.read_text()
     # The same images, the same model: the report's accuracy is verify's reference accuracy.
     assert f"accuracy <b>{reference:.4f}</b>" in html

@@ -43,15 +43,43 @@ def require_browser(chromium: Path | None = None) -> None:
         pytest.skip(reason)
 
 
+class SharedBrowser:
+    """One Playwright and one Chromium per test session, whichever test modules import the fixture.
+
+    Each module that imports ``browser`` gets its own fixture definition; Playwright's sync API allows one
+    running instance per thread, so they must share it, and it stops when the last user is done.
+    """
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.playwright: Any = None
+        self.browser: Any = None
+
+    def acquire(self) -> Any:
+        if self.browser is None:
+            from playwright.sync_api import sync_playwright
+
+            self.playwright = sync_playwright().start()
+            self.browser = self.playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        self.users += 1
+        return self.browser
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0 and self.browser is not None:
+            self.browser.close()
+            self.playwright.stop()
+            self.browser = self.playwright = None
+
+
+SHARED = SharedBrowser()
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield launched
-        launched.close()
+    yield SHARED.acquire()
+    SHARED.release()
 
 
 @dataclass

@@ -47,7 +47,7 @@ Candidate = tuple[str, str, Callable[[], Runner]]
 
 def candidates(folder: Path, ckpt: Checkpoint, cuda: bool) -> list[Candidate]:
     """(runtime, file, make runner) for each runtime that can run something in ``folder``."""
-    from vggexport.runners import OnnxRuntimeRunner, TorchRunner, TorchScriptRunner, make_runner
+    from vggexport.runners import OnnxRuntimeRunner, TorchRunner, TorchScriptRunner
 
     devices = ["cpu", "cuda"] if cuda else ["cpu"]
     found: list[Candidate] = []
@@ -60,12 +60,21 @@ def candidates(folder: Path, ckpt: Checkpoint, cuda: bool) -> list[Candidate]:
                           lambda d=device: TorchScriptRunner(folder / paths.TORCHSCRIPT, device=d)))
         if (folder / paths.EXPORTED_PROGRAM).is_file():
             found.append((f"torch-export{suffix}", paths.EXPORTED_PROGRAM,
-                          lambda s=suffix: make_runner(f"torch-export{s}", folder)))
+                          lambda d=device: exported_program_runner(folder / paths.EXPORTED_PROGRAM, d)))
         for onnx in sorted(folder.glob("*.onnx")):
             provider = "cpu" if device == "cpu" else "cuda"
             found.append((f"onnxruntime-{provider}", onnx.name,
                           lambda p=onnx, pr=provider: OnnxRuntimeRunner(p, provider=pr)))
     return found
+
+
+def exported_program_runner(path: Path, device: str) -> Runner:
+    from vggexport import runners
+
+    runner_type = getattr(runners, "ExportedProgramRunner", None)
+    if runner_type is None:
+        raise VggExportError("this vggexport has no runner for .pt2 files")
+    return runner_type(path, device=device)
 
 
 def example_batch(runner: Runner, shape: tuple[int, int, int], batch: int) -> np.ndarray:

@@ -6,6 +6,7 @@ model saw, not the file on disk.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,10 +77,29 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def test_split(ckpt: Checkpoint, data_dir: str | None, samples: int | None,
+               batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The test split the model was trained against, preprocessed as training evaluated it, batch by batch."""
+    import torch
+
+    from vggexport.data import load_dataset
+    from vggexport.transforms import preprocess
+
+    config = ckpt.model_config
+    # By default the data the model was trained on, as `verify` does: no --data-dir to repeat.
+    root = data_dir or (ckpt.payload.get("train_config") or {}).get("data_dir")
+    data = load_dataset(config.dataset, root, image_size=config.image_size, channels=config.in_channels)
+    images, labels = data.test_images[:samples], data.test_labels[:samples].numpy()
+    for start in range(0, len(images), batch_size):
+        with torch.no_grad():
+            x = preprocess(images[start : start + batch_size], image_size=config.image_size, mean=config.mean,
+                           std=config.std)
+        yield x.numpy(), labels[start : start + batch_size].astype(np.int64)
+
+
 def evaluate_test_set(ckpt: Checkpoint, *, data_dir: str | None, samples: int | None, keep_mistakes: int,
                       device: str = "cpu", batch_size: int = 256) -> Evaluation:
     from vggexport.runners import TorchRunner
-    from vggexport.workflow import real_batches
 
     config = ckpt.model_config
     names = class_names_of(ckpt)
@@ -87,16 +107,18 @@ def evaluate_test_set(ckpt: Checkpoint, *, data_dir: str | None, samples: int | 
     mistakes: list[Mistake] = []
     offset = 0
     with TorchRunner(ckpt.build_model("cpu"), device=device) as runner:
-        for batch, labels in real_batches(ckpt, data_dir, samples, batch_size=batch_size)():
-            if labels is None:
-                raise VggExportError("the test split has no labels: no confusion matrix without them")
+        for batch, truth in test_split(ckpt, data_dir, samples, batch_size):
+            if truth.min(initial=0) < 0 or truth.max(initial=0) >= len(names):
+                raise VggExportError(f"the {config.dataset} test split has labels outside the model's "
+                                     f"{len(names)} classes")
             probabilities = softmax(runner.infer(batch))
             predicted = probabilities.argmax(axis=1)
-            truth = np.asarray(labels, dtype=np.int64)
             np.add.at(confusion, (truth, predicted), 1)
             mistakes = worst_mistakes(mistakes, batch, truth, predicted, probabilities, offset, keep_mistakes,
                                       config.mean, config.std)
             offset += len(batch)
+    if offset == 0:
+        raise VggExportError(f"the {config.dataset} test split is empty")
     source = (f"PyTorch eager fp32 on {device}, from {ckpt.path.name}, "
               f"{offset} images of the {config.dataset} test split")
     return Evaluation(names, confusion, source, mistakes)

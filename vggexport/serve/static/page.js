@@ -1,7 +1,10 @@
 // The try-it page: classify an image through this server's own endpoints, show the model card.
 "use strict";
 
-const state = { name: document.body.dataset.model, shape: null, file: null, busy: false, pending: null };
+const state = {
+  name: document.body.dataset.model, shape: null, file: null, busy: false, pending: null,
+  returnInput: true,  // off after a server says it cannot return the pixels its model saw
+};
 const $ = (id) => document.getElementById(id);
 
 async function requestJson(url, options) {
@@ -152,6 +155,20 @@ async function showModelInput(body, previewUrl) {
   }
 }
 
+async function postImage(file) {
+  const form = new FormData();
+  form.append("file", file, file.name || "image");
+  const query = `top_k=${$("top-k").value}${state.returnInput ? "&return_input=true" : ""}`;
+  try {
+    return await requestJson(modelUrl(`/classify?${query}`), { method: "POST", body: form });
+  } catch (error) {
+    // A model exported without its pixels output cannot return its input; ask again without it.
+    if (!state.returnInput || !/pixels it saw|return_input/.test(error.message)) throw error;
+    state.returnInput = false;
+    return postImage(file);
+  }
+}
+
 async function classify(file) {
   if (!file || !state.name) return;
   if (state.busy) {  // one request at a time; the latest choice runs next
@@ -163,13 +180,9 @@ async function classify(file) {
   const previewUrl = URL.createObjectURL(file);
   $("upload-preview").src = previewUrl;
   setStatus(`Classifying ${file.name || "the image"}…`);
-  const form = new FormData();
-  form.append("file", file, file.name || "image");
-  const topK = $("top-k").value;
   const started = performance.now();
   try {
-    const body = await requestJson(modelUrl(`/classify?top_k=${topK}&return_input=true`),
-      { method: "POST", body: form });
+    const body = await postImage(file);
     renderPredictions(body.predictions || []);
     $("timing").textContent = `answered in ${(performance.now() - started).toFixed(0)} ms by ${body.model_name}`;
     await showModelInput(body, previewUrl);
