@@ -138,7 +138,7 @@ def test_more_samples_than_the_test_split_uses_all_of_it(verified_folder: Path, 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".."])
 def test_name_must_be_a_plain_folder(run_cli: Cli, tmp_path: Path, name: str) -> None:
     result = run_cli("report", "--artifacts", tmp_path, "--name", name)
-    assert result.exit_code != 0 and "plain folder name" in result.output
+    assert result.exit_code != 0 and "--name" in result.output and result.output.count("\n") == 1
 
 
 def test_missing_pieces_become_notes(verified_folder: Path, tmp_path: Path) -> None:

@@ -104,8 +104,7 @@ class Pipeline:
                 raise VggExportError(f"verification failed: {report.summary().splitlines()[0]}")
 
         self.stage(3, "verify", fingerprint(exports, asdict(spec)), [paths.PARITY], run_verify)
-        verified = [recorded_sha(self.folder, n) for n in (*(paths.BEST, paths.ONNX, paths.TORCHSCRIPT), paths.PARITY,
-                                                           paths.METRICS)]
+        verified = [*exports, *(recorded_sha(self.folder, n) for n in (paths.PARITY, paths.METRICS))]
         self.stage(4, "report", fingerprint(verified), [paths.REPORT], self.report)
         console.rule(f"[bold]stage 5/{len(STAGES)}: serve")
         self.serve() if self.config.serve else self.smoke_test()
