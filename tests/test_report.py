@@ -278,3 +278,23 @@ def test_cuda_device_without_cuda_is_a_one_line_error(run_cli: Cli, verified_fol
         pytest.skip("this machine has CUDA")
     result = run_cli("report", "--artifacts", verified_folder.parent, "--device", "cuda", "--no-bench")
     assert result.exit_code != 0 and result.output.startswith("error: ") and result.output.count("\n") == 1
+
+
+def test_parity_rows_for_files_with_nested_runtimes_and_metadata_failures() -> None:
+    from vggexport.report.parity_table import parity_section
+
+    check = {"max_abs": 1e-6, "top1_agreement": 1.0, "accuracy": 0.88}
+    data = {"passed": False, "tolerances": {"atol": 1e-4, "rtol": 1e-3},
+            "reference": {"runtime": "pytorch", "provider": "cpu", "passed": True, "checks": {"real": check}},
+            "files": {"model.onnx": {"sha256": "a" * 64, "passed": False, "runtimes": [
+                {"runtime": "onnxruntime-cpu", "artifact": "model.onnx", "sha256": "a" * 64, "passed": False,
+                 "failures": ["[metadata] 'mean' is 0.5 but the checkpoint says 0.286",
+                              "[real] top-1 agreement 99.00% < 100.00%"],
+                 "checks": {"random-b1": check, "real": check}}]}}}
+    rows = parity_rows(data, {"model.onnx": "a" * 64})
+    verdicts = {(r.runtime, r.check): r.verdict for r in rows}
+    assert verdicts == {("pytorch", "real"): "reference", ("onnxruntime-cpu", "random-b1"): "pass",
+                        ("onnxruntime-cpu", "real"): "FAIL", ("onnxruntime-cpu", "whole file"): "FAIL"}
+    body = parity_section(data, None, {"model.onnx": "a" * 64}).body
+    assert "atol 0.0001, rtol 0.001" in body
+    assert body.count("the checkpoint says 0.286") == 1  # listed once, not on every row

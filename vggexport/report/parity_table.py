@@ -9,14 +9,14 @@ sha256 differs from the one verified is shown as stale.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vggexport.report.html import Section, badge, esc, note, table
 
 ENTRY_LISTS = ("files", "artifacts", "results", "runtimes", "models")
 FILE_KEYS = ("file", "path", "artifact", "model_file", "model")
-METRICS = (("max_abs", "max abs", "{:.2e}"), ("max_rel", "max rel", "{:.2e}"), ("mean_abs", "mean abs", "{:.2e}"),
+METRICS = (("max_abs", "max abs", "{:.2e}"), ("max_rel", "max rel", "{:.2e}"),
            ("p99_abs", "p99 abs", "{:.2e}"), ("min_cosine", "min cos", "{:.6f}"),
            ("top1_agreement", "top-1 agree", "{:.2%}"), ("accuracy", "accuracy", "{:.4f}"), ("samples", "n", "{:d}"))
 MODEL_SUFFIXES = (".onnx", ".pt2", ".torchscript.pt")
@@ -78,26 +78,50 @@ def checks_of(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return []
 
 
+def problems_of(entry: dict[str, Any]) -> list[str]:
+    failures = entry.get("failures") if isinstance(entry.get("failures"), list) else []
+    return [str(x) for x in [entry.get("error"), *failures] if x]
+
+
+def check_verdict(values: dict[str, Any], check: str, entry_verdict: str, problems: list[str]) -> str:
+    explicit = verdict_of(values)
+    if explicit and entry_verdict != "reference" and not entry_verdict.startswith("stale"):
+        return explicit
+    if problems and entry_verdict not in ("reference",) and not entry_verdict.startswith("stale"):
+        # verify names the check a failure belongs to ("[real] ..."): only that check failed.
+        return "FAIL" if any(p.startswith(f"[{check}]") for p in problems) else "pass"
+    return entry_verdict
+
+
+def all_entries(data: dict[str, Any]) -> list[dict[str, Any]]:
+    found = list(entries(data))
+    reference = data.get("reference")
+    if isinstance(reference, dict) and not any(str(e.get("runtime", "")).startswith("pytorch") for e in found):
+        found.insert(0, reference)
+    return found
+
+
 def parity_rows(data: dict[str, Any], recorded: dict[str, str]) -> list[Row]:
     rows = []
-    for entry in entries(data):
-        name = file_of(entry)
+    for entry in all_entries(data):
+        runtime = str(entry.get("runtime", ""))
+        name = file_of(entry) or default_file(runtime)
         sha = str(entry.get("sha256") or "")
-        verdict = verdict_of(entry) or "unknown"
+        verdict = "reference" if runtime.startswith("pytorch") else verdict_of(entry) or "unknown"
         if name and sha and recorded.get(name) and recorded[name] != sha:
             verdict = "stale: file changed since verify"
-        detail = "; ".join(str(x) for x in [entry.get("error"), *(entry.get("failures") or [])] if x)
-        runtime = str(entry.get("runtime", ""))
-        if runtime.startswith("pytorch"):
-            verdict = "reference"
-        name = name or default_file(runtime)
+        problems = problems_of(entry)
         base = dict(file=name, sha256=sha, runtime=runtime, provider=str(entry.get("provider", "")))
         checks = checks_of(entry)
-        if not checks:
-            rows.append(Row(**base, check="-", metrics={}, verdict=verdict, detail=detail))
         for check, values in checks:
-            check_verdict = verdict if verdict == "reference" else verdict_of(values) or verdict
-            rows.append(Row(**base, check=check, metrics=values, verdict=check_verdict, detail=detail))
+            rows.append(Row(**base, check=check, metrics=values,
+                            verdict=check_verdict(values, check, verdict, problems)))
+        unattributed = [p for p in problems if not any(p.startswith(f"[{c}]") for c, _ in checks)]
+        if not checks or unattributed:
+            rows.append(Row(**base, check="whole file" if checks else "-", metrics={}, verdict=verdict,
+                            detail="; ".join(unattributed)))
+        if problems:
+            rows[-1] = replace(rows[-1], detail="\n".join(problems))
     return rows
 
 
@@ -132,8 +156,9 @@ def parity_section(data: dict[str, Any] | None, problem: str | None, recorded: d
         intro = note(problem)
     elif data is not None:
         overall = verdict_of(data)
-        tolerance = ", ".join(f"{k} {data[k]:g}" for k in ("atol", "rtol", "cuda_atol", "cuda_rtol")
-                              if isinstance(data.get(k), (int, float)))
+        limits_of = data.get("tolerances") if isinstance(data.get("tolerances"), dict) else data
+        tolerance = ", ".join(f"{k} {limits_of[k]:g}" for k in ("atol", "rtol", "cuda_atol", "cuda_rtol")
+                              if isinstance(limits_of.get(k), (int, float)) and not isinstance(limits_of[k], bool))
         limits = esc(f"({tolerance})") if tolerance else ""
         intro = (f"<p>Every runtime compared against PyTorch eager fp32 {limits}. "
                  f"Overall: {badge(overall or 'unknown')}</p>")
@@ -151,10 +176,17 @@ def parity_section(data: dict[str, Any] | None, problem: str | None, recorded: d
     lines = []
     for row in all_rows:
         sha = f'<span class="mono" title="{esc(row.sha256)}">{esc(row.sha256[:12])}</span>' if row.sha256 else ""
-        verdict = badge(row.verdict) + (f'<div class="muted">{esc(row.detail[:300])}</div>' if row.detail else "")
+        verdict = badge(row.verdict)
         lines.append([row.file or "(runtime default)", *([sha] if with_sha else []), row.runtime, row.provider,
                       row.check, verdict, *[format_metric(row.metrics, k, p) for k, _, p in used]])
     first_metric = headers.index("verdict") + 1
     numeric = range(first_metric, first_metric + len(used))
     raw = [headers.index("verdict"), *([1] if with_sha else [])]
-    return Section("parity", title, intro + table(headers, lines, numeric=numeric, raw=raw))
+    return Section("parity", title, intro + table(headers, lines, numeric=numeric, raw=raw) + failure_list(all_rows))
+
+
+def failure_list(rows: list[Row]) -> str:
+    """Each entry's failures once, below the table, instead of repeated in every one of its rows."""
+    items = [f"<li><b>{esc(r.file)}</b> on {esc(r.runtime)}: {esc(line[:400])}</li>"
+             for r in rows if r.detail for line in r.detail.splitlines()]
+    return f"<h3>Why</h3><ul>{''.join(items)}</ul>" if items else ""
