@@ -25,8 +25,10 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_pipeline_runs_every_stage_and_smoke_tests(pipeline_run: tuple[Path, str]) -> None:
     folder, output = pipeline_run
-    for stage in ("stage 1/4: train", "stage 2/4: export", "stage 3/4: verify", "stage 4/4: serve"):
+    for stage in ("stage 1/5: train", "stage 2/5: export", "stage 3/5: verify", "stage 4/5: report",
+                  "stage 5/5: serve"):
         assert stage in output
+    assert (folder / "report.html").is_file()
     assert "smoke request to a short-lived server: vgg11_bn answered" in output
 
 
@@ -34,21 +36,21 @@ def test_manifest_checksums_match_the_files(pipeline_run: tuple[Path, str]) -> N
     folder, _ = pipeline_run
     manifest = json.loads((folder / "manifest.json").read_text())
     for name in ("best.pt", "last.pt", "metrics.jsonl", "curves.png", "model.onnx", "model.torchscript.pt",
-                 "parity.json"):
+                 "parity.json", "report.html"):
         entry = manifest["artifacts"][name]
         assert entry["sha256"] == sha256_file(folder / name) and entry["size"] == (folder / name).stat().st_size
     for name in ("best.pt", "model.onnx", "parity.json"):  # each artifact keeps the versions that made it
         assert {"torch", "onnx", "vggexport", "python"} <= set(manifest["artifacts"][name]["versions"])
     assert manifest["model_config"]["cfg"] == "A" and manifest["train_config"]["max_steps"] == 8
     assert manifest["dataset"]["name"] == "synthetic" and manifest["parity"]["passed"]
-    assert set(manifest["stages"]) == {"train", "export", "verify"}
+    assert set(manifest["stages"]) == {"train", "export", "verify", "report"}
 
 
 def test_rerun_skips_up_to_date_stages(run_cli: Cli, pipeline_run: tuple[Path, str]) -> None:
     folder, _ = pipeline_run
     result = run_cli("pipeline", *PIPELINE_ARGS, "--artifacts", folder.parent)
     assert result.exit_code == 0, result.output
-    assert result.output.count("up to date") == 3
+    assert result.output.count("up to date") == 4
 
 
 def test_tampered_onnx_is_refused_by_verify_and_serve(run_cli: Cli, pipeline_run: tuple[Path, str],

@@ -101,6 +101,7 @@ def cli() -> None:
     vggexport train                 # Fashion-MNIST, VGG-11 (cfg A)
     vggexport export --cfg A        # TorchScript + ONNX
     vggexport verify --cfg A        # parity of every runtime against PyTorch
+    vggexport report --cfg A        # one self-contained HTML page about the model
     vggexport serve --cfg A         # KServe v2 over HTTP with ONNX Runtime
     """
 
@@ -381,6 +382,34 @@ def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, m
         raise UsageError(str(exc)) from None
     print_parity(result)
     return 0 if result.passed else 1
+
+
+
+@cli.command()
+@model_options
+@checkpoint_option
+@click.option("--data-dir", type=click.Path(), default=None, help="Where the dataset's test split is.")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Evaluate only the first N test images [default: the whole test split].")
+@click.option("--mistakes", type=click.IntRange(min=0), default=24, show_default=True,
+              help="Most confident mistakes to show as thumbnails.")
+@click.option("--bench/--no-bench", default=True, show_default=True,
+              help="Time every runtime at batch 1 and 64 (about --bench-seconds each).")
+@click.option("--bench-seconds", type=click.FloatRange(min=0.05, max=60), default=1.0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Device of the test-set evaluation (auto, cpu, cuda).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output file [default: <artifacts>/<name>/report.html].")
+def report(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None,
+           data_dir: str | None, samples: int | None, mistakes: int, bench: bool, bench_seconds: float,
+           device: str, out: str | None) -> None:
+    """Write one self-contained HTML report: model card, curves, confusion matrix, mistakes, parity, speed."""
+    from vggexport.report import ReportConfig, build_report
+
+    folder = served_model_dir(cfg, batch_norm, artifacts)
+    config = ReportConfig(folder=folder, checkpoint=checkpoint, data_dir=data_dir, samples=samples,
+                          mistakes=mistakes, bench=bench, bench_seconds=bench_seconds, device=device, out=out)
+    click.echo(f"wrote {build_report(config)}")
+
 
 
 allow_unverified_option = click.option(

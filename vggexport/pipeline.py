@@ -1,4 +1,4 @@
-"""``vggexport pipeline``: train -> export -> verify -> serve, skipping stages that are up to date.
+"""``vggexport pipeline``: train -> export -> verify -> report -> serve, skipping stages that are up to date.
 
 A stage is up to date when the manifest records the same fingerprint of its
 inputs (options and input checksums) and its outputs still match their checksums.
@@ -20,7 +20,7 @@ from vggexport.manifest import check_artifact, read_manifest, update_manifest
 from vggexport.reporting import console
 from vggexport.train import TrainConfig
 
-STAGES = ("train", "export", "verify", "serve")
+STAGES = ("train", "export", "verify", "report", "serve")
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,16 @@ class Pipeline:
                 raise VggExportError(f"verification failed: {report.summary().splitlines()[0]}")
 
         self.stage(3, "verify", fingerprint(exports, asdict(spec)), [paths.PARITY], run_verify)
-        console.rule(f"[bold]stage 4/{len(STAGES)}: serve")
+        verified = [*exports, *(recorded_sha(self.folder, n) for n in (paths.PARITY, paths.METRICS))]
+        self.stage(4, "report", fingerprint(verified), [paths.REPORT], self.report)
+        console.rule(f"[bold]stage 5/{len(STAGES)}: serve")
         self.serve() if self.config.serve else self.smoke_test()
+
+    def report(self) -> None:
+        from vggexport.report import ReportConfig, build_report
+
+        written = build_report(ReportConfig(folder=self.folder, data_dir=self.config.train.data_dir))
+        console.print(f"wrote {written}")
 
     def serve(self) -> None:
         from vggexport.serve.app import serve_forever

@@ -36,6 +36,7 @@ from vggexport.serve.dataplane import DataPlane
 from vggexport.serve.errors import UnavailableError
 from vggexport.serve.http_api import router
 from vggexport.serve.metrics import create_metrics
+from vggexport.serve.page import install_page
 from vggexport.serve.service import ModelService, ServeConfig
 
 log = logging.getLogger("vggexport.serve")
@@ -143,6 +144,7 @@ def create_app(config: ServeConfig, listen: Listen | None = None,
     app = FastAPI(title="vggexport", version=__version__, lifespan=lifespan)
     app.state.service, app.state.plane, app.state.metrics = service, plane, metrics
     app.include_router(router)
+    install_page(app)  # GET /: the try-it page; /docs and /redoc served offline
     add_error_handlers(app, plane)
     return app
 
