@@ -62,7 +62,7 @@ def test_batch_is_dynamic(exported: tuple[Checkpoint, Path]) -> None:
 
 def test_make_runner_and_wrong_shape(exported: tuple[Checkpoint, Path]) -> None:
     _, path = exported
-    runner = make_runner("torch-export", path.parent)
+    runner = make_runner("torch-export", path)
     assert runner.name == "torch-export" and isinstance(runner, ExportedProgramRunner)
     with runner:
         assert runner.infer(np.zeros((3, 1, 32, 32), np.float32)).shape == (3, 10)
@@ -124,13 +124,13 @@ def test_hostile_files_fail_in_one_line(exported: tuple[Checkpoint, Path], tmp_p
 def test_runner_reports_a_bad_file_as_its_error(tmp_path: Path) -> None:
     (tmp_path / "model.pt2").write_bytes(b"not a zip")
     with pytest.raises(VggExportError, match="not a readable torch.export program"):
-        make_runner("torch-export", tmp_path).activate()
+        make_runner("torch-export", tmp_path / "model.pt2").activate()
 
 
 @pytest.mark.gpu
 def test_cuda_runner_matches_eager(exported: tuple[Checkpoint, Path]) -> None:
     ckpt, path = exported
-    runner = make_runner("torch-export-cuda", path.parent)
+    runner = make_runner("torch-export-cuda", path)
     assert runner.name == "torch-export-cuda"
     report = assert_parity(ckpt.path, runner, input_shape=(1, 32, 32))
     assert report.runtimes[1].provider.startswith("cuda")

@@ -102,7 +102,10 @@ def test_int8_records_its_calibration_and_is_small(int8: Path, artifacts: Path) 
 def test_int8_agrees_with_fp32(int8: Path, artifacts: Path) -> None:
     x, labels = synthetic_test_inputs(int8)
     reference, quantized = run_onnx(artifacts / "vgg11_bn" / "model.onnx", x), run_onnx(int8, x)
-    assert agreement(reference, quantized) >= 0.97
+    # The tiny model's logits are near-ties, so top-1 flips easily; its logits must still be close (the bound
+    # verify holds int8 to on real data), and its accuracy about fp32's.
+    relative = np.linalg.norm(quantized - reference, axis=1) / np.linalg.norm(reference, axis=1)
+    assert relative.max() <= ExportSpec().variants["int8"].max_relative_error_real
     assert abs((reference.argmax(1) == labels).mean() - (quantized.argmax(1) == labels).mean()) <= 0.02
 
 
@@ -240,9 +243,12 @@ def test_calibration_method_is_case_insensitive() -> None:
     assert CalibrationConfig(method="Entropy").method == "entropy"
 
 
-def test_with_preprocessing_is_fp32_only(artifacts: Path, run_cli: Cli) -> None:
+def test_the_preprocessing_graph_is_fp32_only(artifacts: Path, run_cli: Cli) -> None:
+    """`onnx --precision fp16` writes the variant alone: the uint8-input graph stays the fp32 one."""
     result = run_cli("onnx", "--artifacts", artifacts, "--precision", "fp16", "--with-preprocessing")
-    assert result.exit_code == 1 and "use it with --precision fp32" in result.output
+    assert result.exit_code == 0, result.output
+    assert [line.split()[-1].rsplit("/", 1)[-1] for line in result.output.splitlines()] == ["model.fp16.onnx"]
+
 
 
 @pytest.mark.realdata

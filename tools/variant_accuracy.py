@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from embed_onnx import bilinear_resize  # noqa: E402
+from embed_onnx import resize_crop  # noqa: E402
 
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 TARGETS = {"fp16": (0.1, 0.998), "int8": (0.3, 0.99)}  # (max accuracy drop in points, min top-1 agreement)
@@ -56,7 +56,8 @@ def logits(path: Path, pixels: np.ndarray, batch: int = 500) -> tuple[np.ndarray
     name = session.get_inputs()[0].name
     outputs = []
     for start in range(0, len(pixels), batch):
-        x = bilinear_resize(pixels[start : start + batch].astype(np.float32) / 255.0, size)
+        chunk = pixels[start : start + batch].astype(np.float32) / 255.0
+        x = np.stack([resize_crop(image, meta) for image in chunk]) if chunk.shape[-1] != size else chunk
         outputs.append(session.run(None, {name: ((x - mean) / std).astype(np.float32)})[0].astype(np.float32))
     return np.concatenate(outputs), meta
 
