@@ -80,7 +80,7 @@ def export_exported_program(selection: ModelSelection, out: str | None = None, c
     return export(ckpt, out or paths.model_dir(selection.artifacts, ckpt.model_config.name) / paths.EXPORTED_PROGRAM)
 
 
-def export_all(selection: ModelSelection, spec: ExportSpec, with_preprocessing: bool = False,
+def export_all(selection: ModelSelection, spec: ExportSpec, with_preprocessing: bool = True,
                precisions: Sequence[str] = ("fp32",), calibration: CalibrationConfig | None = None) -> list[Path]:
     """Every export from one load (and one checksum check) of the checkpoint; fp32 ONNX always, variants on request."""
     unknown = sorted(set(precisions) - set(paths.ONNX_BY_PRECISION))
