@@ -19,7 +19,7 @@ TINY = "--width 0.0625 --head 32 --epochs 1 --max-steps 20"
 
 def walkthrough() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"## Walkthrough.*?```bash\n(.*?)```", text, re.S)
+    block = re.search(r"## Walkthrough.*?```bash\n(.*?)```", text, re.DOTALL)
     assert block, "README has no walkthrough block"
     return [line.split("  #")[0].strip() for line in block.group(1).splitlines() if line.strip()]
 

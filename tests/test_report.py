@@ -49,7 +49,7 @@ def report(verified_folder: Path) -> Path:
 
 
 def references(html: str) -> list[str]:
-    return re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", html, flags=re.I)
+    return re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", html, flags=re.IGNORECASE)
 
 
 def test_report_is_one_self_contained_file_with_every_section(report: Path) -> None:
@@ -242,7 +242,7 @@ def test_curves_label_every_split_they_find() -> None:
 
 
 @pytest.mark.browser
-def test_report_renders_in_chromium(browser, report: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_report_renders_in_chromium(browser, report: Path) -> None:  # type: ignore[no-untyped-def]
     watched = watched_page(browser)
     page = watched.page
     page.goto(report.resolve().as_uri())

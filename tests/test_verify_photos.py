@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Cli
-from tests.conftest import tiny_config
+from tests.conftest import Cli, tiny_config
 from vggexport.checkpoint import load_checkpoint, save_checkpoint
 from vggexport.export import export_onnx
 from vggexport.model import build_model

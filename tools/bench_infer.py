@@ -32,8 +32,8 @@ import torch
 
 from vggexport.checkpoint import load_checkpoint, save_checkpoint
 from vggexport.export import export_onnx, export_torchscript
-from vggexport.model import ModelConfig, build_model
 from vggexport.exported_program import export_exported_program
+from vggexport.model import ModelConfig, build_model
 from vggexport.runners import ExportedProgramRunner, OnnxRuntimeRunner, Runner, TorchRunner, TorchScriptRunner
 from vggexport.spec import ExportSpec
 

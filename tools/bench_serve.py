@@ -29,8 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vggexport.serve.engine import ServingRunner  # noqa: E402  (the server's own runner)
-from vggexport.serve.smoke import free_port  # noqa: E402
+from vggexport.serve.engine import ServingRunner
+from vggexport.serve.smoke import free_port
 
 MAX_REQUESTS = 50_000
 

@@ -26,7 +26,7 @@ from vggexport.variants import make_variant
 from vggexport.workflow import real_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_infer import measure  # noqa: E402
+from bench_infer import measure
 
 CHOICES: dict[str, dict[str, object]] = {
     "default (tail fp32, s8, minmax)": {},

@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from embed_onnx import resize_crop  # noqa: E402
+from embed_onnx import resize_crop
 
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 TARGETS = {"fp16": (0.1, 0.998), "int8": (0.3, 0.99)}  # (max accuracy drop in points, min top-1 agreement)

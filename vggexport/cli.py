@@ -501,12 +501,10 @@ def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, pr
     Only files that `vggexport verify` recorded as passed are served (--allow-unverified overrides).
     """
     import logging
-    from pathlib import Path
-
-    from vggexport.serve.app import serve_forever
-    from vggexport.serve.service import ServeConfig
 
     from vggexport.record import require_verified
+    from vggexport.serve.app import serve_forever
+    from vggexport.serve.service import ServeConfig
 
     folder = served_model_dir(cfg, batch_norm, artifacts)
     config = ServeConfig(model=onnx_file(folder, model_path, precision), max_body_bytes=int(max_body_mb * 2**20),

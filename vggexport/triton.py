@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vggexport import artifacts as paths
 from vggexport.errors import VggExportError
-from vggexport.names import NAME_PATTERN
 from vggexport.fileio import write_atomic, write_text_atomic
+from vggexport.names import NAME_PATTERN
 
 KINDS = ("gpu", "cpu")
 # Triton names a folder after the model: no separators, no "..", nothing a shell or URL would mangle.

@@ -107,7 +107,7 @@ def read_onnx(path: Path, spec: ExportSpec) -> tuple[dict[str, str], bool, list[
 
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise several types; all mean "not ONNX"
+    except Exception as exc:
         raise VggExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
     graph = proto.graph
     inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]

@@ -153,7 +153,7 @@ def compare_candidate(reference_outputs: dict[str, list[np.ndarray]], candidate:
                                     comparison.failures(spec, judge_top1=check.judge_top1, criterion=candidate.criterion)]
     except KeyboardInterrupt:
         raise
-    except Exception as exc:  # noqa: BLE001 - ORT, cuDNN and TorchScript raise their own types; all are this runtime's failure
+    except Exception as exc:
         text = str(exc).strip()
         first = text.splitlines()[0][:300] if text else ""
         result.error = first if isinstance(exc, VggExportError) else f"{type(exc).__name__}: {first}".rstrip(": ")

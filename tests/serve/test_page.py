@@ -38,7 +38,7 @@ def test_page_and_its_assets_reference_nothing_outside_the_server(server: Server
         assert response.status_code == 200 and response.headers["content-type"].startswith(kind)
         texts.append(response.text)
     for text in texts:
-        assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|@font-face", text, flags=re.I)
+        assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|@font-face", text, flags=re.IGNORECASE)
 
 
 @pytest.mark.parametrize("path", ["/ui/nope.js", "/ui/..%2Fapp.py", "/ui/%2e%2e%2fstatic%2findex.html",
@@ -80,7 +80,7 @@ def sample_png(tmp_path: Path, index: int) -> Path:
 
 @pytest.mark.browser
 @pytest.mark.parametrize("index", [0, 7])
-def test_upload_in_the_browser_gives_classify_top1(browser, server: ServerProcess, tmp_path: Path,  # noqa: F811
+def test_upload_in_the_browser_gives_classify_top1(browser, server: ServerProcess, tmp_path: Path,
                                                    index: int) -> None:
     image = sample_png(tmp_path, index)
     expected = httpx.post(f"{server.url}/v2/models/{MODEL}/classify?top_k=5", content=image.read_bytes(),
@@ -113,7 +113,7 @@ def test_upload_in_the_browser_gives_classify_top1(browser, server: ServerProces
 
 
 @pytest.mark.browser
-def test_top_k_choice_and_a_bad_file_in_the_browser(browser, server: ServerProcess,  # noqa: F811
+def test_top_k_choice_and_a_bad_file_in_the_browser(browser, server: ServerProcess,
                                                    tmp_path: Path) -> None:
     watched = watched_page(browser)
     page = watched.page
@@ -142,7 +142,7 @@ def test_top_k_choice_and_a_bad_file_in_the_browser(browser, server: ServerProce
 
 
 @pytest.mark.browser
-def test_api_docs_render_offline_in_the_browser(browser, server: ServerProcess) -> None:  # noqa: F811
+def test_api_docs_render_offline_in_the_browser(browser, server: ServerProcess) -> None:
     watched = watched_page(browser)
     page = watched.page
     page.goto(f"{server.url}/docs")
@@ -155,7 +155,7 @@ def test_api_docs_render_offline_in_the_browser(browser, server: ServerProcess) 
 
 
 @pytest.mark.browser
-def test_the_page_shows_the_servers_own_input_when_it_returns_one(browser, server: ServerProcess,  # noqa: F811
+def test_the_page_shows_the_servers_own_input_when_it_returns_one(browser, server: ServerProcess,
                                                                   tmp_path: Path) -> None:
     """`return_input=true` answers add "input_image", a PNG data URL of what the model saw.
 

@@ -84,11 +84,10 @@ def recorded_hashes(manifest: dict[str, Any]) -> dict[str, str]:
 
 def build_report(config: ReportConfig) -> Path:
     """Evaluate, measure and write ``report.html``; returns its path."""
+    from vggexport.hardware import resolve_device
     from vggexport.report import bench, card, curves, parity_table, testset
     from vggexport.report.evaluation import evaluate_test_set
     from vggexport.report.html import page
-
-    from vggexport.hardware import resolve_device
 
     folder = Path(config.folder)
     ckpt = load_checkpoint(config.checkpoint or folder / paths.BEST)

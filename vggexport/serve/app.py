@@ -73,7 +73,7 @@ def install_drain_hook(plane: DataPlane, grace_s: float) -> None:
                 return
             plane.draining = True
             log.info("shutting down: not ready, draining %d in-flight request(s)", plane.in_flight)
-            stop = lambda: previous(signum, frame)  # noqa: E731
+            stop = lambda: previous(signum, frame)
             loop.call_soon_threadsafe(lambda: loop.create_task(finish_drain(plane, stop, grace_s)))
 
         signal.signal(sig, handler)

@@ -1,6 +1,6 @@
 """Training: config and recipes, batches, evaluation, checkpoints, the schedule and time budget, the loop."""
 
 from vggexport.training.config import TrainConfig
-from vggexport.training.trainer import TrainResult, Trainer, train
+from vggexport.training.trainer import Trainer, TrainResult, train
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "train"]

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from vggexport import distributed
 from vggexport.hardware import autocast, available_memory
 from vggexport.model import CFGS, ModelConfig
-from vggexport.transforms import preprocess
 from vggexport.training.batches import Split
+from vggexport.transforms import preprocess
 
 # A CPU gains nothing from evaluation batches past a few hundred MB of activations, and the seed's
 # configuration (224x224, full width) must stay far below 8 GB of RSS with training state beside it.
