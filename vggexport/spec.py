@@ -24,12 +24,14 @@ class AccuracyCriterion:
     name: str
     max_accuracy_drop: float  # fraction: 0.003 is 0.3 points
     min_top1_agreement: float
-    # Per-sample ||candidate - reference|| / ||reference|| of the logits: accuracy alone would pass a
-    # variant whose logits are scaled (argmax unchanged, probabilities wrong). Measured on Fashion-MNIST:
-    # fp16 <= 6e-4 and int8 <= 0.018 on real images; int8 up to 0.31 on random normal tensors, far
-    # outside its calibration range. The bounds leave a 5-15x margin.
-    max_relative_error_real: float = 0.1
-    max_relative_error_random: float = 0.75
+    # The median over samples of ||candidate - reference|| / ||reference|| (logits): accuracy alone would
+    # pass a variant whose logits are scaled (argmax unchanged, probabilities wrong), and scaling moves
+    # every sample, while a genuine variant errs on a few. Measured on the default Fashion-MNIST model
+    # (0.938): fp16 median 5e-5 (max 0.009), int8 median 0.0017 (p99 0.06, max 0.2) on real images;
+    # int8 up to 0.77 on a lone random normal tensor, far outside its calibration range, so random checks
+    # only catch gross faults there (negated logits give 2.0); the real-data bound catches a x2 scale (1.0).
+    max_relative_error_real: float = 0.05
+    max_relative_error_random: float = 1.0
 
     def __post_init__(self) -> None:
         if not (0 <= self.max_accuracy_drop <= 1 and 0 <= self.min_top1_agreement <= 1):
@@ -54,9 +56,9 @@ class ExportSpec:
     min_top1_agreement: float = 1.0  # on real data; random inputs have near-ties, so they are judged by atol/rtol
     variants: dict[str, AccuracyCriterion] = field(default_factory=lambda: {
         "fp16": AccuracyCriterion("fp16", max_accuracy_drop=0.001, min_top1_agreement=0.998,
-                                  max_relative_error_real=0.01, max_relative_error_random=0.05),
+                                  max_relative_error_real=0.005, max_relative_error_random=0.02),
         "int8": AccuracyCriterion("int8", max_accuracy_drop=0.003, min_top1_agreement=0.99,
-                                  max_relative_error_real=0.1, max_relative_error_random=0.75),
+                                  max_relative_error_real=0.05, max_relative_error_random=1.0),
     })
 
     def __post_init__(self) -> None:
