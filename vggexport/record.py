@@ -88,9 +88,9 @@ def write_records(report: Any, files: list[tuple[Path, str, bool]], checkpoint: 
     return written
 
 
-def verification_status(path: Path) -> tuple[str | None, str | None]:
+def verification_status(path: Path, device: str = "cpu") -> tuple[str | None, str | None]:
     """(why ``path`` may not ship, a warning): (None, None) when parity.json records this very file as passed
-    on the whole real test set."""
+    on the whole real test set, on ``device``'s runtime too."""
     path = Path(path)
     if not path.is_file():
         return f"no ONNX model at {path}: run `vggexport export` first", None
@@ -106,13 +106,18 @@ def verification_status(path: Path) -> tuple[str | None, str | None]:
         return f"{path} was verified on random inputs only: run `vggexport verify --model {path}` with real data", None
     if not real.get("complete"):
         return None, f"{path} was verified on {real.get('samples')} real samples only, not the whole test set"
+    if device == "cuda" and not any(r.get("runtime", "").endswith("-cuda") for r in entry.get("runtimes", [])):
+        return None, f"{path} was verified on the CPU only; its CUDA results were never compared (verify it on a GPU)"
     return None, None
 
 
-def require_verified(path: Path, *, allow_unverified: bool = False) -> None:
-    """Refuse an unverified file with a one-line error; ``allow_unverified`` turns that into a warning."""
+def require_verified(path: Path, *, allow_unverified: bool = False, device: str = "cpu") -> None:
+    """Refuse an unverified file with a one-line error; ``allow_unverified`` turns that into a warning.
+
+    ``device``: where it will run ("cuda" warns when no CUDA runtime was among the verified ones).
+    """
     try:
-        problem, warning = verification_status(path)
+        problem, warning = verification_status(path, device)
     except VggExportError as exc:
         problem, warning = str(exc), None
     if warning:

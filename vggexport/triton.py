@@ -104,11 +104,11 @@ def config_pbtxt(name: str, onnx_path: Path, meta: dict[str, str], config: Trito
     return text_format.MessageToString(model_config(name, onnx_path, meta, config))
 
 
-def check_verified(onnx_path: Path, *, allow_unverified: bool = False) -> None:
+def check_verified(onnx_path: Path, *, allow_unverified: bool = False, device: str = "cpu") -> None:
     """Only a file that parity.json records as passed, with this very sha256, goes into a repository."""
     from vggexport.record import require_verified
 
-    require_verified(onnx_path, allow_unverified=allow_unverified)
+    require_verified(onnx_path, allow_unverified=allow_unverified, device=device)
 
 
 def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
@@ -118,7 +118,7 @@ def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
 
     onnx_path = Path(onnx_path)
     meta = read_onnx_metadata(onnx_path)
-    check_verified(onnx_path, allow_unverified=allow_unverified)
+    check_verified(onnx_path, allow_unverified=allow_unverified, device="cuda" if config.kind == "gpu" else "cpu")
     name = check_model_name(config.name, "--name") if config.name else check_model_name(
         meta["model_name"], f"{onnx_path.name}'s metadata")
     labels = check_labels(meta["class_names"])

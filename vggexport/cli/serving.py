@@ -48,7 +48,9 @@ def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, pr
     config = ServeConfig(model=onnx_file(folder, model_path, precision), max_body_bytes=int(max_body_mb * 2**20),
                          **options)
     for served_file in served_files(config.model, config.preprocessing_model):
-        require_verified(served_file, allow_unverified=allow_unverified)
+        # --provider cuda: warn when the file's CUDA results were never compared (auto is decided in the server).
+        require_verified(served_file, allow_unverified=allow_unverified,
+                         device="cuda" if config.provider == "cuda" else "cpu")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     serve_forever(config, host=host, port=port, grpc_port=grpc_port)
 
