@@ -42,10 +42,10 @@ def read_record(folder: Path) -> dict[str, Any]:
     return record
 
 
-def file_entry(path: Path, kind: str, takes_pixels: bool, results: list[dict[str, Any]],
+def file_entry(sha256: str, kind: str, takes_pixels: bool, results: list[dict[str, Any]],
                complete: bool) -> dict[str, Any]:
     real = [c for r in results for name, c in r["checks"].items() if name.startswith("real")]
-    return {"sha256": results[0]["sha256"] if results else sha256_file(path), "kind": kind,
+    return {"sha256": sha256, "kind": kind,
             "precision": results[0]["precision"] if results else "fp32", "takes_pixels": takes_pixels,
             "passed": bool(results) and all(r["passed"] for r in results), "runtimes": results,
             "real_data": {"checked": bool(real), "samples": max((c["samples"] for c in real), default=0),
@@ -53,15 +53,18 @@ def file_entry(path: Path, kind: str, takes_pixels: bool, results: list[dict[str
             "verified_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def write_records(report: Any, files: list[tuple[Path, str, bool]], checkpoint: Path, checkpoint_sha256: str) -> list[Path]:
+def write_records(report: Any, files: list[tuple[Path, str, bool, str]], checkpoint: Path,
+                  checkpoint_sha256: str) -> list[Path]:
     """Merge this run's verdicts into parity.json in each verified file's folder.
+
+    ``files``: (path, kind, takes uint8 pixels, the sha256 verify hashed before running it).
 
     Entries of other files stay while they were verified against the same checkpoint; a new
     checkpoint makes every earlier verdict stale, so they are dropped.
     """
     data = report.to_dict()
     reference = data["runtimes"][0]
-    by_folder: dict[Path, list[tuple[Path, str, bool]]] = {}
+    by_folder: dict[Path, list[tuple[Path, str, bool, str]]] = {}
     for item in files:
         by_folder.setdefault(item[0].resolve().parent, []).append(item)
     written = []
@@ -72,10 +75,9 @@ def write_records(report: Any, files: list[tuple[Path, str, bool]], checkpoint: 
             previous = {}  # a broken record is replaced by this run's verdicts
         same_checkpoint = previous.get("checkpoint", {}).get("sha256") == checkpoint_sha256
         entries = dict(previous.get("files", {})) if same_checkpoint else {}
-        for path, kind, takes_pixels in items:
-            digest = sha256_file(path)
+        for path, kind, takes_pixels, digest in items:
             results = [r for r in data["runtimes"][1:] if r["artifact"] == path.name and r["sha256"] == digest]
-            entries[path.name] = file_entry(path, kind, takes_pixels, results, data["real_complete"])
+            entries[path.name] = file_entry(digest, kind, takes_pixels, results, data["real_complete"])
         record = {"format": FORMAT, "model": data["model"], "passed": all(e["passed"] for e in entries.values()),
                   "checkpoint": {"path": str(checkpoint), "sha256": checkpoint_sha256},
                   "tolerances": {k: data[k] for k in ("atol", "rtol", "cuda_atol", "cuda_rtol", "min_top1_agreement")},

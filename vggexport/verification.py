@@ -163,8 +163,8 @@ def precision_problems(graph: Any, precision: str) -> list[str]:
         return []
     wrong = [w for w in weights if weight_type(w) not in wanted]
     if wrong:
-        return [f"[file] 'precision' is {precision!r} but {len(wrong)} of {len(weights)} conv/linear weights "
-                f"are not {precision} (first: {wrong[0]!r})"]
+        return [(f"[file] 'precision' is {precision!r} but {len(wrong)} of {len(weights)} conv/linear weights "
+                 f"are not {precision} (first: {wrong[0]!r})")]
     return []
 
 
@@ -262,7 +262,7 @@ def verify(checkpoint: Path, folder: Path, spec: ExportSpec, options: VerifyOpti
     report.random_seed, report.real_complete = seed, options.samples is None and not options.random_only
     if saver is not None:
         saver.write()
-    write_records(report, [(f.path, f.kind, f.takes_pixels) for f in inspected], ckpt.path, ckpt.sha256())
+    write_records(report, [(f.path, f.kind, f.takes_pixels, f.sha256) for f in inspected], ckpt.path, ckpt.sha256())
     if options.report:
         report.write(options.report)
     return report
