@@ -23,17 +23,17 @@ from vggexport.checkpoint import load_checkpoint
 from vggexport.quantize import CalibrationConfig
 from vggexport.runners import OnnxRuntimeRunner
 from vggexport.variants import make_variant
-from vggexport.workflow import real_batches
+from vggexport.spec import ExportSpec
+from vggexport.verify_data import dataset_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_infer import measure
 
 CHOICES: dict[str, dict[str, object]] = {
-    "default (tail fp32, s8, minmax)": {},
+    "default (first block + tail fp32, s8, minmax)": {},
+    "tail fp32 (first block int8)": {"keep_fp32": ("tail",)},
     "nothing kept fp32": {"keep_fp32": ()},
-    "tail + last layer fp32": {"keep_fp32": ("tail", "last_layer")},
-    "tail + first conv fp32": {"keep_fp32": ("tail", "first_conv")},
-    "tail + last + first + flip fp32": {"keep_fp32": ("tail", "last_layer", "first_conv", "flip")},
+    "first block + tail + last layer fp32": {"keep_fp32": ("first_block", "tail", "last_layer")},
     "uint8 activations (U8S8)": {"activation_type": "uint8"},
     "per-tensor weights": {"per_channel": False},
     "entropy": {"method": "entropy"},
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     fp32 = args.model_dir / "model.onnx"
     ckpt = load_checkpoint(args.model_dir / "best.pt")
-    batches = list(real_batches(ckpt, args.data_dir, None, 500)())
+    batches = [(b.inputs, b.labels) for b in dataset_batches(ckpt, args.data_dir, None, ExportSpec(), with_pixels=False)()]
     labels = np.concatenate([y for _, y in batches])
     speed_input = batches[0][0][:64]
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,11 +70,11 @@ def main() -> None:
         reference = outputs["fp32"].argmax(1)
         fp32_accuracy = float((reference == labels).mean())
         print(f"{len(labels)} test images; fp32 accuracy {fp32_accuracy:.4f}; calibration {args.samples} samples")
-        print(f"{'variant':<34}{'accuracy':>9}{'points':>8}{'agree':>8}{'size':>7}  b64 speed vs fp32 (min-max)")
+        print(f"{'variant':<46}{'accuracy':>9}{'points':>8}{'agree':>8}{'size':>7}  b64 speed vs fp32 (min-max)")
         for name, out in outputs.items():
             accuracy = float((out.argmax(1) == labels).mean())
             ratios = [s / f for s, f in zip(speed[name], speed["fp32"])]
-            print(f"{name:<34}{accuracy:>9.4f}{(accuracy - fp32_accuracy) * 100:>+8.2f}"
+            print(f"{name:<46}{accuracy:>9.4f}{(accuracy - fp32_accuracy) * 100:>+8.2f}"
                   f"{float((out.argmax(1) == reference).mean()):>8.4f}"
                   f"{files[name].stat().st_size / fp32.stat().st_size:>7.1%}  "
                   f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")

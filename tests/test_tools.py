@@ -1,0 +1,36 @@
+"""The scripts in tools/ still start: BENCHMARKS.md quotes their commands."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+# embed_onnx.py takes no options (its own tests run it); without_amx.py is tested below.
+SCRIPTS = sorted(p.name for p in TOOLS.glob("*.py") if p.name not in ("embed_onnx.py", "without_amx.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_tool_imports_and_explains_itself(script: str) -> None:
+    done = subprocess.run([sys.executable, str(TOOLS / script), "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64",
+                    reason="arch_prctl and its seccomp filter are Linux x86-64")
+def test_without_amx_refuses_the_amx_request_and_runs_the_script(tmp_path: Path) -> None:
+    script = tmp_path / "probe.py"
+    script.write_text("import ctypes, sys\n"
+                      "libc = ctypes.CDLL(None, use_errno=True)\n"
+                      "print('request returned', libc.syscall(158, 0x1023, 18), 'args', sys.argv[1:])\n"
+                      "print('getpid allowed', libc.syscall(39) > 0)\n")
+    done = subprocess.run([sys.executable, str(TOOLS / "without_amx.py"), str(script), "--flag"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "request returned -1 args ['--flag']" in done.stdout and "getpid allowed True" in done.stdout
