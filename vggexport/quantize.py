@@ -26,10 +26,14 @@ from vggexport.model import ModelConfig
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 CALIBRATION_IMAGES = ("train", "constant", "noise")
-# Graph regions that can stay fp32 (see fp32_regions): the flip that builds the two views, the first
-# conv, the last linear layer, and the log-softmax/logsumexp tail of the flip average.
-FP32_REGIONS = ("flip", "first_conv", "last_layer", "tail")
-DEFAULT_FP32_REGIONS = ("tail",)
+# Graph regions that can stay fp32 (see fp32_regions): the first block (whatever precedes the first
+# conv, such as the flip that builds the two views, then the conv, its ReLU and its MaxPool), the last
+# linear layer, and the log-softmax/logsumexp tail of the flip average.
+FP32_REGIONS = ("first_block", "last_layer", "tail")
+# The first block stays fp32 for speed: its conv has one input channel and narrow outputs at full
+# resolution, where ORT's int8 conv is requantization-bound and 4-5x slower than its fp32 NCHWc conv
+# (BENCHMARKS.md, "Precision variants"); quantizing after the pool also quantizes 4x fewer values.
+DEFAULT_FP32_REGIONS = ("first_block", "tail")
 CALIBRATION_BATCH = 64
 ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
 
@@ -99,15 +103,59 @@ def fp32_regions(graph: Any, regions: tuple[str, ...]) -> list[str]:
     if not convs or not linears:
         raise VggExportError("the ONNX graph has no Conv or no Gemm/MatMul: not a vggexport VGG")
     chosen: set[int] = set()
-    if "flip" in regions:
-        chosen.update(range(convs[0]))
-    if "first_conv" in regions:
-        chosen.add(convs[0])
+    if "first_block" in regions:
+        # Everything up to the first conv too: a conv whose input is dequantized and whose output is
+        # quantized again would be quantized by ONNX Runtime itself at load time, fp32 weights or not.
+        chosen.update(range(convs[0] + 1))
+        chosen.update(nodes.index(n) for n in activation_chain(graph, nodes[convs[0]]))
     if "last_layer" in regions:
         chosen.add(linears[-1])
     if "tail" in regions:
         chosen.update(range(linears[-1] + 1, len(nodes)))
     return [nodes[i].name for i in sorted(chosen)]
+
+
+def sole_consumer(graph: Any, node: Any) -> Any | None:
+    """The one node reading ``node``'s only output, or None (several readers, none, or a graph output)."""
+    if len(node.output) != 1 or node.output[0] in {o.name for o in graph.output}:
+        return None
+    readers = [n for n in graph.node if node.output[0] in n.input]
+    return readers[0] if len(readers) == 1 else None
+
+
+def activation_chain(graph: Any, conv: Any) -> list[Any]:
+    """The Relu and MaxPool nodes that directly follow ``conv``, in graph order (at most one of each)."""
+    chain: list[Any] = []
+    node = sole_consumer(graph, conv)
+    while node is not None and node.op_type in ("Relu", "MaxPool") and node.op_type not in {n.op_type for n in chain}:
+        chain.append(node)
+        node = sole_consumer(graph, node)
+    return chain
+
+
+def pool_before_relu(graph: Any) -> bool:
+    """Rewrite the first Conv -> Relu -> MaxPool as Conv -> MaxPool -> Relu, in place; True if rewritten.
+
+    Exact: ReLU is monotonic, so it commutes with a max. It decides where ONNX Runtime computes the first
+    block's quantization: ORT's QDQ propagation moves a QuantizeLinear up across a MaxPool (not across a
+    Relu), which turns the pool into a uint8 MaxPool in NCHW layout, about 10x slower than fp32's (measured).
+    """
+    conv = next(n for n in graph.node if n.op_type == "Conv")
+    relu = sole_consumer(graph, conv)
+    pool = sole_consumer(graph, relu) if relu is not None and relu.op_type == "Relu" else None
+    if pool is None or pool.op_type != "MaxPool" or len(pool.output) != 1:
+        return False
+    pooled = pool.output[0]
+    pool.input[0], pool.output[0] = conv.output[0], f"{pooled}_before_relu"
+    relu.input[0], relu.output[0] = pool.output[0], pooled
+    moved = type(relu)()
+    moved.CopyFrom(relu)
+    graph.node.remove(relu)
+    graph.node.insert(list(graph.node).index(pool) + 1, moved)
+    kept = [v for v in graph.value_info if v.name not in (pooled, conv.output[0])]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    return True
 
 
 class ArrayReader(CalibrationDataReader):
@@ -158,8 +206,11 @@ def quantize_int8(fp32_path: Path, config: ModelConfig, calibration: Calibration
     activation = QuantType.QUInt8 if calibration.activation_type == "uint8" else QuantType.QInt8
     with tempfile.TemporaryDirectory(prefix="vggexport-int8-") as tmp:
         prepared, quantized, ranges = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx", Path(tmp) / "ranges.json"
+        source = onnx.load_model(str(fp32_path))
+        commuted = "first_block" in calibration.keep_fp32 and pool_before_relu(source.graph)
+        onnx.save_model(source, str(Path(tmp) / "source.onnx"))
         # ORT's symbolic shape inference fails on the exporter's value_info (a rank-less output); ONNX's suffices.
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(Path(tmp) / "source.onnx"), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load_model(str(prepared)).graph
         excluded = fp32_regions(graph, calibration.keep_fp32)
         tensor_ranges(prepared, ArrayReader(graph.input[0].name, images), method, ranges)
@@ -171,7 +222,8 @@ def quantize_int8(fp32_path: Path, config: ModelConfig, calibration: Calibration
     # Which data calibrated is recorded; where it lay on this machine (data_dir) is not.
     record = {key: value for key, value in asdict(calibration).items() if key != "data_dir"}
     record.update(format="QDQ", weight_type="int8", dataset=config.dataset, excluded_nodes=excluded,
-                  keep_fp32=list(calibration.keep_fp32))
+                  keep_fp32=list(calibration.keep_fp32),
+                  rewrites=["first MaxPool moved before its ReLU (they commute exactly)"] if commuted else [])
     if calibration.method == "entropy":
         record.update(ENTROPY_BINS)
     return proto, json.loads(json.dumps(record))

@@ -140,10 +140,12 @@ def interface_problems(graph: Any, spec: ExportSpec, takes_pixels: bool) -> list
 
 
 def precision_problems(graph: Any, precision: str) -> list[str]:
-    """A claimed reduced precision must be the computation's: every Conv/Gemm weight int8 or float16.
+    """A claimed reduced precision must be the computation's: every Conv/Gemm weight int8 or float16,
+    except that the first conv and the last layer may stay fp32 (vggexport's int8 keeps its first block
+    fp32 for speed; see vggexport.quantize).
 
     Otherwise an fp32 file could claim "int8" (with a dead QuantizeLinear somewhere) to be judged by
-    the looser accuracy criteria.
+    the looser accuracy criteria. The exemption is by position, not by what the file's metadata says.
     """
     import onnx
 
@@ -161,9 +163,10 @@ def precision_problems(graph: Any, precision: str) -> list[str]:
               "fp32": {onnx.TensorProto.FLOAT}}.get(precision)
     if wanted is None or not weights:
         return []
-    wrong = [w for w in weights if weight_type(w) not in wanted]
+    judged = weights if precision == "fp32" or len(weights) < 3 else weights[1:-1]
+    wrong = [w for w in judged if weight_type(w) not in wanted]
     if wrong:
-        return [(f"[file] 'precision' is {precision!r} but {len(wrong)} of {len(weights)} conv/linear weights "
+        return [(f"[file] 'precision' is {precision!r} but {len(wrong)} of {len(judged)} conv/linear weights "
                  f"are not {precision} (first: {wrong[0]!r})")]
     return []
 
