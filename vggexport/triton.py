@@ -6,6 +6,8 @@ generated schema) printed by protobuf's ``text_format``, so every string is esca
 and every field exists. Inputs and outputs come from the ONNX graph itself; the
 batch dimension is left out of ``dims`` (Triton adds it when max_batch_size > 0 and
 refuses a model whose first dimension is not dynamic: triton-inference-server/server#7003).
+``build_model_config`` is also what ``vggexport serve`` answers Triton's model configuration
+extension with, so it imports neither torch nor onnx.
 """
 
 from __future__ import annotations
@@ -67,35 +69,71 @@ def preferred_batch_sizes(max_batch_size: int) -> list[int]:
     return (sizes[-3:] if sizes else []) or [max_batch_size]
 
 
-def model_config(name: str, onnx_path: Path, meta: dict[str, str], config: TritonConfig) -> Any:
-    """The ModelConfig message for this ONNX: only the first output (the logits) is declared."""
+Tensor = tuple[str, str, list[int]]  # (name, KServe v2 datatype, dims with the batch dimension first)
+
+
+@dataclass(frozen=True)
+class ConfigFields:
+    """What a ModelConfig says about one served ONNX, from its graph (``vggexport triton``) or from the
+    running session (``vggexport serve``'s model configuration extension)."""
+
+    name: str
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    max_batch_size: int
+    kind: str  # "gpu" or "cpu"
+    instances: int = 1
+    batching: bool = True
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    label_filename: str | None = None
+    warmup_batch_sizes: tuple[int, ...] = ()
+    image_size: int = 0  # the side a warm-up image gets where the input's H and W are dynamic
+
+
+def build_model_config(fields: ConfigFields) -> Any:
+    """The ModelConfig message (tritonclient's generated schema); imports neither torch nor onnx."""
     from tritonclient.grpc import model_config_pb2 as pb
 
+    def data_type(datatype: str) -> int:
+        return pb.DataType.Value(f"TYPE_{datatype}")
+
+    message = pb.ModelConfig(name=fields.name, platform="onnxruntime_onnx", max_batch_size=fields.max_batch_size)
+    for name, datatype, dims in fields.inputs:
+        message.input.add(name=name, data_type=data_type(datatype), dims=dims[1:])
+    for name, datatype, dims in fields.outputs:
+        message.output.add(name=name, data_type=data_type(datatype), dims=dims[1:],
+                           label_filename=fields.label_filename or "")
+    message.instance_group.add(count=fields.instances,
+                               kind=pb.ModelInstanceGroup.Kind.Value(f"KIND_{fields.kind.upper()}"))
+    if fields.batching:
+        message.dynamic_batching.preferred_batch_size.extend(fields.preferred_batch_sizes)
+        message.dynamic_batching.max_queue_delay_microseconds = fields.max_queue_delay_us
+    (input_name, input_type, input_dims), *_ = fields.inputs
+    warm_dims = [fields.image_size if d == -1 else d for d in input_dims[1:]]
+    if all(d > 0 for d in warm_dims):
+        for size in fields.warmup_batch_sizes:
+            warmup = message.model_warmup.add(name="zeros" if size == 1 else f"zeros_batch_{size}", batch_size=size)
+            warmup.inputs[input_name].CopyFrom(pb.ModelWarmup.Input(
+                data_type=data_type(input_type), dims=warm_dims, zero_data=True))
+    return message
+
+
+def model_config(name: str, onnx_path: Path, meta: dict[str, str], config: TritonConfig) -> Any:
+    """The ModelConfig message for this ONNX: only the first output (the logits) is declared."""
     from vggexport.onnx_io import graph_io
 
     inputs, outputs = graph_io(onnx_path)
     if len(inputs) != 1 or not outputs:
         raise VggExportError(f"{onnx_path} has {len(inputs)} inputs and {len(outputs)} outputs; expected 1 and >= 1")
-    (input_name, input_type, input_dims), (output_name, output_type, output_dims) = inputs[0], outputs[0]
-    for dims in (input_dims, output_dims):
+    for _, _, dims in (inputs[0], outputs[0]):
         if not dims or dims[0] != -1:
             raise VggExportError(f"{onnx_path} has no dynamic batch dimension; Triton batching needs one")
-    message = pb.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=config.max_batch_size)
-    message.input.add(name=input_name, data_type=pb.DataType.Value(f"TYPE_{input_type}"), dims=input_dims[1:])
-    message.output.add(name=output_name, data_type=pb.DataType.Value(f"TYPE_{output_type}"), dims=output_dims[1:],
-                       label_filename="labels.txt")
-    message.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(config.max_batch_size))
-    message.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_us
-    kind = pb.ModelInstanceGroup.Kind.Value(f"KIND_{config.kind.upper()}")
-    message.instance_group.add(count=config.instances, kind=kind)
-    if config.warmup:
-        side = int(meta.get("image_size", "0") or 0)
-        warm_dims = [side if d == -1 else d for d in input_dims[1:]]
-        if all(d > 0 for d in warm_dims):
-            warmup = message.model_warmup.add(name="zeros", batch_size=1)
-            warmup.inputs[input_name].CopyFrom(pb.ModelWarmup.Input(
-                data_type=pb.DataType.Value(f"TYPE_{input_type}"), dims=warm_dims, zero_data=True))
-    return message
+    return build_model_config(ConfigFields(
+        name=name, inputs=inputs, outputs=outputs[:1], max_batch_size=config.max_batch_size, kind=config.kind,
+        instances=config.instances, max_queue_delay_us=config.max_queue_delay_us,
+        preferred_batch_sizes=tuple(preferred_batch_sizes(config.max_batch_size)), label_filename="labels.txt",
+        warmup_batch_sizes=(1,) if config.warmup else (), image_size=int(meta.get("image_size", "0") or 0)))
 
 
 def config_pbtxt(name: str, onnx_path: Path, meta: dict[str, str], config: TritonConfig) -> str:

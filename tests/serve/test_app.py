@@ -302,5 +302,7 @@ def test_workers_share_one_port_and_sum_their_metrics(served_onnx: Path) -> None
                       if line.startswith("nv_inference_count_total"))
         assert counted == 24, text[:2000]
         assert len([pid for pid in children.split() if pid]) >= 2
+        config = httpx.get(f"{process.url}/v2/models/{MODEL}/config").json()  # each worker: one session
+        assert config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
     finally:
         assert process.stop() in (0, -signal.SIGTERM)

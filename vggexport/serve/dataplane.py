@@ -20,10 +20,11 @@ import numpy as np
 from vggexport import __version__
 from vggexport.serve.errors import NotFoundError, ProtocolError, UnavailableError
 from vggexport.serve.images import decode_image, png_data_url
+from vggexport.serve.model_config import served_model_config
 from vggexport.serve.service import OUTPUT, OUTPUTS, ModelService, softmax
 
 SERVER_NAME = "vggexport"
-EXTENSIONS = ["binary_tensor_data", "classification"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
 VERSION = "1"  # a vggexport server serves one model file: version 1
 T = TypeVar("T")
 
@@ -104,6 +105,10 @@ class DataPlane:
             "parameters": {"execution_provider": model.provider, "class_names": model.class_names,
                            "max_batch_size": model.config.max_batch_size},
         }
+
+    def model_config(self, name: str, version: str | None) -> Any:
+        """Triton's model configuration extension: the ModelConfig message (tritonclient's schema)."""
+        return served_model_config(self.model(name, version))
 
     async def infer(self, call: InferCall) -> InferResult:
         model = self.model(call.model, call.version)

@@ -50,7 +50,11 @@ class ServingRunner(OnnxRuntimeRunner):
     @property
     def input_shape(self) -> list[int]:
         """The v2 shape: -1 for every dynamic dimension (the batch, and H, W of the preprocessing model)."""
-        return [d if isinstance(d, int) and d > 0 else -1 for d in self.input_spec.shape]
+        return v2_shape(self.input_spec.shape)
+
+    @property
+    def output_shapes(self) -> list[list[int]]:
+        return [v2_shape(output.shape) for output in self.session.get_outputs()]
 
     def infer_all(self, batch: np.ndarray) -> list[np.ndarray]:
         if not self.is_active:
@@ -66,3 +70,8 @@ class ServingRunner(OnnxRuntimeRunner):
 
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         return self.infer_all(batch)[0]
+
+
+def v2_shape(dims: list[Any]) -> list[int]:
+    """ONNX Runtime's shape (ints, names or None) as v2 dims: -1 for every dynamic dimension."""
+    return [d if isinstance(d, int) and d > 0 else -1 for d in dims]

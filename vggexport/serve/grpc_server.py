@@ -130,6 +130,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 inputs=[tensor(**t) for t in meta["inputs"]], outputs=[tensor(**t) for t in meta["outputs"]])
         return await self.guarded(context, work)
 
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            return service_pb2.ModelConfigResponse(config=self.plane.model_config(request.name, request.version))
+        return await self.guarded(context, work)
+
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             started = time.perf_counter()

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from vggexport.serve.dataplane import DataPlane
 from vggexport.serve.errors import PayloadTooLargeError, ProtocolError
 from vggexport.serve.metrics import ServerMetrics
+from vggexport.serve.model_config import config_json
 from vggexport.serve.protocol import HEADER_LENGTH, encode_response, parse_request
 
 router = APIRouter()
@@ -67,6 +68,13 @@ async def server_metadata(request: Request) -> dict[str, Any]:
 @router.get("/v2/models/{name}/versions/{version}")
 async def model_metadata(name: str, request: Request, version: str | None = None) -> dict[str, Any]:
     return plane(request).model_metadata(name, version)
+
+
+@router.get("/v2/models/{name}/config")
+@router.get("/v2/models/{name}/versions/{version}/config")
+async def model_config(name: str, request: Request, version: str | None = None) -> dict[str, Any]:
+    """Triton's model configuration extension: the served model's ModelConfig as JSON."""
+    return config_json(plane(request).model_config(name, version))
 
 
 @router.get("/v2/models/{name}/ready")

@@ -60,6 +60,7 @@ class Engine:
     def __init__(self, path: Path, config: ServeConfig, metrics: ServerMetrics, phase: Callable[[str], None]) -> None:
         self.runner = ServingRunner(path, provider=config.provider, threads=config.threads, phase=phase)
         self.runner.activate()
+        self.warmup_batch_sizes: tuple[int, ...] = ()  # what warm_up ran, for the served model configuration
         self.batcher = DynamicBatcher(self.runner.infer_all, max_batch_size=config.max_batch_size,
                                       max_queue_delay_ms=config.max_queue_delay_ms,
                                       max_queue_size=config.max_queue_size, timeout_ms=config.timeout_ms,
@@ -69,16 +70,22 @@ class Engine:
 
     def warm_up(self, max_batch_size: int, phase: Callable[[str], None]) -> None:
         """Run batch 1 and the largest batch once, so CUDA's first-run costs (and failures) come before ready."""
-        side = int(self.runner.metadata.get("image_size", "32"))
+        side = self.image_size
         shape = [side if d == -1 else d for d in self.runner.input_shape[1:]]
         dtype = np.uint8 if self.takes_pixels else np.float32
-        for rows in sorted({1, max_batch_size}):
+        self.warmup_batch_sizes = tuple(sorted({1, max_batch_size}))
+        for rows in self.warmup_batch_sizes:
             phase(f"warm-up: batch {rows} on {self.runner.path.name}")
             try:
                 self.runner.infer_all(np.zeros((rows, *shape), dtype))
             except Exception as exc:
                 raise VggExportError(f"warm-up inference failed on {self.runner.provider}: "
                                      f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}") from None
+
+    @property
+    def image_size(self) -> int:
+        """The side warm-up images get where the input's H and W are dynamic."""
+        return int(self.runner.metadata.get("image_size", "32"))
 
     @property
     def takes_pixels(self) -> bool:
@@ -105,6 +112,7 @@ class ModelService:
             self.channels = int(meta.get("in_channels", "3"))
         except (ValueError, TypeError):
             raise VggExportError(f"{config.model} has unreadable class_names metadata; re-export it") from None
+        self.labelled = bool(self.class_names)  # `vggexport triton` would write these names to labels.txt
         if not self.class_names:  # a model trained without names: its class indices are its labels
             classes = self.engine.runner.session.get_outputs()[0].shape[-1]
             self.class_names = [str(i) for i in range(classes if isinstance(classes, int) else 0)]
