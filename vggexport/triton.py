@@ -6,18 +6,18 @@ generated schema) printed by protobuf's ``text_format``, so every string is esca
 and every field exists. Inputs and outputs come from the ONNX graph itself; the
 batch dimension is left out of ``dims`` (Triton adds it when max_batch_size > 0 and
 refuses a model whose first dimension is not dynamic: triton-inference-server/server#7003).
+The ONNX is read once: the bytes whose sha256 the gate checked are the bytes written to model.onnx.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vggexport.errors import VggExportError
-from vggexport.fileio import write_atomic, write_text_atomic
+from vggexport.fileio import ArtifactBytes, write_atomic, write_text_atomic
 from vggexport.names import NAME_PATTERN
 
 KINDS = ("gpu", "cpu")
@@ -67,13 +67,14 @@ def preferred_batch_sizes(max_batch_size: int) -> list[int]:
     return (sizes[-3:] if sizes else []) or [max_batch_size]
 
 
-def model_config(name: str, onnx_path: Path, meta: dict[str, str], config: TritonConfig) -> Any:
+def model_config(name: str, artifact: ArtifactBytes, meta: dict[str, str], config: TritonConfig) -> Any:
     """The ModelConfig message for this ONNX: only the first output (the logits) is declared."""
     from tritonclient.grpc import model_config_pb2 as pb
 
     from vggexport.onnx_io import graph_io
 
-    inputs, outputs = graph_io(onnx_path)
+    onnx_path = artifact.path
+    inputs, outputs = graph_io(artifact)
     if len(inputs) != 1 or not outputs:
         raise VggExportError(f"{onnx_path} has {len(inputs)} inputs and {len(outputs)} outputs; expected 1 and >= 1")
     (input_name, input_type, input_dims), (output_name, output_type, output_dims) = inputs[0], outputs[0]
@@ -98,33 +99,33 @@ def model_config(name: str, onnx_path: Path, meta: dict[str, str], config: Trito
     return message
 
 
-def config_pbtxt(name: str, onnx_path: Path, meta: dict[str, str], config: TritonConfig) -> str:
+def config_pbtxt(name: str, artifact: ArtifactBytes, meta: dict[str, str], config: TritonConfig) -> str:
     from google.protobuf import text_format
 
-    return text_format.MessageToString(model_config(name, onnx_path, meta, config))
+    return text_format.MessageToString(model_config(name, artifact, meta, config))
 
 
-def check_verified(onnx_path: Path, *, allow_unverified: bool = False, device: str = "cpu") -> None:
-    """Only a file that parity.json records as passed, with this very sha256, goes into a repository."""
+def check_verified(artifact: ArtifactBytes, *, allow_unverified: bool = False, device: str = "cpu") -> ArtifactBytes:
+    """Only bytes that parity.json records as passed, with this very sha256, go into a repository."""
     from vggexport.record import require_verified
 
-    require_verified(onnx_path, allow_unverified=allow_unverified, device=device)
+    return require_verified(artifact, allow_unverified=allow_unverified, device=device)
 
 
 def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
                      allow_unverified: bool = False) -> Path:
     """Write ``<repository>/<name>/`` for ``onnx_path`` (model.onnx or a precision/preprocessing variant)."""
-    from vggexport.onnx_io import read_onnx_metadata
+    from vggexport.onnx_io import read_onnx_artifact, read_onnx_metadata
 
-    onnx_path = Path(onnx_path)
-    meta = read_onnx_metadata(onnx_path)
-    check_verified(onnx_path, allow_unverified=allow_unverified, device="cuda" if config.kind == "gpu" else "cpu")
+    artifact = read_onnx_artifact(onnx_path)  # the one read: checked, described and written from these bytes
+    meta = read_onnx_metadata(artifact)
+    check_verified(artifact, allow_unverified=allow_unverified, device="cuda" if config.kind == "gpu" else "cpu")
     name = check_model_name(config.name, "--name") if config.name else check_model_name(
-        meta["model_name"], f"{onnx_path.name}'s metadata")
+        meta["model_name"], f"{artifact.path.name}'s metadata")
     labels = check_labels(meta["class_names"])
-    text = config_pbtxt(name, onnx_path, meta, config)
+    text = config_pbtxt(name, artifact, meta, config)
     target = repository / name
-    write_atomic(target / "1" / "model.onnx", lambda tmp: shutil.copyfile(onnx_path, tmp))
+    write_atomic(target / "1" / "model.onnx", lambda tmp: tmp.write_bytes(artifact.data))
     write_text_atomic(target / "labels.txt", "".join(f"{label}\n" for label in labels))
     write_text_atomic(target / "config.pbtxt", text)
     return target
