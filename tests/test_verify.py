@@ -343,3 +343,38 @@ def test_the_bytes_hashed_are_the_bytes_run(run_cli: Cli, verified: tuple[Path, 
     entry = json.loads((target.parent / "parity.json").read_text())["files"]["model.onnx"]
     assert entry["sha256"] == read_sha256 and entry["passed"] is passes
     assert all(r["sha256"] == read_sha256 for r in entry["runtimes"])
+
+
+@pytest.mark.parametrize("name, content, phrase", [
+    ("empty.onnx", b"", "is empty (0 bytes)"),
+    ("truncated.onnx", "half", "not a readable ONNX model"),
+    ("empty.torchscript.pt", b"", "not a readable archive"),
+    ("truncated.pt2", "half", "not a readable archive"),
+])
+def test_an_empty_or_truncated_file_fails_in_one_line(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path,
+                                                      name: str, content: object, phrase: str) -> None:
+    folder, _ = verified
+    source = folder / {"onnx": "model.onnx", "pt": "model.torchscript.pt", "pt2": "model.pt2"}[name.rsplit(".", 1)[1]]
+    data = source.read_bytes()[: source.stat().st_size // 2] if content == "half" else b""
+    (tmp_path / name).write_bytes(data)
+    result = run_cli("verify", "--artifacts", folder.parent, "--model", tmp_path / name, "--random-only")
+    assert result.exit_code == 1 and phrase in result.output and "Traceback" not in result.output, result.output
+    entry = json.loads((tmp_path / "parity.json").read_text())["files"][name]
+    assert entry["passed"] is False and entry["sha256"] == sha256_file(tmp_path / name)
+
+
+@pytest.mark.parametrize("case", ["directory", "symlink loop"])
+def test_a_path_that_cannot_be_read_is_a_usage_error(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path,
+                                                    case: str) -> None:
+    """Exit 2 from the CLI; and from inspect itself, should the file turn into one after verify listed it."""
+    from tests.test_runners import unreadable
+    from vggexport.verification import UsageError, inspect
+
+    folder, _ = verified
+    path = unreadable(tmp_path, case)
+    result = run_cli("verify", "--artifacts", folder.parent, "--model", path, "--random-only")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and lines[-1].startswith("error: ") and "Traceback" not in result.output
+    with pytest.raises(UsageError, match="is a directory|cannot read") as caught:
+        inspect(path, load_checkpoint(folder / "best.pt"), ExportSpec())
+    assert "\n" not in str(caught.value)
