@@ -89,6 +89,9 @@ class ArtifactBytes:
     def size(self) -> int:
         return len(self.data)
 
+    def __str__(self) -> str:  # messages name the file, as they do for a path
+        return str(self.path)
+
 
 ModelSource = Union[str, "os.PathLike[str]", ArtifactBytes]
 

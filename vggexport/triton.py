@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vggexport.errors import VggExportError
-from vggexport.fileio import ArtifactBytes, write_atomic, write_text_atomic
+from vggexport.fileio import ArtifactBytes, ModelSource, write_atomic, write_text_atomic
 from vggexport.names import NAME_PATTERN
 
 KINDS = ("gpu", "cpu")
@@ -67,14 +67,13 @@ def preferred_batch_sizes(max_batch_size: int) -> list[int]:
     return (sizes[-3:] if sizes else []) or [max_batch_size]
 
 
-def model_config(name: str, artifact: ArtifactBytes, meta: dict[str, str], config: TritonConfig) -> Any:
+def model_config(name: str, onnx_path: ModelSource, meta: dict[str, str], config: TritonConfig) -> Any:
     """The ModelConfig message for this ONNX: only the first output (the logits) is declared."""
     from tritonclient.grpc import model_config_pb2 as pb
 
     from vggexport.onnx_io import graph_io
 
-    onnx_path = artifact.path
-    inputs, outputs = graph_io(artifact)
+    inputs, outputs = graph_io(onnx_path)
     if len(inputs) != 1 or not outputs:
         raise VggExportError(f"{onnx_path} has {len(inputs)} inputs and {len(outputs)} outputs; expected 1 and >= 1")
     (input_name, input_type, input_dims), (output_name, output_type, output_dims) = inputs[0], outputs[0]
@@ -99,10 +98,10 @@ def model_config(name: str, artifact: ArtifactBytes, meta: dict[str, str], confi
     return message
 
 
-def config_pbtxt(name: str, artifact: ArtifactBytes, meta: dict[str, str], config: TritonConfig) -> str:
+def config_pbtxt(name: str, onnx_path: ModelSource, meta: dict[str, str], config: TritonConfig) -> str:
     from google.protobuf import text_format
 
-    return text_format.MessageToString(model_config(name, artifact, meta, config))
+    return text_format.MessageToString(model_config(name, onnx_path, meta, config))
 
 
 def check_verified(artifact: ArtifactBytes, *, allow_unverified: bool = False, device: str = "cpu") -> ArtifactBytes:
