@@ -6,7 +6,6 @@ generated schema) printed by protobuf's ``text_format``, so every string is esca
 and every field exists. Inputs and outputs come from the ONNX graph itself; the
 batch dimension is left out of ``dims`` (Triton adds it when max_batch_size > 0 and
 refuses a model whose first dimension is not dynamic: triton-inference-server/server#7003).
-The ONNX is read once: the bytes whose sha256 the gate checked are the bytes written to model.onnx.
 """
 
 from __future__ import annotations
@@ -67,7 +66,7 @@ def preferred_batch_sizes(max_batch_size: int) -> list[int]:
     return (sizes[-3:] if sizes else []) or [max_batch_size]
 
 
-def model_config(name: str, onnx_path: ModelSource, meta: dict[str, str], config: TritonConfig) -> Any:
+def model_config(name: str, onnx_path: Path, meta: dict[str, str], config: TritonConfig) -> Any:
     """The ModelConfig message for this ONNX: only the first output (the logits) is declared."""
     from tritonclient.grpc import model_config_pb2 as pb
 
@@ -113,7 +112,11 @@ def check_verified(artifact: ArtifactBytes, *, allow_unverified: bool = False, d
 
 def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
                      allow_unverified: bool = False) -> Path:
-    """Write ``<repository>/<name>/`` for ``onnx_path`` (model.onnx or a precision/preprocessing variant)."""
+    """Write ``<repository>/<name>/`` for ``onnx_path`` (model.onnx or a precision/preprocessing variant).
+
+    The file is read once: the bytes whose sha256 the gate checked are the ones described in config.pbtxt
+    and written to model.onnx (a second read of the path could copy a file swapped in after the check).
+    """
     from vggexport.onnx_io import read_onnx_artifact, read_onnx_metadata
 
     artifact = read_onnx_artifact(onnx_path)  # the one read: checked, described and written from these bytes
