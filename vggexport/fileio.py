@@ -74,7 +74,7 @@ def ensure_writable_dir(folder: str | os.PathLike[str]) -> Path:
     return folder
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq by identity: never compare two ~90 MB byte strings by accident
 class ArtifactBytes:
     """A model file read once: what is hashed, checked and loaded is this one byte string.
 

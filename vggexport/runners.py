@@ -188,7 +188,8 @@ class OnnxRuntimeRunner(Runner):
         super().__init__()
         if provider not in ("auto", "cpu", "cuda"):
             raise VggExportError(f"unknown provider {provider!r}: use auto, cuda or cpu")
-        self.source, self.path = source, source_path(source)
+        self.source: ModelSource | None = source
+        self.path = source_path(source)
         self.requested, self.threads, self.spinning = provider, threads, spinning
         self.session: Any = None
         self.metadata: dict[str, str] = {}
@@ -271,17 +272,16 @@ def runtimes_for(kind: str, *, cuda: bool) -> list[str]:
     return [family, *([f"{family}-cuda"] if cuda else [])]
 
 
-def make_runner(runtime: str, path: ModelSource, **kwargs: Any) -> Runner:
+def make_runner(runtime: str, source: ModelSource, **kwargs: Any) -> Runner:
     """Runner for a runtime name of ``vggexport.names.RUNTIMES`` over one artifact file (or its bytes)."""
     device = "cuda" if runtime.endswith("-cuda") else "cpu"
     runner: Runner
     if runtime in ("torchscript", "torchscript-cuda"):
-
-        runner = TorchScriptRunner(path, device=device)
+        runner = TorchScriptRunner(source, device=device)
     elif runtime in ("torch-export", "torch-export-cuda"):
-        runner = ExportedProgramRunner(path, device=device)
+        runner = ExportedProgramRunner(source, device=device)
     elif runtime in ("onnxruntime-cpu", "onnxruntime-cuda"):
-        return OnnxRuntimeRunner(path, provider=device, **kwargs)
+        return OnnxRuntimeRunner(source, provider=device, **kwargs)
     else:
         raise VggExportError(f"unknown runtime {runtime!r}")
     runner.name = runtime

@@ -70,6 +70,9 @@ def test_the_session_runs_the_bytes_the_gate_checked(folder: Path, monkeypatch: 
     runner = app.state.service.engine.runner
     assert sha256_file(model) != recorded_sha256(folder)  # the swap happened
     np.testing.assert_array_equal(runner.infer_all(BATCH)[0], good)
+    runner.deactivate()
+    with pytest.raises(RuntimeError, match="loads them once"):  # its copy of the bytes was released
+        runner.activate()
     assert not np.allclose(outputs_of(broken), good, rtol=1e-2, atol=1e-7)  # the file on disk computes otherwise
     assert any(f"sha256 {recorded_sha256(folder)}" in line for line in said), said
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from vggexport.fileio import ModelSource
+from vggexport.fileio import ArtifactBytes, ModelSource
 from vggexport.onnx_io import CUDA_EP, load_session
 from vggexport.runners import OnnxRuntimeRunner, session_options
 
@@ -30,11 +30,16 @@ class ServingRunner(OnnxRuntimeRunner):
         self.output_names: list[str] = []
 
     def activate_impl(self) -> None:
+        if self.source is None:
+            raise RuntimeError("a ServingRunner made from bytes loads them once; make a new runner to load again")
         options = session_options(threads=self.threads, spinning=False)
         self.session, self.metadata = load_session(self.source, provider=self.requested, options=options,
                                                    phase=self.phase)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.name = "onnxruntime-cuda" if self.on_cuda else "onnxruntime-cpu"
+        if isinstance(self.source, ArtifactBytes):
+            # The session holds the model now; another copy of the file per worker would only cost memory.
+            self.source = None
 
     @property
     def on_cuda(self) -> bool:
