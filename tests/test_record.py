@@ -34,6 +34,10 @@ def test_serve_refuses_until_verify_passes(run_cli: Cli, exported: Path) -> None
     assert run_cli("verify", "--artifacts", exported.parent).exit_code == 0
     server = ServerProcess(exported / "model.onnx", "--provider", "cpu", gate=True).wait_ready()
     assert server.stop() in (0, -15)
+    output = server.process.stdout.read() if server.process.stdout else ""
+    record = json.loads((exported / "parity.json").read_text())["files"]
+    for name in ("model.onnx", "model.preprocessing.onnx"):  # each session says which bytes it was made from
+        assert f"read {name}: " in output and f"sha256 {record[name]['sha256']}" in output, output
 
 
 def test_allow_unverified_serves_with_a_warning(exported: Path) -> None:

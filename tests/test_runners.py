@@ -128,3 +128,91 @@ def test_runtimes_for_each_kind() -> None:
     assert runtimes_for("torchscript", cuda=True) == ["torchscript", "torchscript-cuda"]
     for kind in ARTIFACT_KINDS:
         assert set(runtimes_for(kind, cuda=True)) <= set(RUNTIMES)
+
+
+@pytest.fixture(scope="module")
+def program(exported: Path) -> Path:
+    from tests.test_export import make_checkpoint
+    from vggexport.exported_program import export_exported_program
+
+    return export_exported_program(make_checkpoint(exported / "pt2"), exported / "pt2" / "model.pt2")
+
+
+@pytest.mark.parametrize("name, runtime", [
+    ("model.onnx", "onnxruntime-cpu"), ("model.torchscript.pt", "torchscript"), ("model.pt2", "torch-export"),
+    *(pytest.param(name, runtime, marks=pytest.mark.gpu) for name, runtime in (
+        ("model.onnx", "onnxruntime-cuda"), ("model.torchscript.pt", "torchscript-cuda"),
+        ("model.pt2", "torch-export-cuda")))])
+def test_a_runner_given_bytes_loads_those_bytes_not_the_file(exported: Path, program: Path, tmp_path: Path,
+                                                            name: str, runtime: str) -> None:
+    """The file is overwritten after it was read: the runner still loads (and runs) the bytes it was given."""
+    from vggexport.fileio import read_artifact
+
+    source = program if name == "model.pt2" else exported / name
+    batch = np.random.default_rng(1).standard_normal((2, 1, 32, 32), dtype=np.float32)
+    with make_runner(runtime, source) as runner:
+        expected = runner.infer(batch)
+    path = tmp_path / name
+    path.write_bytes(source.read_bytes())
+    artifact = read_artifact(path)
+    path.write_bytes(b"PK\x03\x04 not the model any more")
+    with make_runner(runtime, artifact) as runner:  # cuDNN may pick another algorithm per session
+        np.testing.assert_allclose(runner.infer(batch), expected, rtol=0, atol=0 if "cuda" not in runtime else 1e-6)
+    with pytest.raises(VggExportError, match="not a readable"):  # the path alone is read at activation: the junk
+        make_runner(runtime, path).activate()
+
+
+def test_read_artifact_hashes_what_it_read(exported: Path) -> None:
+    import hashlib
+
+    from vggexport.fileio import read_artifact
+
+    artifact = read_artifact(exported / "model.onnx")
+    assert artifact.data == (exported / "model.onnx").read_bytes() and artifact.size == len(artifact.data)
+    assert artifact.sha256 == hashlib.sha256(artifact.data).hexdigest()
+    assert "data" not in repr(artifact)  # ~90 MB never lands in a log line
+
+
+def unreadable(tmp_path: Path, case: str) -> Path:
+    """A path no read succeeds on; as root a mode-000 file is readable, so a symlink loop stands in for it."""
+    path = tmp_path / "model.onnx"
+    if case == "directory":
+        path.mkdir()
+    elif case == "symlink loop":
+        path.symlink_to(path)
+    return path
+
+
+@pytest.mark.parametrize("case, phrase", [("directory", "is a directory"), ("symlink loop", "cannot read"),
+                                          ("missing", "no file at")])
+def test_read_artifact_refuses_in_one_line(tmp_path: Path, case: str, phrase: str) -> None:
+    from vggexport.fileio import read_artifact
+
+    with pytest.raises(VggExportError, match=phrase) as caught:
+        read_artifact(unreadable(tmp_path, case))
+    assert "\n" not in str(caught.value) and caught.value.__cause__ is None
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root reads a mode-000 file")
+def test_read_artifact_refuses_a_file_it_may_not_read(tmp_path: Path) -> None:
+    from vggexport.fileio import read_artifact
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"x")
+    path.chmod(0)
+    with pytest.raises(VggExportError, match="cannot read .*Permission denied"):
+        read_artifact(path)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime-cpu", "torchscript", "torch-export"])
+@pytest.mark.parametrize("content", [b"", "half"])
+def test_empty_or_truncated_bytes_are_a_one_line_error(exported: Path, program: Path, tmp_path: Path,
+                                                      runtime: str, content: object) -> None:
+    from vggexport.fileio import ArtifactBytes
+
+    source = {"onnxruntime-cpu": exported / "model.onnx", "torchscript": exported / "model.torchscript.pt",
+              "torch-export": program}[runtime]
+    data = source.read_bytes()[: source.stat().st_size // 2] if content == "half" else b""
+    with pytest.raises(VggExportError, match="empty|not a readable|cannot load") as caught:
+        make_runner(runtime, ArtifactBytes(tmp_path / source.name, data, "0" * 64)).activate()
+    assert "\n" not in str(caught.value)

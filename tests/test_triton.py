@@ -137,3 +137,62 @@ def test_triton_command(run_cli: Cli, model_dir: Path) -> None:
     assert missing.exit_code == 1 and "run `vggexport onnx` first" in missing.output
     fp16 = run_cli("triton", "--artifacts", model_dir.parent, "--precision", "fp16")
     assert fp16.exit_code == 1 and "model.fp16.onnx" in fp16.output
+
+
+def test_the_repository_gets_the_bytes_the_gate_checked(model_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.onnx in the repository has the recorded sha256, even when the file is swapped right after the check."""
+    import json
+    import shutil
+
+    from tests.broken_models import BREAKERS, broken_copy
+    from vggexport import triton
+    from vggexport.fileio import sha256_file
+
+    recorded = json.loads((model_dir / "parity.json").read_text())["files"]["model.onnx"]["sha256"]
+    target = write_repository(model_dir / "model.onnx", tmp_path / "repo", TritonConfig(kind="cpu"))
+    assert sha256_file(target / "1" / "model.onnx") == recorded
+    broken = broken_copy(model_dir / "model.onnx", tmp_path / "broken.onnx", BREAKERS["altered-weights"])
+    checked = triton.check_verified
+
+    def check_then_swap(*args: object, **kwargs: object) -> object:
+        result = checked(*args, **kwargs)  # type: ignore[arg-type]
+        shutil.copyfile(broken, model_dir / "model.onnx")  # what a second read of the path would copy
+        return result
+
+    monkeypatch.setattr(triton, "check_verified", check_then_swap)
+    again = write_repository(model_dir / "model.onnx", tmp_path / "repo2", TritonConfig(kind="cpu"))
+    assert sha256_file(model_dir / "model.onnx") != recorded  # the swap happened
+    assert sha256_file(again / "1" / "model.onnx") == recorded
+
+
+def hostile_onnx(folder: Path, case: str) -> Path:
+    path = folder / "model.onnx"
+    data = path.read_bytes()
+    path.unlink()
+    (folder / "manifest.json").unlink()  # a foreign folder: only the file itself speaks
+    if case == "directory":
+        path.mkdir()
+    elif case == "symlink loop":
+        path.symlink_to(path)
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("case, phrase", [("directory", "no ONNX model at"), ("symlink loop", "no ONNX model at"),
+                                          ("empty", "is empty"), ("truncated", "not a readable ONNX model")])
+def test_hostile_files_write_no_repository(model_dir: Path, tmp_path: Path, case: str, phrase: str) -> None:
+    path = hostile_onnx(model_dir, case)
+    with pytest.raises(VggExportError, match=phrase) as caught:
+        write_repository(path, tmp_path / "repo", TritonConfig(), allow_unverified=True)
+    assert "\n" not in str(caught.value) and not (tmp_path / "repo").exists()
+
+
+def test_triton_cli_exits_1_on_an_empty_file(run_cli: Cli, model_dir: Path, tmp_path: Path) -> None:
+    path = hostile_onnx(model_dir, "empty")
+    result = run_cli("triton", "--model", path, "--repository", tmp_path / "repo", "--allow-unverified")
+    assert result.exit_code == 1 and "is empty" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "repo").exists()

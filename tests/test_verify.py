@@ -311,3 +311,70 @@ def test_the_random_seed_is_drawn_per_run_and_recorded(run_cli: Cli, verified: t
                        "--report", tmp_path / "run.json").exit_code == 0
         seeds.add(json.loads((tmp_path / "run.json").read_text())["random_seed"])
     assert len(seeds) == 2, "a graph must not be able to recognise fixed random inputs"
+
+
+@pytest.mark.parametrize("on_disk_first, swapped_in, passes", [("broken", "good", False), ("good", "broken", True)])
+def test_the_bytes_hashed_are_the_bytes_run(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch, on_disk_first: str, swapped_in: str,
+                                            passes: bool) -> None:
+    """The file is swapped on disk right after verify read it: the verdict and the recorded sha256 are both
+    those of the bytes read. (Reading the path again to run it passed a broken file's sha256 when a good
+    file was swapped in between: the gate would then have shipped the broken file as verified.)"""
+    from vggexport import verification
+
+    folder, _ = verified
+    files = {"good": shutil.copyfile(folder / "model.onnx", tmp_path / "good.onnx"),
+             "broken": broken_copy(folder / "model.onnx", tmp_path / "broken.onnx", BREAKERS["altered-weights"])}
+    target = tmp_path / "vgg11_bn" / "model.onnx"
+    target.parent.mkdir()
+    shutil.copyfile(files[on_disk_first], target)
+    read_sha256 = sha256_file(target)
+    inspect = verification.inspect
+
+    def inspect_then_swap(path: Path, *args: object) -> object:
+        found = inspect(path, *args)  # type: ignore[arg-type]
+        shutil.copyfile(files[swapped_in], path)  # what a second read of the path would now load
+        return found
+
+    monkeypatch.setattr(verification, "inspect", inspect_then_swap)
+    result = run_cli("verify", "--artifacts", folder.parent, "--model", target, "--random-only")
+    assert sha256_file(target) != read_sha256  # the swap happened
+    assert result.exit_code == (0 if passes else 1), result.output
+    entry = json.loads((target.parent / "parity.json").read_text())["files"]["model.onnx"]
+    assert entry["sha256"] == read_sha256 and entry["passed"] is passes
+    assert all(r["sha256"] == read_sha256 for r in entry["runtimes"])
+
+
+@pytest.mark.parametrize("name, content, phrase", [
+    ("empty.onnx", b"", "is empty (0 bytes)"),
+    ("truncated.onnx", "half", "not a readable ONNX model"),
+    ("empty.torchscript.pt", b"", "not a readable archive"),
+    ("truncated.pt2", "half", "not a readable archive"),
+])
+def test_an_empty_or_truncated_file_fails_in_one_line(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path,
+                                                      name: str, content: object, phrase: str) -> None:
+    folder, _ = verified
+    source = folder / {"onnx": "model.onnx", "pt": "model.torchscript.pt", "pt2": "model.pt2"}[name.rsplit(".", 1)[1]]
+    data = source.read_bytes()[: source.stat().st_size // 2] if content == "half" else b""
+    (tmp_path / name).write_bytes(data)
+    result = run_cli("verify", "--artifacts", folder.parent, "--model", tmp_path / name, "--random-only")
+    assert result.exit_code == 1 and phrase in result.output and "Traceback" not in result.output, result.output
+    entry = json.loads((tmp_path / "parity.json").read_text())["files"][name]
+    assert entry["passed"] is False and entry["sha256"] == sha256_file(tmp_path / name)
+
+
+@pytest.mark.parametrize("case", ["directory", "symlink loop"])
+def test_a_path_that_cannot_be_read_is_a_usage_error(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path,
+                                                    case: str) -> None:
+    """Exit 2 from the CLI; and from inspect itself, should the file turn into one after verify listed it."""
+    from tests.test_runners import unreadable
+    from vggexport.verification import UsageError, inspect
+
+    folder, _ = verified
+    path = unreadable(tmp_path, case)
+    result = run_cli("verify", "--artifacts", folder.parent, "--model", path, "--random-only")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and lines[-1].startswith("error: ") and "Traceback" not in result.output
+    with pytest.raises(UsageError, match="is a directory|cannot read") as caught:
+        inspect(path, load_checkpoint(folder / "best.pt"), ExportSpec())
+    assert "\n" not in str(caught.value)

@@ -7,6 +7,7 @@ preprocess and label from the file alone.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from vggexport import __version__
 from vggexport.checkpoint import Checkpoint
 from vggexport.errors import VggExportError
-from vggexport.fileio import write_atomic
+from vggexport.fileio import ArtifactBytes, ModelSource, artifact_of, write_atomic
 from vggexport.manifest import check_artifact, update_manifest
 from vggexport.model import VGG, ModelConfig
 from vggexport.onnx_io import read_onnx_metadata  # noqa: F401  (moved there: torch-free; kept importable here)
@@ -95,21 +96,22 @@ def export_torchscript(ckpt: Checkpoint, out: str | Path) -> Path:
     return written
 
 
-def load_torchscript(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise VggExportError(f"no TorchScript model at {path}: run `vggexport torchscript` first")
-    check_artifact(path)
+def load_torchscript(source: ModelSource, device: torch.device | str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """The module and its metadata from a path or from bytes already read (then exactly those bytes)."""
+    if not isinstance(source, ArtifactBytes) and not Path(source).is_file():
+        raise VggExportError(f"no TorchScript model at {source}: run `vggexport torchscript` first")
+    artifact = artifact_of(source)
+    check_artifact(artifact)
     extra = {TORCHSCRIPT_CONFIG: "", TORCHSCRIPT_METADATA: ""}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+            module = torch.jit.load(io.BytesIO(artifact.data), map_location=device, _extra_files=extra)
     except (RuntimeError, ValueError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise VggExportError(f"{path} is not a readable TorchScript model ({first[:120]})") from None
+        raise VggExportError(f"{artifact.path} is not a readable TorchScript model ({first[:120]})") from None
     if not extra[TORCHSCRIPT_METADATA]:
-        raise VggExportError(f"{path} is TorchScript but not a vggexport export (no {TORCHSCRIPT_METADATA})")
+        raise VggExportError(f"{artifact.path} is TorchScript but not a vggexport export (no {TORCHSCRIPT_METADATA})")
     return module.eval(), json.loads(extra[TORCHSCRIPT_METADATA])
 
 

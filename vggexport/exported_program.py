@@ -7,6 +7,7 @@ so either file describes itself the same way.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -20,7 +21,7 @@ import torch
 from vggexport.checkpoint import Checkpoint
 from vggexport.errors import VggExportError
 from vggexport.export import TORCHSCRIPT_CONFIG, TORCHSCRIPT_METADATA, example_input, export_metadata
-from vggexport.fileio import write_atomic
+from vggexport.fileio import ArtifactBytes, ModelSource, artifact_of, write_atomic
 from vggexport.manifest import check_artifact, update_manifest
 
 MAX_BATCH = 65536
@@ -50,17 +51,21 @@ def export_exported_program(ckpt: Checkpoint, out: str | Path) -> Path:
     return written
 
 
-def load_exported_program(path: str | Path) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
-    """The program and its metadata, or a one-line error for a missing, changed, corrupt or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise VggExportError(f"no torch.export model at {path}: run `vggexport export` first")
-    check_artifact(path)
+def load_exported_program(source: ModelSource) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
+    """The program and its metadata, or a one-line error for a missing, changed, corrupt or foreign file.
+
+    ``source``: a path, or bytes already read (and hashed): then exactly those bytes are loaded.
+    """
+    if not isinstance(source, ArtifactBytes) and not Path(source).is_file():
+        raise VggExportError(f"no torch.export model at {source}: run `vggexport export` first")
+    artifact = artifact_of(source)
+    path = artifact.path
+    check_artifact(artifact)
     extra = {TORCHSCRIPT_CONFIG: "", TORCHSCRIPT_METADATA: ""}
     try:
         with warnings.catch_warnings(), quiet_logger("torch.export"):
             warnings.simplefilter("ignore")
-            program = torch.export.load(path, extra_files=extra)
+            program = torch.export.load(io.BytesIO(artifact.data), extra_files=extra)
     except Exception as exc:  # zipfile, pickle, JSON and torch's own errors all mean "not a readable .pt2"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise VggExportError(f"{path} is not a readable torch.export program ({type(exc).__name__}: {first[:120]})") \
@@ -86,13 +91,13 @@ def quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def load_module(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_module(source: ModelSource, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """A callable module on ``device``.
 
     ``move_to_device_pass`` moves weights, buffers and the device arguments
     recorded in the graph; ``.module().to(device)`` would move the weights only.
     """
-    program, metadata = load_exported_program(path)
+    program, metadata = load_exported_program(source)
     if device != "cpu":
         from torch.export.passes import move_to_device_pass
 

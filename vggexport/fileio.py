@@ -1,4 +1,4 @@
-"""Atomic writes: an artifact is either whole or absent, never half-written."""
+"""Atomic writes (an artifact is either whole or absent, never half-written) and reads (hashed as loaded)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 from vggexport.errors import VggExportError
 
@@ -70,3 +72,45 @@ def ensure_writable_dir(folder: str | os.PathLike[str]) -> Path:
     except OSError as exc:
         raise VggExportError(f"cannot write to {folder}: {exc.strerror or exc}") from None
     return folder
+
+
+@dataclass(frozen=True, eq=False)  # eq by identity: never compare two ~90 MB byte strings by accident
+class ArtifactBytes:
+    """A model file read once: what is hashed, checked and loaded is this one byte string.
+
+    Reading the path again to load it would let a file swapped in between run under another's sha256.
+    """
+
+    path: Path
+    data: bytes = field(repr=False)
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def __str__(self) -> str:  # messages name the file, as they do for a path
+        return str(self.path)
+
+
+ModelSource = Union[str, "os.PathLike[str]", ArtifactBytes]
+
+
+def read_artifact(path: str | os.PathLike[str]) -> ArtifactBytes:
+    """Read ``path`` once into memory and hash those bytes; a one-line error when it cannot be read."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise VggExportError(f"no file at {path}") from None
+    except IsADirectoryError:
+        raise VggExportError(f"{path} is a directory, not a model file") from None
+    except OSError as exc:
+        raise VggExportError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    return ArtifactBytes(path, data, hashlib.sha256(data).hexdigest())
+
+
+def artifact_of(source: ModelSource) -> ArtifactBytes:
+    """``source`` itself when it was already read, else the file at that path, read once now."""
+    return source if isinstance(source, ArtifactBytes) else read_artifact(source)

@@ -16,7 +16,7 @@ from typing import Any
 
 from vggexport import __version__
 from vggexport.errors import VggExportError
-from vggexport.fileio import sha256_file, write_text_atomic
+from vggexport.fileio import ArtifactBytes, sha256_file, write_text_atomic
 
 MANIFEST = "manifest.json"
 PACKAGES = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime-gpu", "onnxruntime", "numpy")
@@ -62,13 +62,22 @@ def update_manifest(folder: Path, files: list[Path] = (), **sections: Any) -> Pa
     return write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def check_artifact(path: Path) -> None:
-    """Refuse ``path`` if the manifest beside it records other contents. Unrecorded files pass."""
-    path = Path(path)
+def check_artifact(source: Path | ArtifactBytes) -> None:
+    """Refuse a file if the manifest beside it records other contents. Unrecorded files pass.
+
+    Given the bytes a caller read (``ArtifactBytes``), it judges those bytes, not the file on disk now.
+    """
+    path = source.path if isinstance(source, ArtifactBytes) else Path(source)
     entry = read_manifest(path.parent).get("artifacts", {}).get(path.name)
-    if entry is None or not path.is_file():
+    if entry is None:
         return
-    if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+    if isinstance(source, ArtifactBytes):
+        size, digest = source.size, source.sha256
+    elif path.is_file():
+        size, digest = path.stat().st_size, None
+    else:
+        return
+    if size != entry["size"] or (digest or sha256_file(path)) != entry["sha256"]:
         raise VggExportError(
             f"{path} has changed since vggexport wrote it (sha256 differs from {path.parent / MANIFEST}); "
             f"re-create it with vggexport instead of editing it"

@@ -2,7 +2,8 @@
 
 The serving process imports this and never ``vggexport.export`` (which needs torch):
 a session's own ``get_modelmeta().custom_metadata_map`` carries the labels and
-preprocessing, so the file is read once, by ONNX Runtime.
+preprocessing. Each function takes a path or the ``ArtifactBytes`` a caller already read (and
+hashed): given bytes, it parses and loads those bytes, never the file on disk again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vggexport.errors import VggExportError
+from vggexport.fileio import ArtifactBytes, ModelSource, artifact_of
 from vggexport.manifest import check_artifact
 
 log = logging.getLogger("vggexport.onnx")
@@ -33,19 +35,32 @@ def check_metadata(metadata: dict[str, str], path: Path) -> dict[str, str]:
     return metadata
 
 
-def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata_props of a vggexport ONNX file (onnx package, no session), or a clear error."""
+def read_onnx_artifact(source: ModelSource) -> ArtifactBytes:
+    """The model's bytes, read once (unless already read) and checked against the manifest."""
+    if not isinstance(source, ArtifactBytes) and not Path(source).is_file():
+        raise VggExportError(f"no ONNX model at {source}: run `vggexport onnx` first")
+    artifact = artifact_of(source)
+    check_artifact(artifact)
+    return artifact
+
+
+def parse_onnx(artifact: ArtifactBytes) -> Any:
+    """The ModelProto of these bytes (external data is never loaded: it would be bytes no hash covers)."""
     import onnx
 
-    path = Path(path)
-    if not path.is_file():
-        raise VggExportError(f"no ONNX model at {path}: run `vggexport onnx` first")
-    check_artifact(path)
+    if not artifact.data:
+        raise VggExportError(f"{artifact.path} is empty (0 bytes): not a readable ONNX model")
     try:
-        proto = onnx.load_model(str(path), load_external_data=False)
+        return onnx.load_model_from_string(artifact.data)
     except Exception as exc:  # protobuf raises DecodeError, onnx raises its own; all mean "not ONNX"
-        raise VggExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
-    return check_metadata({p.key: p.value for p in proto.metadata_props}, path)
+        raise VggExportError(f"{artifact.path} is not a readable ONNX model ({type(exc).__name__})") from None
+
+
+def read_onnx_metadata(source: ModelSource) -> dict[str, str]:
+    """The metadata_props of a vggexport ONNX file (onnx package, no session), or a clear error."""
+    artifact = read_onnx_artifact(source)
+    proto = parse_onnx(artifact)
+    return check_metadata({p.key: p.value for p in proto.metadata_props}, artifact.path)
 
 
 def session_metadata(session: Any, path: Path) -> dict[str, str]:
@@ -67,20 +82,20 @@ class Phases:
         self.say(f"[{time.perf_counter() - self.started:6.2f}s] {message}")
 
 
-def load_session(path: str | Path, *, provider: str = "cpu", options: Any = None,
+def load_session(source: ModelSource, *, provider: str = "cpu", options: Any = None,
                  phase: Callable[[str], None] | None = None) -> tuple[Any, dict[str, str]]:
-    """(ONNX Runtime session, vggexport metadata). ``provider``: cpu, cuda or auto.
+    """(ONNX Runtime session, vggexport metadata) from the model's bytes. ``provider``: cpu, cuda or auto.
 
     ``cuda`` fails in one line when the CUDA provider does not start, instead of
     ORT's silent CPU fallback (microsoft/onnxruntime#23372).
     """
     phase = phase or Phases()
-    path = Path(path)
     if provider not in ("auto", "cpu", "cuda"):
         raise VggExportError(f"unknown provider {provider!r}: use auto, cuda or cpu")
-    if not path.is_file():
-        raise VggExportError(f"no ONNX model at {path}: run `vggexport onnx` first")
-    check_artifact(path)
+    artifact = read_onnx_artifact(source)
+    path = artifact.path
+    if not artifact.data:
+        raise VggExportError(f"{path} is empty (0 bytes): not a readable ONNX model")
     phase("importing onnxruntime")
     import onnxruntime as ort
 
@@ -93,7 +108,7 @@ def load_session(path: str | Path, *, provider: str = "cpu", options: Any = None
     ort.set_default_logger_severity(4 if wants_cuda else 3)
     phase(f"creating the session for {path.name} on {[p if isinstance(p, str) else p[0] for p in providers]}")
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(artifact.data, sess_options=options, providers=providers)
     except Exception as exc:  # ORT raises its own pybind types (Fail, InvalidGraph, ...)
         raise VggExportError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
     if provider == "cuda" and CUDA_EP not in session.get_providers():
@@ -117,14 +132,9 @@ def preload_cuda_libraries(ort: Any, phase: Callable[[str], None]) -> None:
 ONNX_ELEMENT_TYPES = {1: "FP32", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16", 11: "FP64"}
 
 
-def graph_io(path: str | Path) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
+def graph_io(source: ModelSource) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
     """([(name, v2 datatype, dims)] of the inputs, same of the outputs); -1 marks a dynamic dimension."""
-    import onnx
-
-    try:
-        graph = onnx.load_model(str(path), load_external_data=False).graph
-    except Exception as exc:
-        raise VggExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+    graph = parse_onnx(artifact_of(source)).graph
 
     def describe(values: Any) -> list[tuple[str, str, list[int]]]:
         found = []

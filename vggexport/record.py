@@ -1,8 +1,10 @@
 """The verified record: ``parity.json`` beside the files it verified, and the gate that reads it.
 
-Each file's entry keeps its sha256, runtimes, checks and verdict. ``serve`` and ``triton`` ship
-only a file whose sha256 is recorded as passed, so an ONNX re-exported (or edited) after verify,
-or one that verify never ran, is refused. Torch-free: the serving process imports this.
+Each file's entry keeps its sha256 (of the very bytes verify ran), runtimes, checks and verdict.
+``serve`` and ``triton`` ship only a file whose sha256 is recorded as passed, so an ONNX re-exported
+(or edited) after verify, or one that verify never ran, is refused. The gate reads the file once and
+hands back those bytes: the caller loads (or copies) what was checked, not the path again.
+Torch-free: the serving process imports this.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from vggexport.artifacts import PARITY
 from vggexport.errors import VggExportError
-from vggexport.fileio import sha256_file, write_text_atomic
+from vggexport.fileio import ArtifactBytes, read_artifact, write_text_atomic
 from vggexport.manifest import check_artifact, read_manifest, update_manifest
 
 FORMAT = "vggexport.parity/2"
@@ -90,16 +92,14 @@ def write_records(report: Any, files: list[tuple[Path, str, bool, str]], checkpo
     return written
 
 
-def verification_status(path: Path, device: str = "cpu") -> tuple[str | None, str | None]:
-    """(why ``path`` may not ship, a warning): (None, None) when parity.json records this very file as passed
-    on the whole real test set, on ``device``'s runtime too."""
-    path = Path(path)
-    if not path.is_file():
-        return f"no ONNX model at {path}: run `vggexport export` first", None
+def verification_status(artifact: ArtifactBytes, device: str = "cpu") -> tuple[str | None, str | None]:
+    """(why these bytes may not ship, a warning): (None, None) when parity.json records this very file as
+    passed on the whole real test set, on ``device``'s runtime too."""
+    path = artifact.path
     entry = read_record(path.resolve().parent).get("files", {}).get(path.name)
     if entry is None:
         return f"{path} has not been verified: run `vggexport verify --model {path}`", None
-    if entry.get("sha256") != sha256_file(path):
+    if entry.get("sha256") != artifact.sha256:
         return f"{path} changed after it was verified: run `vggexport verify --model {path}` again", None
     if entry.get("passed") is not True:
         return f"{path} failed verification (see {path.parent / PARITY}); fix the export and verify it again", None
@@ -113,21 +113,26 @@ def verification_status(path: Path, device: str = "cpu") -> tuple[str | None, st
     return None, None
 
 
-def require_verified(path: Path, *, allow_unverified: bool = False, device: str = "cpu") -> None:
-    """Refuse an unverified file with a one-line error; ``allow_unverified`` turns that into a warning.
+def require_verified(source: Path | ArtifactBytes, *, allow_unverified: bool = False,
+                     device: str = "cpu") -> ArtifactBytes:
+    """The file's bytes, read once, when parity.json passed those very bytes; else a one-line error
+    (``allow_unverified`` turns it into a warning and still hands the bytes back).
 
+    Load or copy what this returns, never the path again: a file swapped after the check would ship unchecked.
     ``device``: where it will run ("cuda" warns when no CUDA runtime was among the verified ones).
     """
+    if not isinstance(source, ArtifactBytes) and not Path(source).is_file():
+        raise VggExportError(f"no ONNX model at {source}: run `vggexport export` first")
+    artifact = source if isinstance(source, ArtifactBytes) else read_artifact(source)
     try:
-        problem, warning = verification_status(path, device)
+        problem, warning = verification_status(artifact, device)
     except VggExportError as exc:
         problem, warning = str(exc), None
     if warning:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     if problem is None:
-        return
-    if not Path(path).is_file():
-        raise VggExportError(problem)
+        return artifact
     if not allow_unverified:
         raise VggExportError(f"{problem} (or pass --allow-unverified)")
     print(f"warning: {problem}; serving it anyway (--allow-unverified)", file=sys.stderr, flush=True)
+    return artifact

@@ -3,6 +3,10 @@
 ``activate`` loads, ``infer`` maps a float32 NCHW batch to logits, ``deactivate``
 frees; a runner is also a context manager. verify, the benchmarks and the
 server all go through these, so they all measure and serve the same thing.
+
+A file runner's source is a path or the ``ArtifactBytes`` its caller already read and
+hashed; given bytes it loads exactly those (a path is read once, at activation), so
+what verify records and what the gate checks is what ran.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vggexport.errors import VggExportError
+from vggexport.fileio import ArtifactBytes, ModelSource
 
 
 class Runner(ABC):
@@ -107,11 +112,15 @@ class TorchRunner(Runner):
         self.model = None
 
 
+def source_path(source: ModelSource) -> Path:
+    return source.path if isinstance(source, ArtifactBytes) else Path(source)
+
+
 class TorchScriptRunner(TorchRunner):
     name = "torchscript"
 
-    def __init__(self, path: str | Path, *, device: str = "cpu") -> None:
-        super().__init__(path, device=device)
+    def __init__(self, source: ModelSource, *, device: str = "cpu") -> None:
+        super().__init__(source, device=device)
         self.metadata: dict[str, Any] = {}
 
     def load(self) -> Any:
@@ -126,8 +135,8 @@ class ExportedProgramRunner(TorchRunner):
 
     name = "torch-export"
 
-    def __init__(self, path: str | Path, *, device: str = "cpu") -> None:
-        super().__init__(path, device=device)
+    def __init__(self, source: ModelSource, *, device: str = "cpu") -> None:
+        super().__init__(source, device=device)
         self.metadata: dict[str, Any] = {}
 
     def load(self) -> Any:
@@ -174,12 +183,14 @@ class OnnxRuntimeRunner(Runner):
     (microsoft/onnxruntime#23372); asking for cuda here fails loudly instead.
     """
 
-    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None,
+    def __init__(self, source: ModelSource, *, provider: str = "cpu", threads: int | None = None,
                  spinning: bool = True) -> None:
         super().__init__()
         if provider not in ("auto", "cpu", "cuda"):
             raise VggExportError(f"unknown provider {provider!r}: use auto, cuda or cpu")
-        self.path, self.requested, self.threads, self.spinning = Path(path), provider, threads, spinning
+        self.source: ModelSource | None = source
+        self.path = source_path(source)
+        self.requested, self.threads, self.spinning = provider, threads, spinning
         self.session: Any = None
         self.metadata: dict[str, str] = {}
         self.name = f"onnxruntime-{provider}"
@@ -195,9 +206,10 @@ class OnnxRuntimeRunner(Runner):
     def activate_impl(self) -> None:
         import onnxruntime as ort
 
-        from vggexport.onnx_io import read_onnx_metadata
+        from vggexport.onnx_io import read_onnx_artifact, read_onnx_metadata
 
-        self.metadata = read_onnx_metadata(self.path)
+        artifact = read_onnx_artifact(self.source)
+        self.metadata = read_onnx_metadata(artifact)
         wants_cuda = self.requested == "cuda" or (self.requested == "auto" and CUDA_EP in ort.get_available_providers())
         if wants_cuda and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels that torch installs
@@ -206,8 +218,8 @@ class OnnxRuntimeRunner(Runner):
         # When CUDA cannot start ORT logs a multi-line error and falls back; we check and report it ourselves.
         ort.set_default_logger_severity(4 if wants_cuda else 3)
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads=self.threads, spinning=self.spinning),
-                                                providers=providers)
+            self.session = ort.InferenceSession(artifact.data, providers=providers,
+                                                sess_options=session_options(threads=self.threads, spinning=self.spinning))
         except Exception as exc:  # ORT raises its own pybind types (Fail, InvalidGraph, ...)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise VggExportError(f"ONNX Runtime cannot load {self.path}: {first[:160]}") from None
@@ -260,17 +272,16 @@ def runtimes_for(kind: str, *, cuda: bool) -> list[str]:
     return [family, *([f"{family}-cuda"] if cuda else [])]
 
 
-def make_runner(runtime: str, path: Path, **kwargs: Any) -> Runner:
-    """Runner for a runtime name of ``vggexport.names.RUNTIMES`` over one artifact file."""
+def make_runner(runtime: str, source: ModelSource, **kwargs: Any) -> Runner:
+    """Runner for a runtime name of ``vggexport.names.RUNTIMES`` over one artifact file (or its bytes)."""
     device = "cuda" if runtime.endswith("-cuda") else "cpu"
     runner: Runner
     if runtime in ("torchscript", "torchscript-cuda"):
-
-        runner = TorchScriptRunner(path, device=device)
+        runner = TorchScriptRunner(source, device=device)
     elif runtime in ("torch-export", "torch-export-cuda"):
-        runner = ExportedProgramRunner(path, device=device)
+        runner = ExportedProgramRunner(source, device=device)
     elif runtime in ("onnxruntime-cpu", "onnxruntime-cuda"):
-        return OnnxRuntimeRunner(path, provider=device, **kwargs)
+        return OnnxRuntimeRunner(source, provider=device, **kwargs)
     else:
         raise VggExportError(f"unknown runtime {runtime!r}")
     runner.name = runtime

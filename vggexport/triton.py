@@ -13,13 +13,12 @@ extension with, so it imports neither torch nor onnx.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vggexport.errors import VggExportError
-from vggexport.fileio import write_atomic, write_text_atomic
+from vggexport.fileio import ArtifactBytes, ModelSource, write_atomic, write_text_atomic
 from vggexport.names import NAME_PATTERN
 
 KINDS = ("gpu", "cpu")
@@ -136,33 +135,37 @@ def model_config(name: str, onnx_path: Path, meta: dict[str, str], config: Trito
         warmup_batch_sizes=(1,) if config.warmup else (), image_size=int(meta.get("image_size", "0") or 0)))
 
 
-def config_pbtxt(name: str, onnx_path: Path, meta: dict[str, str], config: TritonConfig) -> str:
+def config_pbtxt(name: str, onnx_path: ModelSource, meta: dict[str, str], config: TritonConfig) -> str:
     from google.protobuf import text_format
 
     return text_format.MessageToString(model_config(name, onnx_path, meta, config))
 
 
-def check_verified(onnx_path: Path, *, allow_unverified: bool = False, device: str = "cpu") -> None:
-    """Only a file that parity.json records as passed, with this very sha256, goes into a repository."""
+def check_verified(artifact: ArtifactBytes, *, allow_unverified: bool = False, device: str = "cpu") -> ArtifactBytes:
+    """Only bytes that parity.json records as passed, with this very sha256, go into a repository."""
     from vggexport.record import require_verified
 
-    require_verified(onnx_path, allow_unverified=allow_unverified, device=device)
+    return require_verified(artifact, allow_unverified=allow_unverified, device=device)
 
 
 def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
                      allow_unverified: bool = False) -> Path:
-    """Write ``<repository>/<name>/`` for ``onnx_path`` (model.onnx or a precision/preprocessing variant)."""
-    from vggexport.onnx_io import read_onnx_metadata
+    """Write ``<repository>/<name>/`` for ``onnx_path`` (model.onnx or a precision/preprocessing variant).
 
-    onnx_path = Path(onnx_path)
-    meta = read_onnx_metadata(onnx_path)
-    check_verified(onnx_path, allow_unverified=allow_unverified, device="cuda" if config.kind == "gpu" else "cpu")
+    The file is read once: the bytes whose sha256 the gate checked are the ones described in config.pbtxt
+    and written to model.onnx (a second read of the path could copy a file swapped in after the check).
+    """
+    from vggexport.onnx_io import read_onnx_artifact, read_onnx_metadata
+
+    artifact = read_onnx_artifact(onnx_path)  # the one read: checked, described and written from these bytes
+    meta = read_onnx_metadata(artifact)
+    check_verified(artifact, allow_unverified=allow_unverified, device="cuda" if config.kind == "gpu" else "cpu")
     name = check_model_name(config.name, "--name") if config.name else check_model_name(
-        meta["model_name"], f"{onnx_path.name}'s metadata")
+        meta["model_name"], f"{artifact.path.name}'s metadata")
     labels = check_labels(meta["class_names"])
-    text = config_pbtxt(name, onnx_path, meta, config)
+    text = config_pbtxt(name, artifact, meta, config)
     target = repository / name
-    write_atomic(target / "1" / "model.onnx", lambda tmp: shutil.copyfile(onnx_path, tmp))
+    write_atomic(target / "1" / "model.onnx", lambda tmp: tmp.write_bytes(artifact.data))
     write_text_atomic(target / "labels.txt", "".join(f"{label}\n" for label in labels))
     write_text_atomic(target / "config.pbtxt", text)
     return target

@@ -7,6 +7,7 @@ the same real images as raw pixels; a reduced-precision variant is judged by acc
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -18,7 +19,7 @@ from typing import Any
 from vggexport import artifacts as paths
 from vggexport.checkpoint import Checkpoint
 from vggexport.errors import VggExportError
-from vggexport.fileio import sha256_file
+from vggexport.fileio import ArtifactBytes, read_artifact
 from vggexport.metadata_check import check_file_metadata, check_torchscript_config
 from vggexport.names import ONNX_PRECISIONS
 from vggexport.runners import artifact_kind, make_runner, runtimes_for
@@ -59,15 +60,22 @@ class VerifyOptions:
 
 @dataclass
 class Inspected:
-    """What verify reads from a file before running it."""
+    """What verify reads from a file before running it: its bytes, read once, are also what every runtime loads."""
 
-    path: Path
+    artifact: ArtifactBytes
     kind: str
-    sha256: str
     metadata: dict[str, str]
     takes_pixels: bool = False
     problems: tuple[str, ...] = ()  # metadata mismatches; the file fails with them
     error: str | None = None  # unreadable: the file fails with this
+
+    @property
+    def path(self) -> Path:
+        return self.artifact.path
+
+    @property
+    def sha256(self) -> str:
+        return self.artifact.sha256
 
     @property
     def precision(self) -> str:
@@ -91,24 +99,23 @@ def artifact_files(folder: Path, models: Sequence[str], random_only: bool) -> li
     return files
 
 
-def read_extra_files(path: Path) -> dict[str, str]:
+def read_extra_files(artifact: ArtifactBytes) -> dict[str, str]:
     """TorchScript and .pt2 files are zip archives with their extra files under <root>/extra/."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(artifact.data)) as archive:
             return {name.rsplit("/extra/", 1)[1]: archive.read(name).decode("utf-8")
                     for name in archive.namelist() if "/extra/" in name}
     except (zipfile.BadZipFile, OSError, UnicodeDecodeError, KeyError) as exc:
-        raise VggExportError(f"{path} is not a readable archive ({type(exc).__name__})") from None
+        raise VggExportError(f"{artifact.path} is not a readable archive ({type(exc).__name__})") from None
 
 
-def read_onnx(path: Path, spec: ExportSpec) -> tuple[dict[str, str], bool, list[str]]:
-    """(metadata, takes uint8 pixels, problems) of an ONNX file, read once, before anything runs it."""
+def read_onnx(artifact: ArtifactBytes, spec: ExportSpec) -> tuple[dict[str, str], bool, list[str]]:
+    """(metadata, takes uint8 pixels, problems) of an ONNX file's bytes, before anything runs them."""
     import onnx
 
-    try:
-        proto = onnx.load_model(str(path), load_external_data=False)
-    except Exception as exc:
-        raise VggExportError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+    from vggexport.onnx_io import parse_onnx
+
+    proto = parse_onnx(artifact)
     graph = proto.graph
     inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
     takes_pixels = len(inputs) == 1 and inputs[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
@@ -172,18 +179,23 @@ def precision_problems(graph: Any, precision: str) -> list[str]:
 
 
 def inspect(path: Path, ckpt: Checkpoint, spec: ExportSpec) -> Inspected:
+    """Read ``path`` once; its metadata and graph are judged from those bytes, which the runtimes then load."""
     from vggexport.manifest import check_artifact
 
-    kind = artifact_kind(path) or ""
-    found = Inspected(path, kind, sha256_file(path), {})
     try:
-        check_artifact(path)
+        artifact = read_artifact(path)
+    except VggExportError as exc:  # unreadable: verify cannot judge it at all
+        raise UsageError(str(exc)) from None
+    kind = artifact_kind(path) or ""
+    found = Inspected(artifact, kind, {})
+    try:
+        check_artifact(artifact)
         if kind == "onnx":
-            found.metadata, found.takes_pixels, problems = read_onnx(path, spec)
+            found.metadata, found.takes_pixels, problems = read_onnx(artifact, spec)
             problems += check_file_metadata(found.metadata, ckpt, takes_pixels=found.takes_pixels,
                                             known_precisions=ONNX_PRECISIONS)
         else:
-            extra = read_extra_files(path)
+            extra = read_extra_files(artifact)
             metadata = json.loads(extra.get("metadata.json") or "{}")
             if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
                 raise VggExportError(f"{path}'s metadata.json is not an object of strings")
@@ -222,7 +234,7 @@ def candidates_for(found: Inspected, spec: ExportSpec, options: VerifyOptions, c
         runtimes = [r for r in runtimes_for(found.kind, cuda=True) if r in options.runtimes]
     criterion = spec.criterion(found.precision) if found.precision in spec.variants else None
     failures = list(found.problems) + ([f"[file] {found.error}"] if found.error else [])
-    return [Candidate(make_runner(runtime, found.path), takes_pixels=found.takes_pixels, criterion=criterion,
+    return [Candidate(make_runner(runtime, found.artifact), takes_pixels=found.takes_pixels, criterion=criterion,
                       artifact=found.path.name, sha256=found.sha256, precision=found.precision,
                       extra_failures=failures) for runtime in runtimes]
 

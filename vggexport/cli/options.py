@@ -216,19 +216,6 @@ def served_model_dir(cfg: str, batch_norm: bool, artifacts: str) -> Any:
     return Path(artifacts) / (model_name() or torchvision_name(cfg, batch_norm))
 
 
-def served_files(model: str, preprocessing_model: str | None) -> list[Any]:
-    """Every file the server will load: the model, and the preprocessing graph /classify runs if there is one."""
-    from pathlib import Path
-
-    from vggexport.artifacts import ONNX_PREPROCESSING
-
-    files = [Path(model)]
-    image_graph = Path(preprocessing_model) if preprocessing_model else Path(model).with_name(ONNX_PREPROCESSING)
-    if image_graph.is_file() and image_graph != files[0]:
-        files.append(image_graph)
-    return files
-
-
 def onnx_file(folder: Any, model_path: str | None, precision: str) -> str:
     """--model wins; else the precision variant's file (model.onnx, model.fp16.onnx, model.int8.onnx)."""
     from vggexport.artifacts import ONNX_BY_PRECISION

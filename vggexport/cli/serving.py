@@ -12,7 +12,6 @@ from vggexport.cli.options import (
     model_options,
     onnx_file,
     precision_choice,
-    served_files,
     served_model_dir,
     server_options,
     serving_options,
@@ -40,17 +39,13 @@ def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, pr
     """
     import logging
 
-    from vggexport.record import require_verified
     from vggexport.serve.app import serve_forever
     from vggexport.serve.service import ServeConfig
 
     folder = served_model_dir(cfg, batch_norm, artifacts)
+    # The gate runs where each session is made (every worker too): it checks the bytes that session loads.
     config = ServeConfig(model=onnx_file(folder, model_path, precision), max_body_bytes=int(max_body_mb * 2**20),
-                         **options)
-    for served_file in served_files(config.model, config.preprocessing_model):
-        # --provider cuda: warn when the file's CUDA results were never compared (auto is decided in the server).
-        require_verified(served_file, allow_unverified=allow_unverified,
-                         device="cuda" if config.provider == "cuda" else "cpu")
+                         gate="warn" if allow_unverified else "refuse", **options)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     serve_forever(config, host=host, port=port, grpc_port=grpc_port)
 

@@ -4,16 +4,17 @@ Unlike verify's ``OnnxRuntimeRunner`` it returns every graph output (the
 preprocessing model also gives the pixels it saw), takes its input spec from the
 session (FP32 or UINT8, fixed or dynamic H and W), logs each start-up phase, and
 on CUDA uses IO binding so outputs land in host memory without another copy.
+Given ``ArtifactBytes`` (what the verified-only gate checked) it loads exactly those bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vggexport.fileio import ArtifactBytes, ModelSource
 from vggexport.onnx_io import CUDA_EP, load_session
 from vggexport.runners import OnnxRuntimeRunner, session_options
 
@@ -22,18 +23,23 @@ ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(uint8)": "UINT8", "tensor(float16)
 
 
 class ServingRunner(OnnxRuntimeRunner):
-    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None,
+    def __init__(self, source: ModelSource, *, provider: str = "cpu", threads: int | None = None,
                  phase: Callable[[str], None] | None = None) -> None:
-        super().__init__(path, provider=provider, threads=threads, spinning=False)
+        super().__init__(source, provider=provider, threads=threads, spinning=False)
         self.phase = phase
         self.output_names: list[str] = []
 
     def activate_impl(self) -> None:
+        if self.source is None:
+            raise RuntimeError("a ServingRunner made from bytes loads them once; make a new runner to load again")
         options = session_options(threads=self.threads, spinning=False)
-        self.session, self.metadata = load_session(self.path, provider=self.requested, options=options,
+        self.session, self.metadata = load_session(self.source, provider=self.requested, options=options,
                                                    phase=self.phase)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.name = "onnxruntime-cuda" if self.on_cuda else "onnxruntime-cpu"
+        if isinstance(self.source, ArtifactBytes):
+            # The session holds the model now; another copy of the file per worker would only cost memory.
+            self.source = None
 
     @property
     def on_cuda(self) -> bool:

@@ -6,6 +6,10 @@ Images (``/classify``) always go through a preprocessing graph: the served model
 when it is one, else ``model.preprocessing.onnx`` beside it (or
 ``--preprocessing-model``), so the server, Triton and every embedder share one
 preprocessing, bit for bit.
+
+Each file is read once, in the process that serves it: the verified-only gate (``ServeConfig.gate``)
+checks the sha256 of those bytes against parity.json and the session is created from the same bytes,
+so a file swapped after the check is never served as verified.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vggexport.errors import VggExportError
+from vggexport.fileio import ArtifactBytes, read_artifact
 from vggexport.serve.batcher import DynamicBatcher
 from vggexport.serve.engine import ServingRunner
 from vggexport.serve.errors import InternalError, NotFoundError, PayloadTooLargeError, ProtocolError
@@ -29,6 +34,8 @@ OUTPUT, PROBABILITIES = "logits", "probabilities"
 OUTPUTS = (OUTPUT, PROBABILITIES)
 PREPROCESSING_FILE = "model.preprocessing.onnx"
 V2_TO_NUMPY = {"FP32": np.float32, "UINT8": np.uint8, "FP16": np.float16, "FP64": np.float64}
+# refuse: serve only what parity.json passed (the CLI); warn: --allow-unverified; off: an embedder's own call.
+GATES = ("refuse", "warn", "off")
 
 
 @dataclass(frozen=True)
@@ -46,8 +53,11 @@ class ServeConfig:
     workers: int = 1
     grpc_port: int = 0
     warmup: bool | None = None  # None: on CUDA only (CPU start-up stays under a second)
+    gate: str = "off"  # one of GATES
 
     def __post_init__(self) -> None:
+        if self.gate not in GATES:
+            raise VggExportError(f"unknown gate {self.gate!r}: use {', '.join(GATES)}")
         if self.max_queue_size is not None and self.max_queue_size < self.max_batch_size:
             raise VggExportError("--max-queue-size must be at least --max-batch-size")
         if self.max_image_pixels < 1:
@@ -58,7 +68,9 @@ class Engine:
     """One ONNX file's runner and its batcher."""
 
     def __init__(self, path: Path, config: ServeConfig, metrics: ServerMetrics, phase: Callable[[str], None]) -> None:
-        self.runner = ServingRunner(path, provider=config.provider, threads=config.threads, phase=phase)
+        artifact = read_checked(path, config)
+        phase(f"read {artifact.path.name}: {artifact.size} bytes, sha256 {artifact.sha256}")
+        self.runner = ServingRunner(artifact, provider=config.provider, threads=config.threads, phase=phase)
         self.runner.activate()
         self.warmup_batch_sizes: tuple[int, ...] = ()  # what warm_up ran, for the served model configuration
         self.batcher = DynamicBatcher(self.runner.infer_all, max_batch_size=config.max_batch_size,
@@ -99,6 +111,19 @@ class Engine:
         except Exception:  # a failed batch: the client hears that it failed, the log hears why
             log.exception("inference failed in %s", self.runner.path.name)
             raise InternalError("inference failed; see the server log") from None
+
+
+def read_checked(path: Path, config: ServeConfig) -> ArtifactBytes:
+    """The file's bytes, read once; with the gate on, only when parity.json passed those very bytes."""
+    if config.gate == "off":
+        if not path.is_file():
+            raise VggExportError(f"no ONNX model at {path}: run `vggexport onnx` first")
+        return read_artifact(path)
+    from vggexport.record import require_verified
+
+    # --provider cuda: warn when the file's CUDA results were never compared (auto is decided by the session).
+    return require_verified(path, allow_unverified=config.gate == "warn",
+                            device="cuda" if config.provider == "cuda" else "cpu")
 
 
 class ModelService:

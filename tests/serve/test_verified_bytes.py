@@ -1,0 +1,163 @@
+"""The serving gate reads each file once: the sha256 it checks is that of the bytes the session loads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.broken_models import BREAKERS, broken_copy
+from tests.conftest import ServerProcess
+from vggexport.errors import VggExportError
+from vggexport.fileio import sha256_file
+from vggexport.runners import OnnxRuntimeRunner
+from vggexport.serve.app import create_app
+from vggexport.serve.service import ServeConfig
+
+BATCH = np.random.default_rng(3).standard_normal((4, 1, 32, 32), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def verified_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model.onnx that verify has passed on the whole (synthetic) test split: the gate lets it through."""
+    from tests.test_export import make_checkpoint
+    from vggexport.export import export_onnx
+    from vggexport.spec import ExportSpec
+    from vggexport.verification import VerifyOptions, verify
+
+    folder = tmp_path_factory.mktemp("gate") / "vgg11_bn"
+    folder.mkdir()
+    export_onnx(make_checkpoint(folder, dataset="synthetic"), folder / "model.onnx", ExportSpec())
+    assert verify(folder / "best.pt", folder, ExportSpec(), VerifyOptions()).passed
+    return folder
+
+
+@pytest.fixture
+def folder(verified_folder: Path, tmp_path: Path) -> Path:
+    """A private copy (tests here swap and break files)."""
+    return Path(shutil.copytree(verified_folder, tmp_path / "vgg11_bn"))
+
+
+def outputs_of(path: Path) -> np.ndarray:
+    with OnnxRuntimeRunner(path) as runner:
+        return runner.infer(BATCH)
+
+
+def recorded_sha256(folder: Path) -> str:
+    return str(json.loads((folder / "parity.json").read_text())["files"]["model.onnx"]["sha256"])
+
+
+def test_the_session_runs_the_bytes_the_gate_checked(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is swapped for a broken one right after the gate passed it: the server runs what was checked."""
+    from vggexport.serve import service
+
+    model = folder / "model.onnx"
+    good = outputs_of(model)
+    broken = broken_copy(model, folder.parent / "broken.onnx", BREAKERS["altered-weights"])
+    checked = service.read_checked
+
+    def check_then_swap(path: Path, config: ServeConfig) -> object:
+        artifact = checked(path, config)
+        shutil.copyfile(broken, path)  # what reading the path again would now load
+        return artifact
+
+    monkeypatch.setattr(service, "read_checked", check_then_swap)
+    said: list[str] = []
+    app = create_app(ServeConfig(model=str(model), provider="cpu", gate="refuse"), phase=said.append)
+    runner = app.state.service.engine.runner
+    assert sha256_file(model) != recorded_sha256(folder)  # the swap happened
+    np.testing.assert_array_equal(runner.infer_all(BATCH)[0], good)
+    runner.deactivate()
+    with pytest.raises(RuntimeError, match="loads them once"):  # its copy of the bytes was released
+        runner.activate()
+    assert not np.allclose(outputs_of(broken), good, rtol=1e-2, atol=1e-7)  # the file on disk computes otherwise
+    assert any(f"sha256 {recorded_sha256(folder)}" in line for line in said), said
+
+
+def test_a_file_changed_after_verify_is_refused_where_the_session_is_made(
+        folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Re-exported (so the manifest vouches for the new bytes) but not verified again."""
+    from vggexport.checkpoint import load_checkpoint
+    from vggexport.export import export_onnx
+    from vggexport.spec import ExportSpec
+
+    model = folder / "model.onnx"
+    export_onnx(load_checkpoint(folder / "best.pt"), model, ExportSpec(opset=20))
+    with pytest.raises(VggExportError, match="changed after it was verified.*--allow-unverified"):
+        create_app(ServeConfig(model=str(model), provider="cpu", gate="refuse"))
+    said: list[str] = []
+    create_app(ServeConfig(model=str(model), provider="cpu", gate="warn"), phase=said.append)
+    assert "changed after it was verified" in capsys.readouterr().err
+    assert any(f"sha256 {sha256_file(model)}" in line for line in said)  # the bytes it warned about are served
+    create_app(ServeConfig(model=str(model), provider="cpu"))  # an embedder's own create_app: no gate
+    assert capsys.readouterr().err == ""
+
+
+def hostile(folder: Path, case: str) -> Path:
+    model = folder / "model.onnx"
+    data = model.read_bytes()
+    model.unlink()
+    if case == "directory":
+        model.mkdir()
+    elif case == "symlink loop":
+        model.symlink_to(model)
+    elif case == "empty":
+        model.write_bytes(b"")
+    elif case == "truncated":
+        model.write_bytes(data[: len(data) // 2])
+    return model
+
+
+# Where the manifest records the file, it refuses other bytes before anything parses them.
+CHANGED = "has changed since vggexport wrote it"
+CASES = {"directory": "no ONNX model at", "symlink loop": "no ONNX model at", "empty": CHANGED, "truncated": CHANGED}
+UNRECORDED = {**CASES, "empty": "is empty", "truncated": "ONNX Runtime cannot load"}
+
+
+@pytest.mark.parametrize("gate", ["refuse", "warn", "off"])
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("recorded", [True, False], ids=["in-manifest", "unrecorded"])
+def test_hostile_files_are_a_one_line_error(folder: Path, case: str, gate: str, recorded: bool) -> None:
+    if not recorded:  # a foreign folder: no manifest (so no record verify wrote) vouches for anything
+        (folder / "manifest.json").unlink()
+    model = hostile(folder, case)
+    phrase = (CASES if recorded else UNRECORDED)[case]
+    if gate == "refuse" and case in ("empty", "truncated"):
+        phrase = "changed after it was verified" if recorded else "was not written by `vggexport verify`"
+    with pytest.raises(VggExportError, match=phrase) as caught:
+        create_app(ServeConfig(model=str(model), provider="cpu", gate=gate))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("case, code", [("directory", 2), ("symlink loop", 1), ("empty", 1), ("truncated", 1)])
+def test_serve_exits_with_one_line_on_a_hostile_file(folder: Path, case: str, code: int) -> None:
+    server = ServerProcess(hostile(folder, case), "--provider", "cpu")  # with --allow-unverified
+    assert server.process.wait(timeout=60) == code  # 2: click's own check of --model (not a directory)
+    output = server.process.stdout.read() if server.process.stdout else ""
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert "Traceback" not in output and lines[-1].startswith("error: "), output
+    assert ("is a directory" if code == 2 else CASES[case]) in lines[-1], output
+
+
+def test_an_unknown_gate_is_refused() -> None:
+    with pytest.raises(VggExportError, match="unknown gate"):
+        ServeConfig(model="model.onnx", gate="maybe")
+
+
+def test_every_worker_gates_its_own_read(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workers N: each worker process reads the file and builds its session from the config the parent
+    passed; a file changed after the parent started is refused there too."""
+    from dataclasses import asdict
+
+    from vggexport.serve.app import CONFIG_ENV, Listen, app_from_environment
+
+    model = folder / "model.onnx"
+    config = ServeConfig(model=str(model), provider="cpu", gate="refuse", workers=2)
+    monkeypatch.setenv(CONFIG_ENV, json.dumps({"config": asdict(config), "listen": asdict(Listen())}))
+    assert app_from_environment().state.service.engine.runner.is_active
+    broken_copy(model, model, BREAKERS["altered-weights"])
+    with pytest.raises(VggExportError, match="changed after it was verified"):
+        app_from_environment()
