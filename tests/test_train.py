@@ -64,6 +64,18 @@ def test_checkpoint_rebuilds_model_alone(tmp_path: Path) -> None:
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
 
 
+def test_checkpoint_sha256_is_of_the_bytes_loaded(tmp_path: Path) -> None:
+    import hashlib
+
+    first = save_checkpoint(tmp_path / "a.pt", model_config=tiny_config(), state={"model": {}})
+    loaded_bytes = first.read_bytes()
+    ckpt = load_checkpoint(first)
+    # Swapped after loading: exports and parity records must still name what was loaded.
+    save_checkpoint(first, model_config=tiny_config(width=0.5), state={"model": {}})
+    assert first.read_bytes() != loaded_bytes
+    assert ckpt.sha256() == hashlib.sha256(loaded_bytes).hexdigest()
+
+
 # Every random choice on: shifts, erasing, dropout, EMA. Batch 256: 8 steps an epoch.
 RANDOM_RECIPE = {**TINY, "batch_size": 256, "crop_padding": 2, "erase": 0.5, "dropout": 0.3, "ema": 0.9,
                  "deterministic": True}

@@ -7,6 +7,7 @@ needed to rebuild the architecture.
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 
 from vggexport import __version__
 from vggexport.errors import VggExportError
-from vggexport.fileio import sha256_file, write_atomic
+from vggexport.fileio import read_artifact, write_atomic
 from vggexport.manifest import check_artifact
 from vggexport.model import VGG, ModelConfig, build_model
 
@@ -29,6 +30,7 @@ FORMAT_VERSION = 1
 class Checkpoint:
     path: Path
     payload: dict[str, Any]
+    digest: str  # sha256 of the bytes the payload was loaded from (not of the file as it is now)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -39,7 +41,7 @@ class Checkpoint:
         return dict(self.payload.get("metrics", {}))
 
     def sha256(self) -> str:
-        return sha256_file(self.path)
+        return self.digest
 
     def build_model(self, device: torch.device | str = "cpu") -> VGG:
         """The model in eval mode, weights loaded, on ``device``."""
@@ -67,9 +69,11 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     path = Path(path)
     if not path.is_file():
         raise VggExportError(f"no checkpoint at {path}: run `vggexport train` first (or pass --checkpoint)")
-    check_artifact(path)
+    # Read once: the sha256 that exports and parity records name is that of the weights that were loaded.
+    artifact = read_artifact(path)
+    check_artifact(artifact)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(io.BytesIO(artifact.data), map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VggExportError(f"{path} is not a readable checkpoint ({reason[:120]})") from None
@@ -81,4 +85,4 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         ModelConfig.from_dict(payload["model_config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise VggExportError(f"{path} has an invalid model config: {exc}") from None
-    return Checkpoint(path, payload)
+    return Checkpoint(path, payload, artifact.sha256)

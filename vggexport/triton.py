@@ -118,7 +118,7 @@ def build_model_config(fields: ConfigFields) -> Any:
     return message
 
 
-def model_config(name: str, onnx_path: Path, meta: dict[str, str], config: TritonConfig) -> Any:
+def model_config(name: str, onnx_path: ModelSource, meta: dict[str, str], config: TritonConfig) -> Any:
     """The ModelConfig message for this ONNX: only the first output (the logits) is declared."""
     from vggexport.onnx_io import graph_io
 
