@@ -95,10 +95,10 @@ def test_first_block_without_a_pool_is_the_conv_and_its_relu() -> None:
 
 
 def test_verify_exempts_only_the_first_conv_and_last_layer_from_int8(int8: Path) -> None:
-    from vggexport.verification import precision_problems
+    from vggexport.precision_check import precision_problems
 
     proto = onnx.load(str(int8))
-    assert precision_problems(proto.graph, "int8") == []
+    assert precision_problems(proto, "int8") == []
     # The second conv's weight swapped back to fp32: an int8 claim no longer holds.
     producers = {o: n for n in proto.graph.node for o in n.output}
     second = [n for n in proto.graph.node if n.op_type == "Conv"][1]
@@ -106,5 +106,12 @@ def test_verify_exempts_only_the_first_conv_and_last_layer_from_int8(int8: Path)
     weight = numpy_helper.from_array(np.ones((2, 2), np.float32), "second_conv_fp32_weight")
     proto.graph.initializer.append(weight)
     second.input[1] = weight.name
-    problems = precision_problems(proto.graph, "int8")
+    problems = precision_problems(proto, "int8")
     assert len(problems) == 1 and "weights are not int8" in problems[0]
+
+
+def test_pool_before_relu_leaves_a_graph_without_conv_alone() -> None:
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    assert not pool_before_relu(graph)

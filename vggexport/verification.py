@@ -22,6 +22,7 @@ from vggexport.errors import VggExportError
 from vggexport.fileio import ArtifactBytes, read_artifact
 from vggexport.metadata_check import check_file_metadata, check_torchscript_config
 from vggexport.names import ONNX_PRECISIONS
+from vggexport.precision_check import precision_problems
 from vggexport.runners import artifact_kind, make_runner, runtimes_for
 from vggexport.spec import ExportSpec
 from vggexport.verify import (
@@ -127,7 +128,7 @@ def read_onnx(artifact: ArtifactBytes, spec: ExportSpec) -> tuple[dict[str, str]
         # Its weights would live in another file, which neither the recorded sha256 nor the manifest covers.
         problems.append("[file] weights stored outside the .onnx file (external data): vggexport exports one file")
     problems += interface_problems(graph, spec, takes_pixels)
-    problems += precision_problems(graph, metadata.get("precision", "fp32"))
+    problems += precision_problems(proto, metadata.get("precision", "fp32"))
     return metadata, takes_pixels, problems
 
 
@@ -144,38 +145,6 @@ def interface_problems(graph: Any, spec: ExportSpec, takes_pixels: bool) -> list
     if not outputs or outputs[0] != spec.output_name or not set(outputs) <= set(allowed):
         problems.append(f"[file] outputs are {outputs}, expected {allowed}")
     return problems
-
-
-def precision_problems(graph: Any, precision: str) -> list[str]:
-    """A claimed reduced precision must be the computation's: every Conv/Gemm weight int8 or float16,
-    except that the first conv and the last layer may stay fp32 (vggexport's int8 keeps its first block
-    fp32 for speed; see vggexport.quantize).
-
-    Otherwise an fp32 file could claim "int8" (with a dead QuantizeLinear somewhere) to be judged by
-    the looser accuracy criteria. The exemption is by position, not by what the file's metadata says.
-    """
-    import onnx
-
-    producers = {o: node for node in graph.node for o in node.output}
-    initializers = {t.name: t.data_type for t in graph.initializer}
-    weights = [node.input[1] for node in graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
-
-    def weight_type(name: str) -> int | None:
-        node = producers.get(name)
-        if node is not None and node.op_type in ("DequantizeLinear", "Cast", "Transpose", "Identity"):
-            return weight_type(node.input[0])
-        return initializers.get(name)
-
-    wanted = {"int8": {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}, "fp16": {onnx.TensorProto.FLOAT16},
-              "fp32": {onnx.TensorProto.FLOAT}}.get(precision)
-    if wanted is None or not weights:
-        return []
-    judged = weights if precision == "fp32" or len(weights) < 3 else weights[1:-1]
-    wrong = [w for w in judged if weight_type(w) not in wanted]
-    if wrong:
-        return [(f"[file] 'precision' is {precision!r} but {len(wrong)} of {len(judged)} conv/linear weights "
-                 f"are not {precision} (first: {wrong[0]!r})")]
-    return []
 
 
 def inspect(path: Path, ckpt: Checkpoint, spec: ExportSpec) -> Inspected:
@@ -203,7 +172,7 @@ def inspect(path: Path, ckpt: Checkpoint, spec: ExportSpec) -> Inspected:
             problems = check_file_metadata(found.metadata, ckpt, takes_pixels=False, known_precisions=("fp32",))
             problems += check_torchscript_config(extra.get("model_config.json", ""), ckpt)
         found.problems = tuple(problems)
-    except (VggExportError, ValueError, TypeError, AttributeError) as exc:
+    except (VggExportError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
         found.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return found
 
