@@ -104,3 +104,28 @@ def test_shipping_to_a_gpu_warns_when_only_the_cpu_was_verified(run_cli: Cli, ex
     assert gpu.exit_code == 0 and "verified on the CPU only" in gpu.output
     cpu = run_cli("triton", "--artifacts", exported.parent, "--kind", "cpu")
     assert cpu.exit_code == 0 and "warning" not in cpu.output
+
+
+def test_the_gate_believes_the_record_it_checked_not_a_later_one(exported: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """parity.json swapped for a forged 'passed' right after its manifest check must not be what is read."""
+    from vggexport import record
+    from vggexport.errors import VggExportError
+    from vggexport.fileio import sha256_file
+    from vggexport.manifest import update_manifest
+
+    model = exported / "model.onnx"
+    entry = {"sha256": sha256_file(model), "passed": False, "runtimes": [],
+             "real_data": {"checked": True, "samples": 10, "complete": True}}
+    (exported / "parity.json").write_text(json.dumps({"format": record.FORMAT, "files": {"model.onnx": entry}}))
+    update_manifest(exported, [exported / "parity.json"])
+    forged = {"format": record.FORMAT, "files": {"model.onnx": {**entry, "passed": True}}}
+    checked = record.check_artifact
+
+    def check_then_swap(source: object) -> None:
+        checked(source)
+        (exported / "parity.json").write_text(json.dumps(forged))
+
+    monkeypatch.setattr(record, "check_artifact", check_then_swap)
+    with pytest.raises(VggExportError, match="failed verification"):
+        record.require_verified(model)

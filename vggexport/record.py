@@ -34,9 +34,10 @@ def read_record(folder: Path) -> dict[str, Any]:
         return {}
     if PARITY not in read_manifest(folder).get("artifacts", {}):
         raise VggExportError(f"{path} was not written by `vggexport verify` (the manifest does not list it)")
-    check_artifact(path)
+    artifact = read_artifact(path)  # once: the verdict judged is the one whose sha256 the manifest matched
+    check_artifact(artifact)
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(artifact.data)
     except (OSError, ValueError):
         raise VggExportError(f"{path} is not a vggexport parity report; run `vggexport verify` again") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("files"), dict):
