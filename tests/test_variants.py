@@ -267,3 +267,31 @@ def test_accuracy_tool_reads_only_the_files(int8: Path, fp16: Path, real_data_di
     assert set(report) == {"fp32", "fp16", "int8"}
     assert report["int8"]["from_this_fp32"] is True and report["int8"]["precision_metadata"] == "int8"
     assert 0 <= report["fp16"]["top1_agreement"] <= 1 and report["int8"]["size_ratio"] < 0.5
+
+
+def test_a_variant_is_made_from_the_bytes_that_were_checked(artifacts: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fp32 file swapped for another model right after it was read: the variant is still the checked one's."""
+    from numpy import testing
+
+    from vggexport import onnx_io
+
+    folder = tmp_path / "vgg11_bn"
+    shutil.copytree(artifacts / "vgg11_bn", folder)
+    model = folder / "model.onnx"
+    checked_sha, x = sha256_file(model), synthetic_test_inputs(model)[0][:16]
+    expected = run_onnx(model, x)
+    other = onnx.load(str(model))
+    for t in other.graph.initializer:
+        t.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(t), t.name))
+    read = onnx_io.read_onnx_artifact
+
+    def read_then_swap(source: object) -> object:
+        artifact = read(source)
+        onnx.save(other, str(model))
+        return artifact
+
+    monkeypatch.setattr(onnx_io, "read_onnx_artifact", read_then_swap)
+    variant = make_variant(model, "fp16", folder / "model.fp16.onnx")
+    assert sha256_file(model) != checked_sha and read_onnx_metadata(variant)["fp32_sha256"] == checked_sha
+    testing.assert_allclose(run_onnx(variant, x), expected, atol=0.05)

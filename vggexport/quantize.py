@@ -140,7 +140,9 @@ def pool_before_relu(graph: Any) -> bool:
     block's quantization: ORT's QDQ propagation moves a QuantizeLinear up across a MaxPool (not across a
     Relu), which turns the pool into a uint8 MaxPool in NCHW layout, about 10x slower than fp32's (measured).
     """
-    conv = next(n for n in graph.node if n.op_type == "Conv")
+    conv = next((n for n in graph.node if n.op_type == "Conv"), None)
+    if conv is None:
+        return False  # fp32_regions then says why this graph is not a vggexport VGG
     relu = sole_consumer(graph, conv)
     pool = sole_consumer(graph, relu) if relu is not None and relu.op_type == "Relu" else None
     if pool is None or pool.op_type != "MaxPool" or len(pool.output) != 1:
@@ -194,8 +196,8 @@ def tensor_ranges(prepared: Path, reader: ArrayReader, method: Any, cache: Path)
         save_tensors_data(calibrator.compute_data(), cache)
 
 
-def quantize_int8(fp32_path: Path, config: ModelConfig, calibration: CalibrationConfig) -> tuple[Any, dict[str, Any]]:
-    """(int8 ModelProto, calibration record for the metadata)."""
+def quantize_int8(fp32: Any, config: ModelConfig, calibration: CalibrationConfig) -> tuple[Any, dict[str, Any]]:
+    """(int8 ModelProto, calibration record for the metadata) from the fp32 ModelProto (left unchanged)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -206,7 +208,8 @@ def quantize_int8(fp32_path: Path, config: ModelConfig, calibration: Calibration
     activation = QuantType.QUInt8 if calibration.activation_type == "uint8" else QuantType.QInt8
     with tempfile.TemporaryDirectory(prefix="vggexport-int8-") as tmp:
         prepared, quantized, ranges = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx", Path(tmp) / "ranges.json"
-        source = onnx.load_model(str(fp32_path))
+        source = onnx.ModelProto()
+        source.CopyFrom(fp32)
         commuted = "first_block" in calibration.keep_fp32 and pool_before_relu(source.graph)
         onnx.save_model(source, str(Path(tmp) / "source.onnx"))
         # ORT's symbolic shape inference fails on the exporter's value_info (a rank-less output); ONNX's suffices.
