@@ -94,6 +94,8 @@ class ArtifactBytes:
 
 
 ModelSource = Union[str, "os.PathLike[str]", ArtifactBytes]
+# VGG-19's checkpoint with optimizer state and EMA weights is under 2 GiB; ONNX files stop at protobuf's 2 GiB.
+MAX_ARTIFACT_BYTES = 4 * 2**30
 
 
 def read_artifact(path: str | os.PathLike[str]) -> ArtifactBytes:
@@ -101,7 +103,13 @@ def read_artifact(path: str | os.PathLike[str]) -> ArtifactBytes:
     path = Path(path)
     try:
         with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_ARTIFACT_BYTES:
+                raise VggExportError(f"{path} is {size / 2**30:.1f} GiB: larger than any file vggexport writes "
+                                     f"({MAX_ARTIFACT_BYTES // 2**30} GiB at most), so it is not read")
             data = handle.read()
+    except MemoryError:
+        raise VggExportError(f"{path} does not fit in memory") from None
     except FileNotFoundError:
         raise VggExportError(f"no file at {path}") from None
     except IsADirectoryError:

@@ -1,0 +1,38 @@
+"""Reading a model file once: hostile sizes and kinds fail in one line, before memory runs out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from vggexport.errors import VggExportError
+from vggexport.fileio import MAX_ARTIFACT_BYTES, read_artifact
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    huge = tmp_path / "model.onnx"
+    with open(huge, "wb") as handle:
+        handle.truncate(MAX_ARTIFACT_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(VggExportError, match="larger than any file vggexport writes"):
+        read_artifact(huge)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_what_is_not_a_file_is_a_one_line_error(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "model.onnx"
+    if kind == "directory":
+        os.mkdir(path)
+    with pytest.raises(VggExportError) as error:
+        read_artifact(path)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+
+
+def test_the_hash_is_of_the_bytes_read(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"abc")
+    artifact = read_artifact(path)
+    assert artifact.data == b"abc" and artifact.sha256 == hashlib.sha256(b"abc").hexdigest()
