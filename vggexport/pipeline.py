@@ -122,7 +122,7 @@ class Pipeline:
         from vggexport.serve.app import serve_forever
         from vggexport.serve.service import ServeConfig
 
-        config = ServeConfig(model=str(self.folder / paths.ONNX), provider=self.config.provider)
+        config = ServeConfig(model=str(self.folder / paths.ONNX), provider=self.config.provider, gate="refuse")
         serve_forever(config, host=self.config.host, port=self.config.port)
 
     def smoke_test(self) -> None:

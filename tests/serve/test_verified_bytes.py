@@ -92,7 +92,9 @@ def test_a_file_changed_after_verify_is_refused_where_the_session_is_made(
     create_app(ServeConfig(model=str(model), provider="cpu", gate="warn"), phase=said.append)
     assert "changed after it was verified" in capsys.readouterr().err
     assert any(f"sha256 {sha256_file(model)}" in line for line in said)  # the bytes it warned about are served
-    create_app(ServeConfig(model=str(model), provider="cpu"))  # an embedder's own create_app: no gate
+    with pytest.raises(VggExportError, match="changed after it was verified"):
+        create_app(ServeConfig(model=str(model), provider="cpu"))  # an embedder's create_app refuses too
+    create_app(ServeConfig(model=str(model), provider="cpu", gate="off"))  # unless it opts out by name
     assert capsys.readouterr().err == ""
 
 

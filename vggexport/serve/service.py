@@ -53,7 +53,9 @@ class ServeConfig:
     workers: int = 1
     grpc_port: int = 0
     warmup: bool | None = None  # None: on CUDA only (CPU start-up stays under a second)
-    gate: str = "off"  # one of GATES
+    # One of GATES. Refusing by default: whoever builds a server in code ships only verified bytes too,
+    # unless they opt out by name ("warn" or "off").
+    gate: str = "refuse"
 
     def __post_init__(self) -> None:
         if self.gate not in GATES:

@@ -27,7 +27,7 @@ def smoke_request(model: Path, *, provider: str = "auto", timeout: float = 30.0)
     from vggexport.serve.app import create_app
     from vggexport.serve.service import ServeConfig
 
-    app = create_app(ServeConfig(model=str(model), provider=provider))
+    app = create_app(ServeConfig(model=str(model), provider=provider, gate="refuse"))
     service = app.state.service
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
