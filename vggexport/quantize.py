@@ -32,7 +32,8 @@ CALIBRATION_IMAGES = ("train", "constant", "noise")
 FP32_REGIONS = ("first_block", "last_layer", "tail")
 # The first block stays fp32 for speed: its conv has one input channel and narrow outputs at full
 # resolution, where ORT's int8 conv is requantization-bound and 4-5x slower than its fp32 NCHWc conv
-# (BENCHMARKS.md, "Precision variants"); quantizing after the pool also quantizes 4x fewer values.
+# (BENCHMARKS.md, "Precision variants", measured on VGG-11); quantizing after the pool also quantizes 4x
+# fewer values. In VGG-13/16/19 a second conv precedes the first pool, so there the block ends at the ReLU.
 DEFAULT_FP32_REGIONS = ("first_block", "tail")
 CALIBRATION_BATCH = 64
 ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
