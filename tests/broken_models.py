@@ -168,3 +168,19 @@ def broken_copy(source: Path, target: Path, breaker: Breaker) -> Path:
     breaker(proto)
     onnx.save(proto, str(target))
     return target
+
+
+def replace_hostile(path: Path, case: str) -> Path:
+    """Put something that is not a model where the file ``path`` was: a directory, a symlink loop, an empty
+    file, or its first half."""
+    data = path.read_bytes()
+    path.unlink()
+    if case == "directory":
+        path.mkdir()
+    elif case == "symlink loop":
+        path.symlink_to(path)
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    return path

@@ -142,3 +142,34 @@ def server(served_onnx: Path):  # type: ignore[no-untyped-def]
                             "--max-body-mb", "1", "--provider", "cpu").wait_ready()
     yield process
     process.stop()
+
+
+# The variant fixtures: test_variants.py and test_quantize.py share them (one instance per module).
+VARIANT_CALIBRATION = ("--calibration-samples", "128")
+
+
+@pytest.fixture(scope="module")
+def artifacts(trained_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained tiny model, flip-averaged (so the log_softmax/logsumexp tail is in the graph), fp32 exported."""
+    import dataclasses
+
+    from vggexport.checkpoint import load_checkpoint, save_checkpoint
+    from vggexport.export import export_onnx
+    from vggexport.spec import ExportSpec
+
+    root = tmp_path_factory.mktemp("variants")
+    folder = root / "vgg11_bn"
+    folder.mkdir()
+    trained = load_checkpoint(trained_artifacts / "vgg11_bn" / "best.pt")
+    config = dataclasses.replace(trained.model_config, flip_average=True)
+    state = {k: v for k, v in trained.payload.items() if k != "model_config"}
+    ckpt = load_checkpoint(save_checkpoint(folder / "best.pt", model_config=config, state=state))
+    export_onnx(ckpt, folder / "model.onnx", ExportSpec())
+    return root
+
+
+@pytest.fixture(scope="module")
+def int8(artifacts: Path) -> Path:
+    result = Cli()("onnx", "--artifacts", artifacts, "--precision", "int8", *VARIANT_CALIBRATION)
+    assert result.exit_code == 0, result.output
+    return artifacts / "vgg11_bn" / "model.int8.onnx"

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.test_variants import artifacts, int8, run_onnx  # noqa: F401 (module fixtures, shared)
+from tests.test_variants import run_onnx
 from vggexport.export import read_onnx_metadata
 from vggexport.quantize import fp32_regions, pool_before_relu
 

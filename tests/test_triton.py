@@ -6,6 +6,7 @@ import onnx
 import pytest
 from google.protobuf import text_format
 
+from tests.broken_models import replace_hostile
 from tests.conftest import Cli
 from tests.test_export import make_checkpoint
 from vggexport.errors import VggExportError
@@ -167,19 +168,8 @@ def test_the_repository_gets_the_bytes_the_gate_checked(model_dir: Path, tmp_pat
 
 
 def hostile_onnx(folder: Path, case: str) -> Path:
-    path = folder / "model.onnx"
-    data = path.read_bytes()
-    path.unlink()
     (folder / "manifest.json").unlink()  # a foreign folder: only the file itself speaks
-    if case == "directory":
-        path.mkdir()
-    elif case == "symlink loop":
-        path.symlink_to(path)
-    elif case == "empty":
-        path.write_bytes(b"")
-    elif case == "truncated":
-        path.write_bytes(data[: len(data) // 2])
-    return path
+    return replace_hostile(folder / "model.onnx", case)
 
 
 @pytest.mark.parametrize("case, phrase", [("directory", "no ONNX model at"), ("symlink loop", "no ONNX model at"),

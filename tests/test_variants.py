@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from tests.conftest import VARIANT_CALIBRATION as SAMPLES
 from tests.conftest import Cli
 from vggexport.checkpoint import load_checkpoint, save_checkpoint
 from vggexport.data import make_synthetic
@@ -23,22 +23,6 @@ from vggexport.quantize import CalibrationConfig, calibration_images
 from vggexport.spec import ExportSpec
 from vggexport.transforms import preprocess
 from vggexport.variants import make_variant
-
-SAMPLES = ("--calibration-samples", "128")
-
-
-@pytest.fixture(scope="module")
-def artifacts(trained_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The trained tiny model, flip-averaged (so the log_softmax/logsumexp tail is in the graph), fp32 exported."""
-    root = tmp_path_factory.mktemp("variants")
-    folder = root / "vgg11_bn"
-    folder.mkdir()
-    trained = load_checkpoint(trained_artifacts / "vgg11_bn" / "best.pt")
-    config = dataclasses.replace(trained.model_config, flip_average=True)
-    state = {k: v for k, v in trained.payload.items() if k != "model_config"}
-    ckpt = load_checkpoint(save_checkpoint(folder / "best.pt", model_config=config, state=state))
-    export_onnx(ckpt, folder / "model.onnx", ExportSpec())
-    return root
 
 
 def run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
@@ -55,13 +39,6 @@ def synthetic_test_inputs(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a.argmax(1) == b.argmax(1)).mean())
-
-
-@pytest.fixture(scope="module")
-def int8(artifacts: Path) -> Path:
-    result = Cli()("onnx", "--artifacts", artifacts, "--precision", "int8", *SAMPLES)
-    assert result.exit_code == 0, result.output
-    return artifacts / "vgg11_bn" / "model.int8.onnx"
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ import numpy as np
 from vggexport.checkpoint import load_checkpoint
 from vggexport.quantize import CalibrationConfig
 from vggexport.runners import OnnxRuntimeRunner
-from vggexport.variants import make_variant
 from vggexport.spec import ExportSpec
+from vggexport.variants import make_variant
 from vggexport.verify_data import dataset_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.broken_models import BREAKERS, broken_copy
+from tests.broken_models import BREAKERS, broken_copy, replace_hostile
 from tests.conftest import ServerProcess
 from vggexport.errors import VggExportError
 from vggexport.fileio import sha256_file
@@ -99,18 +99,7 @@ def test_a_file_changed_after_verify_is_refused_where_the_session_is_made(
 
 
 def hostile(folder: Path, case: str) -> Path:
-    model = folder / "model.onnx"
-    data = model.read_bytes()
-    model.unlink()
-    if case == "directory":
-        model.mkdir()
-    elif case == "symlink loop":
-        model.symlink_to(model)
-    elif case == "empty":
-        model.write_bytes(b"")
-    elif case == "truncated":
-        model.write_bytes(data[: len(data) // 2])
-    return model
+    return replace_hostile(folder / "model.onnx", case)
 
 
 # Where the manifest records the file, it refuses other bytes before anything parses them.
