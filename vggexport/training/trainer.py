@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -172,6 +173,10 @@ class Trainer:
         if self.dist.enabled:
             same = distributed.parameters_identical(self.model, self.dist)
             self.say(f"parameters {'identical' if same else 'DIFFER'} across {self.dist.world_size} processes")
+            # DDP's reducer keeps the process group and gloo's pending work alive; collected at interpreter
+            # exit, gloo's threads can abort the process ("terminate called without an active exception").
+            self.forward = self.model
+            gc.collect()
             distributed.teardown(self.dist)
         return result
 
