@@ -36,3 +36,36 @@ def test_the_hash_is_of_the_bytes_read(tmp_path: Path) -> None:
     path.write_bytes(b"abc")
     artifact = read_artifact(path)
     assert artifact.data == b"abc" and artifact.sha256 == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    from vggexport.fileio import write_dir_atomic
+
+    target = tmp_path / "repo" / "model"
+    (target / "1").mkdir(parents=True)
+    (target / "1" / "model.onnx").write_text("old model")
+    (target / "config.pbtxt").write_text("old config")
+    (target / "2").mkdir()
+    (target / "2" / "model.onnx").write_text("another version")
+
+    def half_then_fail(folder: Path) -> None:
+        (folder / "1").mkdir()
+        (folder / "1" / "model.onnx").write_text("new model")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(VggExportError, match="No space left on device"):
+        write_dir_atomic(target, half_then_fail, replaced=("1", "config.pbtxt"))
+    assert (target / "1" / "model.onnx").read_text() == "old model"
+    assert (target / "config.pbtxt").read_text() == "old config"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]  # no staging folder left
+
+    def complete(folder: Path) -> None:
+        (folder / "1").mkdir()
+        (folder / "1" / "model.onnx").write_text("new model")
+        (folder / "config.pbtxt").write_text("new config")
+
+    write_dir_atomic(target, complete, replaced=("1", "config.pbtxt"))
+    assert (target / "1" / "model.onnx").read_text() == "new model"
+    assert (target / "config.pbtxt").read_text() == "new config"
+    assert (target / "2" / "model.onnx").read_text() == "another version"  # other versions are kept
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,42 @@ def write_atomic(target: str | os.PathLike[str], writer: Callable[[Path], None])
 
 def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
     return write_atomic(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_dir_atomic(target: str | os.PathLike[str], fill: Callable[[Path], None], *,
+                     replaced: Collection[str]) -> Path:
+    """Build folder ``target`` with ``fill(staging)`` beside it, then move it into place.
+
+    A reader of the folder (a Triton server polling its repository) sees the old folder or the new one, never
+    a mix of the two; while they swap (two renames) it is briefly absent. Entries of an existing ``target``
+    not named in ``replaced`` (a model's other versions) are carried over. On any error nothing changes.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise VggExportError(f"cannot write to {target.parent}: {exc.strerror or exc}") from None
+    try:
+        for entry in target.iterdir() if target.is_dir() else ():
+            if entry.name in replaced:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, staging / entry.name, symlinks=True)
+            else:
+                shutil.copy2(entry, staging / entry.name, follow_symlinks=False)
+        fill(staging)
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700; a repository is an ordinary folder
+        retired = target.with_name(f"{staging.name}.old")
+        if target.exists():
+            os.rename(target, retired)
+        os.rename(staging, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    except OSError as exc:
+        raise VggExportError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:

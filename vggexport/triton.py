@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vggexport.errors import VggExportError
-from vggexport.fileio import ArtifactBytes, ModelSource, write_atomic, write_text_atomic
+from vggexport.fileio import ArtifactBytes, ModelSource, write_dir_atomic
 from vggexport.names import NAME_PATTERN
 
 KINDS = ("gpu", "cpu")
@@ -164,8 +164,12 @@ def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
         meta["model_name"], f"{artifact.path.name}'s metadata")
     labels = check_labels(meta["class_names"])
     text = config_pbtxt(name, artifact, meta, config)
-    target = repository / name
-    write_atomic(target / "1" / "model.onnx", lambda tmp: tmp.write_bytes(artifact.data))
-    write_text_atomic(target / "labels.txt", "".join(f"{label}\n" for label in labels))
-    write_text_atomic(target / "config.pbtxt", text)
-    return target
+
+    def fill(folder: Path) -> None:
+        (folder / "1").mkdir()
+        (folder / "1" / "model.onnx").write_bytes(artifact.data)
+        (folder / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+        (folder / "config.pbtxt").write_text(text, encoding="utf-8")
+
+    # One move for the three files: Triton never loads a new model.onnx beside an old config.pbtxt.
+    return write_dir_atomic(repository / name, fill, replaced=("1", "labels.txt", "config.pbtxt"))
