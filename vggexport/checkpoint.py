@@ -18,8 +18,8 @@ import torch
 
 from vggexport import __version__
 from vggexport.errors import VggExportError
-from vggexport.fileio import read_artifact, write_atomic
-from vggexport.manifest import check_artifact
+from vggexport.fileio import write_atomic
+from vggexport.manifest import read_checked
 from vggexport.model import VGG, ModelConfig, build_model
 
 FORMAT = "vggexport.checkpoint"
@@ -67,11 +67,8 @@ def save_checkpoint(path: str | Path, *, model_config: ModelConfig, state: dict[
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
     path = Path(path)
-    if not path.is_file():
-        raise VggExportError(f"no checkpoint at {path}: run `vggexport train` first (or pass --checkpoint)")
     # Read once: the sha256 that exports and parity records name is that of the weights that were loaded.
-    artifact = read_artifact(path)
-    check_artifact(artifact)
+    artifact = read_checked(path, f"no checkpoint at {path}: run `vggexport train` first (or pass --checkpoint)")
     try:
         payload = torch.load(io.BytesIO(artifact.data), map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:

@@ -18,8 +18,8 @@ import torch
 from vggexport import __version__
 from vggexport.checkpoint import Checkpoint
 from vggexport.errors import VggExportError
-from vggexport.fileio import ArtifactBytes, ModelSource, artifact_of, write_atomic
-from vggexport.manifest import check_artifact, update_manifest
+from vggexport.fileio import ModelSource, write_atomic
+from vggexport.manifest import read_checked, update_manifest
 from vggexport.model import VGG, ModelConfig
 from vggexport.onnx_io import read_onnx_metadata  # noqa: F401  (moved there: torch-free; kept importable here)
 from vggexport.spec import ExportSpec
@@ -98,10 +98,7 @@ def export_torchscript(ckpt: Checkpoint, out: str | Path) -> Path:
 
 def load_torchscript(source: ModelSource, device: torch.device | str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """The module and its metadata from a path or from bytes already read (then exactly those bytes)."""
-    if not isinstance(source, ArtifactBytes) and not Path(source).is_file():
-        raise VggExportError(f"no TorchScript model at {source}: run `vggexport torchscript` first")
-    artifact = artifact_of(source)
-    check_artifact(artifact)
+    artifact = read_checked(source, f"no TorchScript model at {source}: run `vggexport torchscript` first")
     extra = {TORCHSCRIPT_CONFIG: "", TORCHSCRIPT_METADATA: ""}
     try:
         with warnings.catch_warnings():

@@ -21,8 +21,8 @@ import torch
 from vggexport.checkpoint import Checkpoint
 from vggexport.errors import VggExportError
 from vggexport.export import TORCHSCRIPT_CONFIG, TORCHSCRIPT_METADATA, example_input, export_metadata
-from vggexport.fileio import ArtifactBytes, ModelSource, artifact_of, write_atomic
-from vggexport.manifest import check_artifact, update_manifest
+from vggexport.fileio import ModelSource, write_atomic
+from vggexport.manifest import read_checked, update_manifest
 
 MAX_BATCH = 65536
 
@@ -56,11 +56,8 @@ def load_exported_program(source: ModelSource) -> tuple[torch.export.ExportedPro
 
     ``source``: a path, or bytes already read (and hashed): then exactly those bytes are loaded.
     """
-    if not isinstance(source, ArtifactBytes) and not Path(source).is_file():
-        raise VggExportError(f"no torch.export model at {source}: run `vggexport export` first")
-    artifact = artifact_of(source)
+    artifact = read_checked(source, f"no torch.export model at {source}: run `vggexport export` first")
     path = artifact.path
-    check_artifact(artifact)
     extra = {TORCHSCRIPT_CONFIG: "", TORCHSCRIPT_METADATA: ""}
     try:
         with warnings.catch_warnings(), quiet_logger("torch.export"):

@@ -16,7 +16,7 @@ from typing import Any
 
 from vggexport import __version__
 from vggexport.errors import VggExportError
-from vggexport.fileio import ArtifactBytes, sha256_file, write_text_atomic
+from vggexport.fileio import ArtifactBytes, ModelSource, artifact_of, sha256_file, write_text_atomic
 
 MANIFEST = "manifest.json"
 PACKAGES = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime-gpu", "onnxruntime", "numpy")
@@ -82,6 +82,16 @@ def check_artifact(source: Path | ArtifactBytes) -> None:
             f"{path} has changed since vggexport wrote it (sha256 differs from {path.parent / MANIFEST}); "
             f"re-create it with vggexport instead of editing it"
         )
+
+
+def read_checked(source: ModelSource, missing: str) -> ArtifactBytes:
+    """The file's bytes (read once, unless the caller already read them), checked against the manifest beside
+    it; ``missing`` is the one-line error when there is no such file."""
+    if not isinstance(source, ArtifactBytes) and not Path(source).is_file():
+        raise VggExportError(missing)
+    artifact = artifact_of(source)
+    check_artifact(artifact)
+    return artifact
 
 
 def dataset_identity(name: str, files: tuple[Path, ...]) -> dict[str, Any]:
