@@ -105,10 +105,15 @@ def test_wrong_input_shape_is_a_user_error(exported: Path) -> None:
 
 
 @pytest.mark.gpu
-def test_ort_cuda_runs_without_tf32(exported: Path) -> None:
-    """Parity measures the export, not TF32: the CUDA provider computes in true fp32."""
-    with OnnxRuntimeRunner(exported / "model.onnx", provider="cuda") as runner:
-        assert runner.session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"
+@pytest.mark.parametrize("serving", [False, True], ids=["verify", "serve"])
+def test_ort_cuda_runs_without_tf32(exported: Path, serving: bool) -> None:
+    """Parity measures the export, not TF32: the CUDA provider computes in true fp32, and the server's too."""
+    from vggexport.serve.engine import ServingRunner
+
+    kind = ServingRunner if serving else OnnxRuntimeRunner
+    with kind(exported / "model.onnx", provider="cuda") as runner:
+        options = runner.session.get_provider_options()["CUDAExecutionProvider"]
+        assert options["use_tf32"] == "0" and options["cudnn_conv_algo_search"] == "HEURISTIC"
 
 
 @pytest.mark.parametrize(("name", "kind"), [("model.onnx", "onnx"), ("x.preprocessing.onnx", "onnx"),

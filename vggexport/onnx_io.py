@@ -16,14 +16,16 @@ from typing import Any
 
 from vggexport.errors import VggExportError
 from vggexport.fileio import ArtifactBytes, ModelSource, artifact_of
-from vggexport.manifest import check_artifact
+from vggexport.manifest import read_checked
 
 log = logging.getLogger("vggexport.onnx")
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 REQUIRED_KEYS = ("model_name", "class_names", "model_config")
-# cuDNN's exhaustive search benchmarks every conv algorithm again for each new input shape; a
-# server sees up to max-batch-size different batch shapes, so it would stall on each new one.
-SERVING_CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": "1"}
+# One CUDA configuration for verify, the benchmarks and the server, so what is served computes what was
+# compared. TF32 off: true fp32, like the PyTorch reference. Heuristic conv search: cuDNN's exhaustive
+# search benchmarks every algorithm again for each new input shape, and a server sees up to
+# max-batch-size different batch shapes, so it would stall on each new one.
+CUDA_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": "1"}
 
 
 def check_metadata(metadata: dict[str, str], path: Path) -> dict[str, str]:
@@ -37,11 +39,7 @@ def check_metadata(metadata: dict[str, str], path: Path) -> dict[str, str]:
 
 def read_onnx_artifact(source: ModelSource) -> ArtifactBytes:
     """The model's bytes, read once (unless already read) and checked against the manifest."""
-    if not isinstance(source, ArtifactBytes) and not Path(source).is_file():
-        raise VggExportError(f"no ONNX model at {source}: run `vggexport onnx` first")
-    artifact = artifact_of(source)
-    check_artifact(artifact)
-    return artifact
+    return read_checked(source, f"no ONNX model at {source}: run `vggexport onnx` first")
 
 
 def parse_onnx(artifact: ArtifactBytes) -> Any:
@@ -103,7 +101,7 @@ def load_session(source: ModelSource, *, provider: str = "cpu", options: Any = N
     providers: list[Any] = [CPU_EP]
     if wants_cuda:
         preload_cuda_libraries(ort, phase)
-        providers = [(CUDA_EP, SERVING_CUDA_OPTIONS), CPU_EP]
+        providers = [(CUDA_EP, CUDA_OPTIONS), CPU_EP]
     # When CUDA cannot start ORT logs a multi-line error and falls back; we check and report it ourselves.
     ort.set_default_logger_severity(4 if wants_cuda else 3)
     phase(f"creating the session for {path.name} on {[p if isinstance(p, str) else p[0] for p in providers]}")

@@ -12,6 +12,7 @@ what verify records and what the gate checks is what ran.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 
 from vggexport.errors import VggExportError
 from vggexport.fileio import ArtifactBytes, ModelSource
+from vggexport.onnx_io import CUDA_EP, load_session
 
 
 class Runner(ABC):
@@ -155,7 +157,6 @@ class ExportedProgramRunner(TorchRunner):
                                  f"(batch, {channels}, {size}, {size})") from None
 
 
-CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
 
 
@@ -184,13 +185,13 @@ class OnnxRuntimeRunner(Runner):
     """
 
     def __init__(self, source: ModelSource, *, provider: str = "cpu", threads: int | None = None,
-                 spinning: bool = True) -> None:
+                 spinning: bool = True, phase: Callable[[str], None] | None = None) -> None:
         super().__init__()
         if provider not in ("auto", "cpu", "cuda"):
             raise VggExportError(f"unknown provider {provider!r}: use auto, cuda or cpu")
         self.source: ModelSource | None = source
         self.path = source_path(source)
-        self.requested, self.threads, self.spinning = provider, threads, spinning
+        self.requested, self.threads, self.spinning, self.phase = provider, threads, spinning, phase
         self.session: Any = None
         self.metadata: dict[str, str] = {}
         self.name = f"onnxruntime-{provider}"
@@ -204,29 +205,17 @@ class OnnxRuntimeRunner(Runner):
         return self.session.get_inputs()[0].name
 
     def activate_impl(self) -> None:
-        import onnxruntime as ort
-
         from vggexport.onnx_io import read_onnx_artifact, read_onnx_metadata
 
         artifact = read_onnx_artifact(self.source)
-        self.metadata = read_onnx_metadata(artifact)
-        wants_cuda = self.requested == "cuda" or (self.requested == "auto" and CUDA_EP in ort.get_available_providers())
-        if wants_cuda and hasattr(ort, "preload_dlls"):
-            ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels that torch installs
-        # TF32 off: what we verify and what we serve compute in true fp32, like the PyTorch reference.
-        providers = [(CUDA_EP, {"use_tf32": "0"}), CPU_EP] if wants_cuda else [CPU_EP]
-        # When CUDA cannot start ORT logs a multi-line error and falls back; we check and report it ourselves.
-        ort.set_default_logger_severity(4 if wants_cuda else 3)
-        try:
-            self.session = ort.InferenceSession(artifact.data, providers=providers,
-                                                sess_options=session_options(threads=self.threads, spinning=self.spinning))
-        except Exception as exc:  # ORT raises its own pybind types (Fail, InvalidGraph, ...)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise VggExportError(f"ONNX Runtime cannot load {self.path}: {first[:160]}") from None
-        if self.requested == "cuda" and CUDA_EP not in self.session.get_providers():
-            self.session = None
-            raise VggExportError("the CUDA execution provider did not start (no GPU, or CUDA/cuDNN libraries "
-                                 "missing); use --provider cpu or auto")
+        read_onnx_metadata(artifact)  # a corrupt or foreign file is named as such before ORT tries it
+        self.open_session(artifact)
+
+    def open_session(self, source: ModelSource) -> None:
+        """The session on the requested provider, configured as everywhere (vggexport.onnx_io.load_session)."""
+        options = session_options(threads=self.threads, spinning=self.spinning)
+        self.session, self.metadata = load_session(source, provider=self.requested, options=options,
+                                                   phase=self.phase)
         self.name = "onnxruntime-cuda" if self.provider == CUDA_EP else "onnxruntime-cpu"
 
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:

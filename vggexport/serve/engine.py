@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from vggexport.fileio import ArtifactBytes, ModelSource
-from vggexport.onnx_io import CUDA_EP, load_session
-from vggexport.runners import OnnxRuntimeRunner, session_options
+from vggexport.onnx_io import CUDA_EP
+from vggexport.runners import OnnxRuntimeRunner
 
 ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(uint8)": "UINT8", "tensor(float16)": "FP16",
              "tensor(double)": "FP64", "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int8)": "INT8"}
@@ -25,18 +25,14 @@ ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(uint8)": "UINT8", "tensor(float16)
 class ServingRunner(OnnxRuntimeRunner):
     def __init__(self, source: ModelSource, *, provider: str = "cpu", threads: int | None = None,
                  phase: Callable[[str], None] | None = None) -> None:
-        super().__init__(source, provider=provider, threads=threads, spinning=False)
-        self.phase = phase
+        super().__init__(source, provider=provider, threads=threads, spinning=False, phase=phase)
         self.output_names: list[str] = []
 
     def activate_impl(self) -> None:
         if self.source is None:
             raise RuntimeError("a ServingRunner made from bytes loads them once; make a new runner to load again")
-        options = session_options(threads=self.threads, spinning=False)
-        self.session, self.metadata = load_session(self.source, provider=self.requested, options=options,
-                                                   phase=self.phase)
+        self.open_session(self.source)  # the session's own metadata: no second parse of the file at start-up
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.name = "onnxruntime-cuda" if self.on_cuda else "onnxruntime-cpu"
         if isinstance(self.source, ArtifactBytes):
             # The session holds the model now; another copy of the file per worker would only cost memory.
             self.source = None
