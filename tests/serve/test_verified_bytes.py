@@ -57,14 +57,14 @@ def test_the_session_runs_the_bytes_the_gate_checked(folder: Path, monkeypatch: 
     model = folder / "model.onnx"
     good = outputs_of(model)
     broken = broken_copy(model, folder.parent / "broken.onnx", BREAKERS["altered-weights"])
-    checked = service.read_checked
+    checked = service.gated_bytes
 
     def check_then_swap(path: Path, config: ServeConfig) -> object:
         artifact = checked(path, config)
         shutil.copyfile(broken, path)  # what reading the path again would now load
         return artifact
 
-    monkeypatch.setattr(service, "read_checked", check_then_swap)
+    monkeypatch.setattr(service, "gated_bytes", check_then_swap)
     said: list[str] = []
     app = create_app(ServeConfig(model=str(model), provider="cpu", gate="refuse"), phase=said.append)
     runner = app.state.service.engine.runner

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from vggexport.errors import VggExportError
-from vggexport.fileio import ArtifactBytes, read_artifact
+from vggexport.fileio import ArtifactBytes
+from vggexport.manifest import read_checked
 from vggexport.serve.batcher import DynamicBatcher
 from vggexport.serve.engine import ServingRunner
 from vggexport.serve.errors import InternalError, NotFoundError, PayloadTooLargeError, ProtocolError
@@ -70,7 +71,7 @@ class Engine:
     """One ONNX file's runner and its batcher."""
 
     def __init__(self, path: Path, config: ServeConfig, metrics: ServerMetrics, phase: Callable[[str], None]) -> None:
-        artifact = read_checked(path, config)
+        artifact = gated_bytes(path, config)
         phase(f"read {artifact.path.name}: {artifact.size} bytes, sha256 {artifact.sha256}")
         self.runner = ServingRunner(artifact, provider=config.provider, threads=config.threads, phase=phase)
         self.runner.activate()
@@ -115,12 +116,10 @@ class Engine:
             raise InternalError("inference failed; see the server log") from None
 
 
-def read_checked(path: Path, config: ServeConfig) -> ArtifactBytes:
+def gated_bytes(path: Path, config: ServeConfig) -> ArtifactBytes:
     """The file's bytes, read once; with the gate on, only when parity.json passed those very bytes."""
     if config.gate == "off":
-        if not path.is_file():
-            raise VggExportError(f"no ONNX model at {path}: run `vggexport onnx` first")
-        return read_artifact(path)
+        return read_checked(path, f"no ONNX model at {path}: run `vggexport onnx` first")
     from vggexport.record import require_verified
 
     # --provider cuda: warn when the file's CUDA results were never compared (auto is decided by the session).
