@@ -17,7 +17,7 @@ from typing import Any
 
 from vggexport.artifacts import PARITY
 from vggexport.errors import VggExportError
-from vggexport.fileio import ArtifactBytes, read_artifact, write_text_atomic
+from vggexport.fileio import ArtifactBytes, artifact_of, read_artifact, write_text_atomic
 from vggexport.manifest import check_artifact, read_manifest, update_manifest
 
 FORMAT = "vggexport.parity/2"
@@ -124,7 +124,7 @@ def require_verified(source: Path | ArtifactBytes, *, allow_unverified: bool = F
     """
     if not isinstance(source, ArtifactBytes) and not Path(source).is_file():
         raise VggExportError(f"no ONNX model at {source}: run `vggexport export` first")
-    artifact = source if isinstance(source, ArtifactBytes) else read_artifact(source)
+    artifact = artifact_of(source)
     try:
         problem, warning = verification_status(artifact, device)
     except VggExportError as exc:
