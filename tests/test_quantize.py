@@ -56,6 +56,8 @@ def test_pool_before_relu_computes_the_same(artifacts: Path, tmp_path: Path) -> 
     proto = onnx.load(str(fp32))
     assert pool_before_relu(proto.graph)
     onnx.checker.check_model(proto)
+    produced = {o for n in proto.graph.node for o in n.output} | {t.name for t in proto.graph.initializer}
+    assert {v.name for v in proto.graph.value_info} <= produced, "shape info left for a tensor that is gone"
     onnx.save(proto, str(tmp_path / "commuted.onnx"))
     x = np.random.default_rng(0).standard_normal((5, *[int(d.dim_value) for d in
                                                       proto.graph.input[0].type.tensor_type.shape.dim[1:]]))

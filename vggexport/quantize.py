@@ -148,14 +148,14 @@ def pool_before_relu(graph: Any) -> bool:
     pool = sole_consumer(graph, relu) if relu is not None and relu.op_type == "Relu" else None
     if pool is None or pool.op_type != "MaxPool" or len(pool.output) != 1:
         return False
-    pooled = pool.output[0]
+    pooled, activated = pool.output[0], relu.output[0]
     pool.input[0], pool.output[0] = conv.output[0], f"{pooled}_before_relu"
     relu.input[0], relu.output[0] = pool.output[0], pooled
     moved = type(relu)()
     moved.CopyFrom(relu)
     graph.node.remove(relu)
     graph.node.insert(list(graph.node).index(pool) + 1, moved)
-    kept = [v for v in graph.value_info if v.name not in (pooled, conv.output[0])]
+    kept = [v for v in graph.value_info if v.name != activated]  # that full-size tensor no longer exists
     del graph.value_info[:]
     graph.value_info.extend(kept)
     return True
