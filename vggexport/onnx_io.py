@@ -8,6 +8,7 @@ hashed): given bytes, it parses and loads those bytes, never the file on disk ag
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections.abc import Callable
@@ -80,6 +81,42 @@ class Phases:
         self.say(f"[{time.perf_counter() - self.started:6.2f}s] {message}")
 
 
+PROVIDERS = ("auto", "cpu", "cuda")
+
+
+def cuda_device_count() -> int:
+    """GPUs the NVIDIA driver sees, asked of the driver library alone (libcuda), never of the CUDA toolkit.
+
+    0 where there is no driver: then nothing of CUDA is loaded, so ``--provider auto`` on a CPU machine
+    costs no CUDA libraries (onnxruntime-gpu lists its CUDA provider whether or not a GPU exists).
+    """
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0  # a driver without a usable device (CUDA_VISIBLE_DEVICES="", a container without the GPU)
+    return count.value
+
+
+def resolve_provider(provider: str, *, gpus: Callable[[], int] = cuda_device_count) -> str:
+    """``cpu`` or ``cuda``: what ``provider`` (auto, cpu, cuda) means on this machine.
+
+    ``auto`` is CUDA only where a GPU is present and this onnxruntime has the CUDA provider; the
+    verified-only gate and the session both follow what it resolved to. ``gpus`` is injectable for tests.
+    """
+    if provider not in PROVIDERS:
+        raise VggExportError(f"unknown provider {provider!r}: use auto, cuda or cpu")
+    if provider != "auto":
+        return provider
+    if gpus() < 1:
+        return "cpu"
+    import onnxruntime as ort
+
+    return "cuda" if CUDA_EP in ort.get_available_providers() else "cpu"
+
+
 def load_session(source: ModelSource, *, provider: str = "cpu", options: Any = None,
                  phase: Callable[[str], None] | None = None) -> tuple[Any, dict[str, str]]:
     """(ONNX Runtime session, vggexport metadata) from the model's bytes. ``provider``: cpu, cuda or auto.
@@ -88,8 +125,7 @@ def load_session(source: ModelSource, *, provider: str = "cpu", options: Any = N
     ORT's silent CPU fallback (microsoft/onnxruntime#23372).
     """
     phase = phase or Phases()
-    if provider not in ("auto", "cpu", "cuda"):
-        raise VggExportError(f"unknown provider {provider!r}: use auto, cuda or cpu")
+    wants_cuda = resolve_provider(provider) == "cuda"
     artifact = read_onnx_artifact(source)
     path = artifact.path
     if not artifact.data:
@@ -97,7 +133,6 @@ def load_session(source: ModelSource, *, provider: str = "cpu", options: Any = N
     phase("importing onnxruntime")
     import onnxruntime as ort
 
-    wants_cuda = provider == "cuda" or (provider == "auto" and CUDA_EP in ort.get_available_providers())
     providers: list[Any] = [CPU_EP]
     if wants_cuda:
         preload_cuda_libraries(ort, phase)
