@@ -18,6 +18,7 @@ from typing import Any
 from vggexport.errors import VggExportError
 from vggexport.fileio import ArtifactBytes, ModelSource, artifact_of
 from vggexport.manifest import read_checked
+from vggexport.names import PROVIDERS
 
 log = logging.getLogger("vggexport.onnx")
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -79,9 +80,6 @@ class Phases:
 
     def __call__(self, message: str) -> None:
         self.say(f"[{time.perf_counter() - self.started:6.2f}s] {message}")
-
-
-PROVIDERS = ("auto", "cpu", "cuda")
 
 
 def cuda_device_count() -> int:
