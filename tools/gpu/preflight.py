@@ -1,0 +1,99 @@
+"""The GPU run's first checks, in seconds: the GPU, an ONNX Runtime CUDA session in a process that has not
+imported torch (as the server runs it), every import, the versions, and ``pip check``. And the GPU tests,
+whose collection is checked (on the CPU they skip, so collection is what the rehearsal proves).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import layout
+
+IMPORTS = ("vggexport.serve.app", "vggexport.serve.grpc_server", "tritonclient.http", "tritonclient.grpc",
+           "onnxconverter_common", "fastapi", "uvicorn", "onnx", "onnxscript", "torch", "torchvision", "vggexport.cli")
+VERSIONS = ("onnxruntime-gpu", "onnxruntime", "torch", "torchvision", "numpy", "onnx", "onnxscript", "protobuf",
+            "grpcio", "fastapi", "starlette", "pydantic", "uvicorn", "tritonclient", "onnxconverter-common")
+
+
+def tiny_model(folder: Path) -> Path:
+    """A one-Conv vggexport-shaped ONNX file: enough to start a session on the provider asked for."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((10, 1, 4, 4), np.float32) / 16, "weight")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "weight"], ["conv"]), helper.make_node("Flatten", ["conv"], ["logits"])],
+        "preflight", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for key, value in {"model_name": "preflight", "class_names": json.dumps([str(i) for i in range(10)]),
+                       "model_config": "{}"}.items():
+        model.metadata_props.add(key=key, value=value)
+    path = folder / "preflight.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def ort_session(provider: str) -> None:
+    """The server's own path (vggexport.onnx_io.load_session), before anything imports torch."""
+    import numpy as np
+
+    from vggexport.onnx_io import load_session, resolve_provider
+
+    with tempfile.TemporaryDirectory() as folder:
+        session, _ = load_session(tiny_model(Path(folder)), provider=provider, phase=print)
+        logits = session.run(None, {"input": np.ones((2, 1, 4, 4), np.float32)})[0]
+    if not np.allclose(logits, 1.0):
+        raise SystemExit(f"error: the preflight model computed {logits.ravel()[:4]}, not ones")
+    print(f"ONNX Runtime session on {session.get_providers()[0]}; torch loaded: {'torch' in sys.modules}; "
+          f"--provider auto resolves to {resolve_provider('auto')}", flush=True)
+    if "torch" in sys.modules:
+        raise SystemExit("error: the torch-free path imported torch")
+
+
+def preflight(mode: str) -> int:
+    if mode == "gpu":
+        subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                       check=True)
+    ort_session("cuda" if mode == "gpu" else "cpu")
+    for module in IMPORTS:
+        __import__(module)
+    print(f"imported {', '.join(IMPORTS)}", flush=True)
+    from importlib import metadata
+
+    print("versions:", ", ".join(f"{n} {version_of(metadata, n)}" for n in VERSIONS), flush=True)
+    print(f"python {sys.version.split()[0]} at {sys.executable}; every package (pin tools/gpu_device.txt from it):",
+          flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "list", "--format=freeze"], check=False)
+    checked = subprocess.run([sys.executable, "-m", "pip", "check"], text=True, capture_output=True)
+    print(f"pip check (the carried packages and the machine's): {checked.stdout.strip() or checked.stderr.strip()}")
+    return checked.returncode
+
+
+def version_of(metadata: object, name: str) -> str:
+    try:
+        return metadata.version(name)  # type: ignore[attr-defined]
+    except Exception:  # PackageNotFoundError: say so in the line
+        return "absent"
+
+
+def gpu_tests() -> int:
+    """``pytest -m gpu``, after checking that it collects GPU tests and no collection error."""
+    base = [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", "tests"]
+    collected = subprocess.run([*base, "--collect-only", "-q"], cwd=layout.ROOT, text=True, capture_output=True)
+    tail = (collected.stdout.strip().splitlines() or [""])[-1]
+    match = re.search(r"(\d+)(?:/\d+)? tests? collected", tail)
+    count = int(match.group(1)) if match else 0
+    print(f"collection: {tail}", flush=True)
+    if collected.returncode != 0 or "error" in tail or count == 0:
+        print(collected.stdout[-4000:], collected.stderr[-2000:])
+        print("error: pytest -m gpu did not collect the GPU tests cleanly", flush=True)
+        return 1
+    print(f"collected {count} GPU tests", flush=True)
+    return subprocess.run([*base, "-q", "-rs"], cwd=layout.ROOT).returncode

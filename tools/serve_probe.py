@@ -1,0 +1,70 @@
+"""Starts `vggexport serve` on a verified model and asks it once over HTTP and once over gRPC with the
+official tritonclient; both answers must be finite and agree. The GPU run's serving check.
+
+    python tools/serve_probe.py --artifacts ART [--provider cuda|cpu|auto] [--logs DIR] [--ready-timeout 90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_serve import Server  # noqa: E402
+
+from vggexport.serve.smoke import free_port  # noqa: E402
+
+
+def ask(server: Server, grpc_port: int, name: str, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    given = httpclient.InferInput("input", list(batch.shape), "FP32")
+    given.set_data_from_numpy(batch, binary_data=True)
+    over_http = http.infer(name, [given]).as_numpy("logits")
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    given_grpc = grpcclient.InferInput("input", list(batch.shape), "FP32")
+    given_grpc.set_data_from_numpy(batch)
+    over_grpc = grpc.infer(name, [given_grpc]).as_numpy("logits")
+    return over_http, over_grpc
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, required=True)
+    parser.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="cuda")
+    parser.add_argument("--logs", type=Path, default=Path("serve-probe-logs"))
+    parser.add_argument("--ready-timeout", type=float, default=90.0)
+    args = parser.parse_args()
+    models = sorted(args.artifacts.glob("*/model.onnx"))
+    if not models:
+        print(f"error: no */model.onnx under {args.artifacts}", file=sys.stderr)
+        return 2
+    args.logs.mkdir(parents=True, exist_ok=True)
+    grpc_port = free_port()
+    server = Server(models[0], args.logs / "serve.log", "--provider", args.provider, "--grpc-port", str(grpc_port))
+    try:
+        print(f"ready in {server.wait_ready(args.ready_timeout):.1f} s, RSS {server.rss_mb():.0f} MB", flush=True)
+        import httpx
+
+        described = httpx.get(f"{server.url}/v2/models/{models[0].parent.name}", timeout=10).json()
+        name, shape = described["name"], described["inputs"][0]["shape"]
+        side = 32 if shape[-1] == -1 else shape[-1]
+        batch = np.random.default_rng(0).standard_normal((4, shape[1], side, side)).astype(np.float32)
+        over_http, over_grpc = ask(server, grpc_port, name, batch)
+    finally:
+        server.stop()
+    print(f"model {name}: HTTP {over_http.shape}, gRPC {over_grpc.shape}, top-1 {over_http.argmax(1).tolist()}")
+    if not (np.isfinite(over_http).all() and np.array_equal(over_http, over_grpc)):
+        print("error: the HTTP and gRPC answers are not finite and equal", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
