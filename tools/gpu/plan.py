@@ -19,7 +19,7 @@ MACHINE_START_S = 120  # estimate: "a minute or more" (device README)
 CARRY_CALL_S = 15  # estimate: a call that carries <= 60 MiB and copies it into /tmp ("a few seconds each")
 # Measured here on 2026-12-01 (onnxruntime-gpu 1.31.1, xz -6; the wheels pip resolved): used by --plan
 # where nothing is built yet.
-ESTIMATED_SIZES = {"parts": [55 * layout.MIB] * 3 + [36 * layout.MIB], layout.WHEELS: 22 * layout.MIB,
+ESTIMATED_SIZES = {"parts": [55 * layout.MIB] * 3 + [30 * layout.MIB], layout.WHEELS: 22 * layout.MIB,
                    layout.DATA: 30 * layout.MIB}
 H200 = "H200 2026-11-26"
 
@@ -27,7 +27,7 @@ H200 = "H200 2026-11-26"
 @dataclass(frozen=True)
 class Step:
     title: str
-    argv: tuple[str, ...]  # placeholders: {py} {data} {art} {work} {out} {model} {ckpt}
+    argv: tuple[str, ...]  # placeholders: {py} {data} {art} {work} {out} {folder} {model} {ckpt}
     limit_s: int
     estimate_s: int
     source: str = "estimate"  # where estimate_s comes from
@@ -37,7 +37,11 @@ class Step:
 
 PY = "{py}"
 TRAIN = (PY, "-m", "vggexport", "train", "--data-dir", "{data}")
-TINY_TRAIN = ("--max-steps", "20", "--eval-samples", "256")
+# The rehearsal's model: small and briefly trained, so every step fits its GPU limit on 2 shared cores.
+TINY_TRAIN = ("--max-steps", "10", "--eval-samples", "128", "--width", "0.125", "--batch-size", "32")
+# An int8 copy of a 10-step model (accuracy ~0.3, top-2 gaps near zero) disagrees on near-ties, as it should:
+# the rehearsal verifies every other file, the GPU run every file.
+REHEARSED_FILES = ("model.onnx", "model.preprocessing.onnx", "model.fp16.onnx", "model.torchscript.pt", "model.pt2")
 STEPS = (
     Step("install the carried packages", (PY, "tools/gpu_check.py", "--install"), 90, 20, critical=True),
     Step("preflight: GPU, imports, versions, pip check, ORT CUDA session", (PY, "tools/gpu_check.py", "--preflight"),
@@ -50,24 +54,25 @@ STEPS = (
     Step("verify on CUDA runtimes, all 10,000 test images",
          (PY, "-m", "vggexport", "verify", "--artifacts", "{art}", "--data-dir", "{data}", "--device", "cuda",
           "--runtimes", "torchscript-cuda", "--runtimes", "torch-export-cuda", "--runtimes", "onnxruntime-cuda",
-          "--report", "{work}/parity-verify.json"), 200, 90, tiny=("--samples", "1000")),
+          "--report", "{work}/parity-verify.json"), 200, 90,
+         tiny=("--samples", "1000", *(a for name in REHEARSED_FILES for a in ("--model", f"{{folder}}/{name}")))),
     Step("serve --provider cuda: tritonclient over HTTP and gRPC",
          (PY, "tools/serve_probe.py", "--artifacts", "{art}", "--provider", "cuda", "--logs", "{work}/serve"), 90, 25),
     Step("bench_serve --provider cuda", (PY, "tools/bench_serve.py", "--model", "{model}", "--provider", "cuda",
                                          "--seconds", "3", "--clients", "1", "64", "--logs", "{work}/bench-serve",
-                                         "--ready-timeout", "90"), 120, 35),
+                                         "--ready-timeout", "90"), 120, 35, tiny=("--seconds", "1")),
     Step("train: --recipe fast, the speed run (>= 0.950 in <= 60 s)",
          (*TRAIN, "--recipe", "fast", "--device", "cuda", "--artifacts", "{work}/fast"), 120, 75,
          "target: <= 60 s of training, + start-up", TINY_TRAIN),
     Step("train: fp16 with GradScaler, 20 steps",
          (*TRAIN, "--precision", "fp16", "--max-steps", "20", "--eval-samples", "2000", "--artifacts", "{work}/fp16"),
-         60, 20, tiny=("--eval-samples", "256", "--precision", "bf16")),  # fp16 training is CUDA's alone
+         60, 20, tiny=(*TINY_TRAIN, "--precision", "bf16")),  # fp16 training is CUDA's alone
     Step("train: --deterministic, 50 steps",
          (*TRAIN, "--device", "cuda", "--deterministic", "--precision", "fp32", "--epochs", "1", "--max-steps", "50",
-          "--eval-samples", "2000", "--artifacts", "{work}/det"), 60, 20, tiny=("--eval-samples", "256")),
+          "--eval-samples", "2000", "--artifacts", "{work}/det"), 60, 20, tiny=TINY_TRAIN),
     Step("bench_infer --variants --provider cuda: fp32, fp16, int8",
          (PY, "tools/bench_infer.py", "--checkpoint", "{ckpt}", "--variants", "--provider", "cuda", "--seconds", "1",
-          "--rounds", "2"), 90, 30),
+          "--rounds", "2"), 90, 30, tiny=("--seconds", "0.2", "--rounds", "1")),
     Step("pytest -m gpu", (PY, "tools/gpu_check.py", "--gpu-tests"), 120, 40),
 )
 # On the CPU: the same flags with the CPU wherever CUDA is asked for.
