@@ -14,6 +14,7 @@ from vggexport.cuda_libs import (CUDNN_PARTS, captured_native_stderr, cuda_libra
                                  library_dirs, ort_error)
 from vggexport.errors import VggExportError
 from vggexport.onnx_io import CUDA_EP, resolve_provider
+from vggexport.runners import OnnxRuntimeRunner
 
 CUDA13 = ("libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13", "libcurand.so.10", "libcufft.so.12",
           "libnvrtc.so.13")
@@ -127,3 +128,13 @@ def test_resolve_provider_asks_for_gpus() -> None:
     assert resolve_provider("cpu", gpus=lambda: 1) == "cpu" and resolve_provider("cuda", gpus=lambda: 0) == "cuda"
     with pytest.raises(VggExportError, match=r"^unknown provider 'tpu': use auto, cuda or cpu$"):
         resolve_provider("tpu", gpus=lambda: 1)
+
+
+def test_runner_says_what_auto_resolved_to_before_its_session_opens(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"  # not read before activate()
+    runner = OnnxRuntimeRunner(model, provider="auto")
+    resolved = resolve_provider("auto")
+    assert runner.name == f"onnxruntime-{resolved}"
+    assert runner.provider == (CUDA_EP if resolved == "cuda" else "CPUExecutionProvider")
+    with pytest.raises(VggExportError, match="unknown provider"):
+        OnnxRuntimeRunner(model, provider="gpu")
