@@ -114,9 +114,9 @@ def bench_variants(ckpt_path: Path, folder: Path, args: argparse.Namespace) -> N
         size = path.stat().st_size
         print(f"{name:<8}{size / 2**20:>9.2f}{size / fp32.stat().st_size:>10.1%} {cells}")
     if runners["int8"].provider != "CPUExecutionProvider":
-        # The CUDA provider runs its QuantizeLinear/DequantizeLinear nodes around float kernels: a measure, not a target.
-        print("note: the int8 file targets CPUs (its QDQ graph is tuned for ORT's CPU int8 kernels); on CUDA it is "
-              "measured for comparison, not as a deployment")
+        # ORT fuses QDQ into int8 kernels on the CPU; the CUDA provider runs the Q/DQ nodes beside float kernels.
+        print("note: the int8 file targets CPUs (ORT's int8 kernels are the CPU provider's); on CUDA it is measured "
+              "for comparison, not as a deployment")
 
 
 def main() -> None:

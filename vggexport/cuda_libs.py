@@ -7,7 +7,8 @@ loads them) nobody notices, but the torch-free server then has no CUDA provider.
 ``nvidia/*/lib`` folder of every ``sys.path`` entry (CUDA 12's per-library wheels, ``nvidia/cublas/lib``, ...,
 and CUDA 13's ``nvidia/cu13/lib`` alike), loads what it found in dependency order, and says in one line which
 library is missing and where it looked. Discovery (``find_cuda_libraries``) touches no library, so tests can
-run it on a fake layout; ``load_cuda_libraries`` loads.
+run it on a fake layout; ``load_cuda_libraries`` loads. ``vggexport.onnx_io`` imports this only when a
+session is to run on CUDA.
 
 Torch-free, like everything the server imports.
 """
@@ -24,6 +25,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from vggexport.onnx_io import first_line
 
 # cuDNN 9's libcudnn.so.9 is a shim that dlopens these from its own folder (its RPATH is $ORIGIN), as it does
 # under PyTorch; loading them ourselves would cost ~90 MB of RSS for nothing, so they are only checked for:
@@ -118,7 +121,7 @@ def load_cuda_libraries(libraries: CudaLibraries) -> list[str]:
             if path is None:
                 problems.append(f"{libraries.not_found(lib.name)}, nor on the system's library path")
             else:
-                problems.append(f"{path} does not load ({str(exc).strip().splitlines()[0][:160]})")
+                problems.append(f"{path} does not load ({first_line(exc)})")
     return problems
 
 
@@ -138,23 +141,28 @@ ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 @contextlib.contextmanager
 def captured_native_stderr() -> Iterator[list[str]]:
-    """The lines native code writes to fd 2 inside the block, taken from the terminal into the list
-    (colours removed, blank lines dropped). The list is filled when the block ends.
+    """ORT's log records written to fd 2 inside the block, into the list (colours removed) when it ends.
+
+    Whatever else was written meanwhile (another thread, another library) goes back out to fd 2.
     """
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
-        lines: list[str] = []
+        records: list[str] = []
         try:
-            yield lines
+            yield records
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
-            text = ANSI_COLOUR.sub("", sink.read().decode(errors="replace"))
-            lines.extend(line for line in text.splitlines() if line.strip())
+            lines = [line for line in ANSI_COLOUR.sub("", sink.read().decode(errors="replace")).splitlines()
+                     if line.strip()]
+            records.extend(line for line in lines if ORT_LOG.match(line))
+            others = "".join(f"{line}\n" for line in lines if not ORT_LOG.match(line))
+            if others:
+                os.write(2, others.encode())
 
 
 def ort_error(lines: list[str]) -> str | None:

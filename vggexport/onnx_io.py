@@ -17,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vggexport.cuda_libs import (ORT_LOG, captured_native_stderr, find_cuda_libraries, load_cuda_libraries,
-                                 ort_error)
 from vggexport.errors import VggExportError
 from vggexport.fileio import ArtifactBytes, ModelSource, artifact_of
 from vggexport.manifest import read_checked
@@ -162,13 +160,13 @@ def cuda_session(ort: Any, artifact: ArtifactBytes, options: Any, *, required: b
     ORT logs its reason (a library that did not load) to fd 2 in colour over several lines and falls back;
     the session is created with that captured, so the reason becomes part of our one line.
     """
+    from vggexport.cuda_libs import captured_native_stderr, ort_error
+
     problems = preload_cuda_libraries(ort, phase)
     with captured_native_stderr() as captured:
         session = create_session(ort, artifact, options, [(CUDA_EP, CUDA_OPTIONS), CPU_EP], phase)
-    started = CUDA_EP in session.get_providers()
-    # Anything else written meanwhile goes back out; ORT's own records only when they are not our reason.
-    sys.stderr.write("".join(f"{line}\n" for line in captured if started or not ORT_LOG.match(line)))
-    if started:
+    if CUDA_EP in session.get_providers():
+        sys.stderr.write("".join(f"{line}\n" for line in captured))  # not a reason for anything: shown as ORT would
         return session
     reason = problems[0] if problems else ort_error(captured) or "no usable GPU"
     if required:
@@ -184,6 +182,8 @@ def preload_cuda_libraries(ort: Any, phase: Callable[[str], None]) -> list[str]:
     cuda_version = str(getattr(ort, "cuda_version", "") or "")
     if not cuda_version.split(".")[0].isdigit():
         return []  # an onnxruntime without CUDA: nothing to load for it
+    from vggexport.cuda_libs import find_cuda_libraries, load_cuda_libraries
+
     phase("loading the CUDA and cuDNN libraries")
     libraries = find_cuda_libraries(int(cuda_version.split(".")[0]))
     problems = load_cuda_libraries(libraries)
