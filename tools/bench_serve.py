@@ -1,6 +1,6 @@
 """Serving start-up, memory, throughput and latency on loopback, batching on and off, against the raw session.
 
-    python tools/bench_serve.py [--model artifacts/vgg11_bn/model.onnx] [--seconds 8] [--provider cpu|cuda]
+    python tools/bench_serve.py [--model artifacts/vgg11_bn/model.onnx] [--seconds 8] [--provider cpu|cuda|auto]
                                 [--clients 1 8 64] [--logs DIR] [--startup-only]
 
 Starts `vggexport serve` on 127.0.0.1 twice (--max-batch-size 64, then 1), with its
@@ -29,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vggexport.names import PROVIDERS
 from vggexport.serve.engine import ServingRunner
 from vggexport.serve.smoke import free_port
 
@@ -114,7 +115,8 @@ def ensure_model(model: Path | None, folder: Path) -> Path:
     return folder / "vgg11_bn" / "model.onnx"
 
 
-def raw_session(model: Path, provider: str, batch: int, seconds: float) -> float:
+def raw_session(model: Path, provider: str, batch: int, seconds: float) -> tuple[str, float]:
+    """(the execution provider it ran on, img/s)."""
     with ServingRunner(model, provider=provider) as runner:
         shape = [d if d > 0 else 1 for d in runner.input_shape[1:]]
         x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
@@ -123,7 +125,7 @@ def raw_session(model: Path, provider: str, batch: int, seconds: float) -> float
         while time.perf_counter() - started < seconds:
             runner.infer_all(x)
             count += batch
-        return count / (time.perf_counter() - started)
+        return runner.provider, count / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -131,7 +133,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="--max-queue-delay-ms of the batching server.")
-    parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--provider", choices=PROVIDERS, default="cpu",
+                        help="The server's --provider (auto: CUDA only where a GPU is) [default: cpu].")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--logs", type=Path, default=None, help="Folder for the servers' output [default: a temp dir].")
     parser.add_argument("--startup-only", action="store_true", help="Only time start-up and measure RSS (5 starts).")
@@ -166,9 +169,9 @@ def main() -> None:
                 print(f"{mode}: RSS after load {server.rss_mb():.0f} MB", flush=True)
             finally:
                 server.stop()
-        raw = raw_session(model, args.provider, 64, args.seconds)
+        ran_on, raw = raw_session(model, args.provider, 64, args.seconds)
     top = max(args.clients)
-    print(f"raw ONNX Runtime session ({args.provider}), batch 64: {raw:.0f} img/s")
+    print(f"raw ONNX Runtime session ({args.provider}: {ran_on}), batch 64: {raw:.0f} img/s")
     print(f"{top} clients: batching / no batching = {results[('batching', top)] / results[('no batching', top)]:.2f}x; "
           f"batching / raw session = {results[('batching', top)] / raw:.0%}")
 
@@ -179,10 +182,12 @@ def startup(model: Path, provider: str, logs: Path, timeout: float) -> None:
         server = Server(model, logs / f"startup-{attempt}.log", "--provider", provider)
         times.append(server.wait_ready(timeout))
         rss.append(server.rss_mb())
-        has_torch = "libtorch" in Path(f"/proc/{server.process.pid}/maps").read_text()
+        maps = Path(f"/proc/{server.process.pid}/maps").read_text()
         server.stop()
+    has_cuda = any(name in maps for name in ("libcudart", "libcublas", "libcudnn", "libonnxruntime_providers_cuda"))
     print(f"ready in {statistics.median(times):.2f} s (median of 5, launch to 200 on /v2/health/ready; "
-          f"min {min(times):.2f}), RSS {statistics.median(rss):.0f} MB, torch loaded: {has_torch}")
+          f"min {min(times):.2f}), RSS {statistics.median(rss):.0f} MB, torch loaded: {'libtorch' in maps}, "
+          f"CUDA loaded: {has_cuda}")
 
 
 if __name__ == "__main__":

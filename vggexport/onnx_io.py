@@ -9,7 +9,9 @@ hashed): given bytes, it parses and loads those bytes, never the file on disk ag
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,6 +84,7 @@ class Phases:
         self.say(f"[{time.perf_counter() - self.started:6.2f}s] {message}")
 
 
+@functools.cache  # the driver's answer does not change within a process; cuInit is not free on a GPU machine
 def cuda_device_count() -> int:
     """GPUs the NVIDIA driver sees, asked of the driver library alone (libcuda), never of the CUDA toolkit.
 
@@ -101,8 +104,8 @@ def cuda_device_count() -> int:
 def resolve_provider(provider: str, *, gpus: Callable[[], int] = cuda_device_count) -> str:
     """``cpu`` or ``cuda``: what ``provider`` (auto, cpu, cuda) means on this machine.
 
-    ``auto`` is CUDA only where a GPU is present and this onnxruntime has the CUDA provider; the
-    verified-only gate and the session both follow what it resolved to. ``gpus`` is injectable for tests.
+    ``auto`` is CUDA only where the NVIDIA driver sees a GPU and this onnxruntime has the CUDA provider;
+    elsewhere nothing of CUDA is loaded. ``gpus`` is injectable for tests.
     """
     if provider not in PROVIDERS:
         raise VggExportError(f"unknown provider {provider!r}: use auto, cuda or cpu")
@@ -119,45 +122,74 @@ def load_session(source: ModelSource, *, provider: str = "cpu", options: Any = N
                  phase: Callable[[str], None] | None = None) -> tuple[Any, dict[str, str]]:
     """(ONNX Runtime session, vggexport metadata) from the model's bytes. ``provider``: cpu, cuda or auto.
 
-    ``cuda`` fails in one line when the CUDA provider does not start, instead of
+    ``cuda`` fails in one line, naming why, when the CUDA provider does not start, instead of
     ORT's silent CPU fallback (microsoft/onnxruntime#23372).
     """
     phase = phase or Phases()
-    wants_cuda = resolve_provider(provider) == "cuda"
+    resolved = resolve_provider(provider)
     artifact = read_onnx_artifact(source)
-    path = artifact.path
     if not artifact.data:
-        raise VggExportError(f"{path} is empty (0 bytes): not a readable ONNX model")
+        raise VggExportError(f"{artifact.path} is empty (0 bytes): not a readable ONNX model")
     phase("importing onnxruntime")
     import onnxruntime as ort
 
-    providers: list[Any] = [CPU_EP]
-    if wants_cuda:
-        preload_cuda_libraries(ort, phase)
-        providers = [(CUDA_EP, CUDA_OPTIONS), CPU_EP]
-    # When CUDA cannot start ORT logs a multi-line error and falls back; we check and report it ourselves.
-    ort.set_default_logger_severity(4 if wants_cuda else 3)
-    phase(f"creating the session for {path.name} on {[p if isinstance(p, str) else p[0] for p in providers]}")
-    try:
-        session = ort.InferenceSession(artifact.data, sess_options=options, providers=providers)
-    except Exception as exc:  # ORT raises its own pybind types (Fail, InvalidGraph, ...)
-        raise VggExportError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
-    if provider == "cuda" and CUDA_EP not in session.get_providers():
-        raise VggExportError("the CUDA execution provider did not start (no GPU, or CUDA/cuDNN libraries "
-                             "missing); use --provider cpu or auto")
+    ort.set_default_logger_severity(3)  # errors only
+    if resolved == "cuda":
+        session = cuda_session(ort, artifact, options, required=provider == "cuda", phase=phase)
+    else:
+        session = create_session(ort, artifact, options, [CPU_EP], phase)
     phase(f"session ready on {session.get_providers()[0]}")
-    return session, session_metadata(session, path)
+    return session, session_metadata(session, artifact.path)
 
 
-def preload_cuda_libraries(ort: Any, phase: Callable[[str], None]) -> None:
-    """CUDA/cuDNN from the nvidia-* wheels, where present; a failure here is not fatal by itself."""
-    if not hasattr(ort, "preload_dlls"):
-        return
-    phase("preloading CUDA and cuDNN libraries")
+def create_session(ort: Any, artifact: ArtifactBytes, options: Any, providers: list[Any],
+                   phase: Callable[[str], None]) -> Any:
+    names = [p if isinstance(p, str) else p[0] for p in providers]
+    phase(f"creating the session for {artifact.path.name} on {names}")
     try:
-        ort.preload_dlls()
-    except Exception as exc:  # the session's provider check below decides whether CUDA works
-        phase(f"preloading CUDA libraries failed ({first_line(exc)}); relying on the system's")
+        return ort.InferenceSession(artifact.data, sess_options=options, providers=providers)
+    except Exception as exc:  # ORT raises its own pybind types (Fail, InvalidGraph, ...)
+        raise VggExportError(f"ONNX Runtime cannot load {artifact.path}: {first_line(exc)}") from None
+
+
+def cuda_session(ort: Any, artifact: ArtifactBytes, options: Any, *, required: bool,
+                 phase: Callable[[str], None]) -> Any:
+    """The session on CUDA; when the CUDA provider does not start, ``required`` (``--provider cuda``) fails in
+    one line saying why, else (auto on a GPU machine) the CPU session is kept and why is logged.
+
+    ORT logs its reason (a library that did not load) to fd 2 in colour over several lines and falls back;
+    the session is created with that captured, so the reason becomes part of our one line.
+    """
+    from vggexport.cuda_libs import captured_native_stderr, ort_error
+
+    problems = preload_cuda_libraries(ort, phase)
+    with captured_native_stderr() as captured:
+        session = create_session(ort, artifact, options, [(CUDA_EP, CUDA_OPTIONS), CPU_EP], phase)
+    if CUDA_EP in session.get_providers():
+        sys.stderr.write("".join(f"{line}\n" for line in captured))  # not a reason for anything: shown as ORT would
+        return session
+    reason = problems[0] if problems else ort_error(captured) or "no usable GPU"
+    if required:
+        raise VggExportError(f"the CUDA execution provider did not start: {reason}; use --provider cpu or auto")
+    phase(f"the CUDA execution provider did not start ({reason}); running on the CPU")
+    return session
+
+
+def preload_cuda_libraries(ort: Any, phase: Callable[[str], None]) -> list[str]:
+    """Load the nvidia-* wheels' CUDA/cuDNN libraries from wherever they are importable (vggexport.cuda_libs);
+    returns what could not be loaded. Not fatal by itself: the session's provider check decides.
+    """
+    cuda_version = str(getattr(ort, "cuda_version", "") or "")
+    if not cuda_version.split(".")[0].isdigit():
+        return []  # an onnxruntime without CUDA: nothing to load for it
+    from vggexport.cuda_libs import find_cuda_libraries, load_cuda_libraries
+
+    phase("loading the CUDA and cuDNN libraries")
+    libraries = find_cuda_libraries(int(cuda_version.split(".")[0]))
+    problems = load_cuda_libraries(libraries)
+    for problem in problems:
+        phase(problem)
+    return problems
 
 
 ONNX_ELEMENT_TYPES = {1: "FP32", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16", 11: "FP64"}

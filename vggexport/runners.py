@@ -21,7 +21,7 @@ import numpy as np
 
 from vggexport.errors import VggExportError
 from vggexport.fileio import ArtifactBytes, ModelSource
-from vggexport.onnx_io import CUDA_EP, load_session
+from vggexport.onnx_io import CPU_EP, CUDA_EP, load_session, resolve_provider
 
 
 class Runner(ABC):
@@ -178,7 +178,7 @@ def session_options(*, threads: int | None = None, spinning: bool = True) -> Any
 
 
 class OnnxRuntimeRunner(Runner):
-    """ONNX Runtime with an explicit provider: cpu, cuda, or auto (CUDA only when it really starts).
+    """ONNX Runtime with an explicit provider: cpu, cuda, or auto (CUDA only on a GPU machine, when it starts).
 
     ORT silently falls back to CPU when the CUDA provider cannot start
     (microsoft/onnxruntime#23372); asking for cuda here fails loudly instead.
@@ -187,18 +187,21 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, source: ModelSource, *, provider: str = "cpu", threads: int | None = None,
                  spinning: bool = True, phase: Callable[[str], None] | None = None) -> None:
         super().__init__()
-        if provider not in ("auto", "cpu", "cuda"):
-            raise VggExportError(f"unknown provider {provider!r}: use auto, cuda or cpu")
+        # Resolved now, so name and provider say cpu or cuda from the start: auto is CUDA only on a GPU machine.
+        self.resolved = resolve_provider(provider)
         self.source: ModelSource | None = source
         self.path = source_path(source)
         self.requested, self.threads, self.spinning, self.phase = provider, threads, spinning, phase
         self.session: Any = None
         self.metadata: dict[str, str] = {}
-        self.name = f"onnxruntime-{provider}"
+        self.name = f"onnxruntime-{self.resolved}"
 
     @property
     def provider(self) -> str:
-        return self.session.get_providers()[0] if self.session is not None else self.requested
+        """The session's execution provider; before it opens, the one it will ask for (auto may still fall back)."""
+        if self.session is not None:
+            return str(self.session.get_providers()[0])
+        return CUDA_EP if self.resolved == "cuda" else CPU_EP
 
     @property
     def input_name(self) -> str:

@@ -251,6 +251,26 @@ def test_cuda_provider_without_gpu_fails_at_startup(served_onnx: Path) -> None:
     assert "CUDA execution provider did not start" in output and "Traceback" not in output
 
 
+CUDA_LIBRARIES = ("libcublas", "libcudnn", "libcudart", "libcufft", "libcurand", "libnvrtc",
+                  "libonnxruntime_providers_cuda")
+
+
+def test_auto_provider_without_gpu_loads_no_cuda_library(served_onnx: Path) -> None:
+    """onnxruntime-gpu lists its CUDA provider on any machine; auto must still not load CUDA where no GPU is."""
+    from vggexport.onnx_io import cuda_device_count
+
+    if cuda_device_count() > 0:
+        pytest.skip("this machine has a GPU")
+    process = ServerProcess(served_onnx, "--provider", "auto").wait_ready()
+    try:
+        maps = Path(f"/proc/{process.process.pid}/maps").read_text()
+        meta = httpx.get(f"{process.url}/v2/models/{MODEL}").json()
+    finally:
+        process.stop()
+    assert [name for name in CUDA_LIBRARIES if name in maps] == []
+    assert meta["parameters"]["execution_provider"] == "CPUExecutionProvider"
+
+
 def test_missing_model_fails_at_startup(tmp_path: Path) -> None:
     process = ServerProcess(tmp_path / "nothing.onnx")
     assert process.process.wait(timeout=60) == 1

@@ -203,7 +203,9 @@ server_options = compose(
     click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it)."),
     click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True),
     click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
-                 help="ONNX Runtime execution provider; cuda fails at start-up if CUDA cannot run."),
+                 help="ONNX Runtime execution provider. auto: CUDA where the NVIDIA driver sees a GPU and "
+                      "onnxruntime has the CUDA provider, else the CPU with no CUDA library loaded. cuda fails "
+                      "at start-up, saying why, if CUDA cannot run."),
 )
 
 
