@@ -41,11 +41,30 @@ def tiny_model(folder: Path) -> Path:
     return path
 
 
+def cuda_libraries() -> None:
+    """The torch-free server's CUDA library discovery over the carried onnxruntime-gpu and the machine's wheels
+    (on the GPU the CUDA session below does this itself; the rehearsal loads them to prove they are found)."""
+    import onnxruntime as ort
+
+    from vggexport.cuda_libs import find_cuda_libraries
+    from vggexport.onnx_io import preload_cuda_libraries
+
+    found = find_cuda_libraries(int(str(ort.cuda_version).split(".")[0])).found
+    print("CUDA libraries:", ", ".join(f"{lib.name} in {path.parent if path else 'no wheel'}"
+                                       for lib, path in found.items()), flush=True)
+    problems = preload_cuda_libraries(ort, print)
+    if problems:
+        raise SystemExit(f"error: {problems[0]}")
+
+
 def ort_session(provider: str) -> None:
     """The server's own path (vggexport.onnx_io.load_session), before anything imports torch."""
     import numpy as np
 
     from vggexport.onnx_io import load_session, resolve_provider
+
+    if provider == "cpu":
+        cuda_libraries()
 
     with tempfile.TemporaryDirectory() as folder:
         session, _ = load_session(tiny_model(Path(folder)), provider=provider, phase=print)
