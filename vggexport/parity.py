@@ -20,6 +20,7 @@ class Comparison:
 
     atol: float
     rtol: float
+    range_tol: float = 1e-3  # the largest difference may be this fraction of the reference's range (spec.py)
     samples: int = 0
     max_abs: float = 0.0
     max_rel: float = 0.0
@@ -33,6 +34,8 @@ class Comparison:
     reference_correct: int = 0
     labelled: int = 0
     abs_diffs: list[np.ndarray] = field(default_factory=list, repr=False)
+    reference_min: float = np.inf  # over the reference's finite values, for the range the error is judged by
+    reference_max: float = -np.inf
 
     def update(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """Fold one batch in; returns a per-sample mask of the samples that disagree (for --save-failures)."""
@@ -44,6 +47,10 @@ class Comparison:
         # Statistics over finite values only; non-finite ones are counted above and fail on their own.
         diff = np.where(finite, np.abs(np.where(finite, out, 0.0) - ref), 0.0)
         self.samples += len(ref)
+        known = ref[np.isfinite(ref)]
+        if known.size:
+            self.reference_min = min(self.reference_min, float(known.min()))
+            self.reference_max = max(self.reference_max, float(known.max()))
         self.abs_diffs.append(diff[finite].astype(np.float32))
         self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
         self.max_rel = max(self.max_rel, float((diff / np.maximum(np.abs(ref), 1e-6)).max(initial=0.0)))
@@ -77,6 +84,20 @@ class Comparison:
         return self.reference_correct / self.labelled if self.labelled else None
 
     @property
+    def reference_range(self) -> float:
+        return max(self.reference_max - self.reference_min, 0.0)
+
+    @property
+    def range_error(self) -> float:
+        """max |candidate - reference| / (max - min of the reference): scale-aware where atol is not.
+
+        A constant reference (range 0) leaves nothing to scale by: any difference then counts in full.
+        """
+        if not self.samples or self.max_abs == 0:
+            return 0.0
+        return self.max_abs / self.reference_range if self.reference_range > 0 else float("inf")
+
+    @property
     def median_relative_error(self) -> float:
         values = np.concatenate(self.relative_errors) if self.relative_errors else np.zeros(1, np.float32)
         return float(np.median(values))
@@ -103,6 +124,9 @@ class Comparison:
         if self.violations:
             found.append(f"{self.violations} values outside atol={self.atol:g} rtol={self.rtol:g} "
                          f"(max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g})")
+        if self.range_error > self.range_tol:
+            found.append(f"max abs diff {self.max_abs:.3g} is {self.range_error:.3g} of the reference's range "
+                         f"{self.reference_range:.3g} (allowed {self.range_tol:g}): a scaled or shifted output")
         if judge_top1 and self.top1_agreement < spec.min_top1_agreement:
             found.append(f"top-1 agreement {self.top1_agreement:.4%} < {spec.min_top1_agreement:.2%} "
                          f"({self.samples - self.top1_agree} of {self.samples} differ)")
@@ -122,10 +146,12 @@ class Comparison:
         return found
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: an infinity (no finite reference value, a constant reference) is written as null."""
         data = {k: v for k, v in vars(self).items() if k not in ("abs_diffs", "relative_errors")}
         data.update(self.diff_percentiles(), top1_agreement=self.top1_agreement, accuracy=self.accuracy,
+                    reference_range=self.reference_range, range_error=self.range_error,
                     reference_accuracy=self.reference_accuracy, median_relative_error=self.median_relative_error)
-        return data
+        return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in data.items()}
 
 
 @dataclass

@@ -91,18 +91,19 @@ def print_parity(report: Any) -> None:
 
     table = Table(title=f"parity of {report.model} against PyTorch eager fp32", show_lines=False)
     # The runtime's name says cpu or cuda; the provider behind it is in parity.json.
-    columns = ("file", "runtime", "check", "max abs", "p99 abs", "max rel", "min cos", "top-1", "accuracy", "ok")
+    columns = ("file", "runtime", "check", "max abs", "of range", "p99 abs", "max rel", "min cos", "top-1",
+               "accuracy", "ok")
     for column in columns:
         left = column in ("file", "runtime", "check")
         table.add_column(column, justify="left" if left else "right", no_wrap=column != "ok")
     for result in report.runtimes:
         name = result.artifact or "(reference)"
         if result.error:
-            table.add_row(name, result.runtime, "-", "", "", "", "", "", "", f"[red]{escape(result.error)}[/red]")
+            table.add_row(name, result.runtime, "-", *[""] * (len(columns) - 4), f"[red]{escape(result.error)}[/red]")
         for check, cmp in result.checks.items():
             accuracy = "" if cmp.accuracy is None else f"{cmp.accuracy:.4f}"
             failed = any(f.startswith(f"[{check}]") for f in result.failures)
-            table.add_row(name, result.runtime, check, f"{cmp.max_abs:.2e}",
+            table.add_row(name, result.runtime, check, f"{cmp.max_abs:.2e}", f"{cmp.range_error:.1e}",
                           f"{cmp.diff_percentiles()['p99_abs']:.2e}", f"{cmp.max_rel:.2e}", f"{cmp.min_cosine:.6f}",
                           f"{cmp.top1_agreement:.2%}", accuracy, "[red]FAIL[/red]" if failed else "[green]ok[/green]")
     console.print(table)

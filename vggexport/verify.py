@@ -78,6 +78,7 @@ class ParityReport:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "passed": self.passed, "atol": self.spec.atol, "rtol": self.spec.rtol,
                 "cuda_atol": self.spec.cuda_atol, "cuda_rtol": self.spec.cuda_rtol,
+                "range_tol": self.spec.range_tol, "cuda_range_tol": self.spec.cuda_range_tol,
                 "min_top1_agreement": self.spec.min_top1_agreement,
                 "variants": {k: vars(v) for k, v in self.spec.variants.items()},
                 "random_seed": self.random_seed, "real_complete": self.real_complete,
@@ -136,11 +137,11 @@ def compare_candidate(reference_outputs: dict[str, list[np.ndarray]], candidate:
     try:
         with runner:
             result.runtime, result.provider = runner.name, runner.provider
-            atol, rtol = spec.tolerances(reference_provider, runner.provider)
+            atol, rtol, range_tol = spec.tolerances(reference_provider, runner.provider)
             for name, check in checks.items():
                 if (candidate.takes_pixels and not check.has_pixels) or (check.pixels_only and not candidate.takes_pixels):
                     continue  # a pixel-input model cannot take float tensors, nor a float model raw photos
-                comparison = Comparison(atol, rtol)
+                comparison = Comparison(atol, rtol, range_tol)
                 for reference, batch in zip(reference_outputs[name], check.batches()):
                     given = batch.pixels if candidate.takes_pixels else batch.inputs
                     output = runner.infer(given)
@@ -167,7 +168,7 @@ def reference_pass(reference: Runner, checks: dict[str, Check], spec: ExportSpec
     with reference:
         result.provider = reference.provider
         for name, check in checks.items():
-            produced, accuracy = [], Comparison(spec.atol, spec.rtol)
+            produced, accuracy = [], Comparison(spec.atol, spec.rtol, spec.range_tol)
             for batch in check.batches():
                 produced.append(reference.infer(batch.inputs))
                 accuracy.update(produced[-1], produced[-1], batch.labels)

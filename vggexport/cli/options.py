@@ -136,6 +136,11 @@ tolerance_options = compose(
                  help="Absolute tolerance when either side runs on CUDA (cuDNN's conv algorithms differ)."),
     click.option("--cuda-rtol", type=float, default=1e-2, show_default=True,
                  help="Relative tolerance when either side runs on CUDA."),
+    click.option("--range-tol", type=float, default=1e-3, show_default=True,
+                 help="Largest difference as a fraction of the reference output's range (max - min), CPU fp32: "
+                      "catches a scaled or shifted output at any scale, where atol does not."),
+    click.option("--cuda-range-tol", type=float, default=2e-3, show_default=True,
+                 help="The same when either side runs on CUDA."),
 )
 
 
@@ -187,13 +192,15 @@ variant_options = compose(
 )
 
 
-def verify_spec(atol: float, rtol: float, cuda_atol: float, cuda_rtol: float, int8_max_drop: float,
-                int8_min_agreement: float, fp16_max_drop: float, fp16_min_agreement: float) -> Any:
+def verify_spec(atol: float, rtol: float, cuda_atol: float, cuda_rtol: float, range_tol: float,
+                cuda_range_tol: float, int8_max_drop: float, int8_min_agreement: float, fp16_max_drop: float,
+                fp16_min_agreement: float) -> Any:
     from vggexport.spec import AccuracyCriterion, ExportSpec
 
     variants = {"int8": AccuracyCriterion("int8", int8_max_drop / 100, int8_min_agreement),
                 "fp16": AccuracyCriterion("fp16", fp16_max_drop / 100, fp16_min_agreement)}
-    return ExportSpec(atol=atol, rtol=rtol, cuda_atol=cuda_atol, cuda_rtol=cuda_rtol, variants=variants)
+    return ExportSpec(atol=atol, rtol=rtol, cuda_atol=cuda_atol, cuda_rtol=cuda_rtol, range_tol=range_tol,
+                      cuda_range_tol=cuda_range_tol, variants=variants)
 
 
 allow_unverified_option = click.option(
