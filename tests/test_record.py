@@ -86,8 +86,8 @@ def test_a_forged_record_is_refused(run_cli: Cli, exported: Path) -> None:
     import hashlib
 
     digest = hashlib.sha256((exported / "model.onnx").read_bytes()).hexdigest()
-    forged = {"format": "vggexport.parity/2", "files": {"model.onnx": {
-        "sha256": digest, "passed": True, "real_data": {"checked": True, "complete": True}}}}
+    forged = {"format": "vggexport.parity/3", "files": {"model.onnx": {"sha256": digest, "passed": True, "runtimes": [
+        {"runtime": "onnxruntime-cpu", "passed": True, "real_data": {"checked": True, "complete": True}}]}}}
     (exported / "parity.json").write_text(json.dumps(forged))
     manifest = json.loads((exported / "manifest.json").read_text())
     manifest["artifacts"].pop("parity.json", None)
@@ -115,11 +115,13 @@ def test_the_gate_believes_the_record_it_checked_not_a_later_one(exported: Path,
     from vggexport.manifest import update_manifest
 
     model = exported / "model.onnx"
-    entry = {"sha256": sha256_file(model), "passed": False, "runtimes": [],
-             "real_data": {"checked": True, "samples": 10, "complete": True}}
+    verdict = {"runtime": "onnxruntime-cpu", "passed": False,
+               "real_data": {"checked": True, "samples": 10, "complete": True}}
+    entry = {"sha256": sha256_file(model), "passed": False, "runtimes": [verdict]}
     (exported / "parity.json").write_text(json.dumps({"format": record.FORMAT, "files": {"model.onnx": entry}}))
     update_manifest(exported, [exported / "parity.json"])
-    forged = {"format": record.FORMAT, "files": {"model.onnx": {**entry, "passed": True}}}
+    forged = {"format": record.FORMAT, "files": {"model.onnx": {**entry, "passed": True,
+                                                                "runtimes": [{**verdict, "passed": True}]}}}
     checked = record.check_artifact
 
     def check_then_swap(source: object) -> None:
@@ -129,3 +131,6 @@ def test_the_gate_believes_the_record_it_checked_not_a_later_one(exported: Path,
     monkeypatch.setattr(record, "check_artifact", check_then_swap)
     with pytest.raises(VggExportError, match="failed verification"):
         record.require_verified(model)
+    monkeypatch.undo()
+    update_manifest(exported, [exported / "parity.json"])  # the forged record, read as checked, would pass
+    assert record.require_verified(model).sha256 == entry["sha256"]

@@ -137,6 +137,7 @@ def compare_candidate(reference_outputs: dict[str, list[np.ndarray]], candidate:
         with runner:
             result.runtime, result.provider = runner.name, runner.provider
             atol, rtol = spec.tolerances(reference_provider, runner.provider)
+            result.tolerances = {"atol": atol, "rtol": rtol}
             for name, check in checks.items():
                 if (candidate.takes_pixels and not check.has_pixels) or (check.pixels_only and not candidate.takes_pixels):
                     continue  # a pixel-input model cannot take float tensors, nor a float model raw photos
