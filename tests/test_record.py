@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,7 +137,7 @@ def test_the_gate_believes_the_record_it_checked_not_a_later_one(exported: Path,
     assert record.require_verified(model).sha256 == entry["sha256"]
 
 
-def verdicts_of(folder: Path, name: str = "model.onnx") -> dict[str, dict[str, object]]:
+def verdicts_of(folder: Path, name: str = "model.onnx") -> dict[str, Any]:
     entry = json.loads((folder / "parity.json").read_text())["files"][name]
     return {v["runtime"]: v for v in entry["runtimes"]}
 

@@ -88,7 +88,7 @@ def file_entry(previous: dict[str, Any] | None, digest: str, kind: str, takes_pi
         verdicts[result["runtime"]] = runtime_verdict(result, data)  # a re-verify replaces that runtime's
     runtimes = list(verdicts.values())
     entry = {"sha256": digest, "kind": kind, "precision": runtimes[0]["precision"] if runtimes else "fp32",
-             "takes_pixels": takes_pixels, "passed": bool(runtimes) and all(v["passed"] for v in runtimes),
+             "takes_pixels": takes_pixels, "passed": bool(runtimes) and all(v.get("passed") is True for v in runtimes),
              "runtimes": runtimes}
     if not results and data["runtimes"][0].get("error"):
         entry["error"] = data["runtimes"][0]["error"]
