@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,8 +87,8 @@ def test_a_forged_record_is_refused(run_cli: Cli, exported: Path) -> None:
     import hashlib
 
     digest = hashlib.sha256((exported / "model.onnx").read_bytes()).hexdigest()
-    forged = {"format": "vggexport.parity/2", "files": {"model.onnx": {
-        "sha256": digest, "passed": True, "real_data": {"checked": True, "complete": True}}}}
+    forged = {"format": "vggexport.parity/3", "files": {"model.onnx": {"sha256": digest, "passed": True, "runtimes": [
+        {"runtime": "onnxruntime-cpu", "passed": True, "real_data": {"checked": True, "complete": True}}]}}}
     (exported / "parity.json").write_text(json.dumps(forged))
     manifest = json.loads((exported / "manifest.json").read_text())
     manifest["artifacts"].pop("parity.json", None)
@@ -115,11 +116,13 @@ def test_the_gate_believes_the_record_it_checked_not_a_later_one(exported: Path,
     from vggexport.manifest import update_manifest
 
     model = exported / "model.onnx"
-    entry = {"sha256": sha256_file(model), "passed": False, "runtimes": [],
-             "real_data": {"checked": True, "samples": 10, "complete": True}}
+    verdict = {"runtime": "onnxruntime-cpu", "passed": False,
+               "real_data": {"checked": True, "samples": 10, "complete": True}}
+    entry = {"sha256": sha256_file(model), "passed": False, "runtimes": [verdict]}
     (exported / "parity.json").write_text(json.dumps({"format": record.FORMAT, "files": {"model.onnx": entry}}))
     update_manifest(exported, [exported / "parity.json"])
-    forged = {"format": record.FORMAT, "files": {"model.onnx": {**entry, "passed": True}}}
+    forged = {"format": record.FORMAT, "files": {"model.onnx": {**entry, "passed": True,
+                                                                "runtimes": [{**verdict, "passed": True}]}}}
     checked = record.check_artifact
 
     def check_then_swap(source: object) -> None:
@@ -129,3 +132,57 @@ def test_the_gate_believes_the_record_it_checked_not_a_later_one(exported: Path,
     monkeypatch.setattr(record, "check_artifact", check_then_swap)
     with pytest.raises(VggExportError, match="failed verification"):
         record.require_verified(model)
+    monkeypatch.undo()
+    update_manifest(exported, [exported / "parity.json"])  # the forged record, read as checked, would pass
+    assert record.require_verified(model).sha256 == entry["sha256"]
+
+
+def verdicts_of(folder: Path, name: str = "model.onnx") -> dict[str, Any]:
+    entry = json.loads((folder / "parity.json").read_text())["files"][name]
+    return {v["runtime"]: v for v in entry["runtimes"]}
+
+
+def test_each_runtime_keeps_its_own_verdict_of_the_same_bytes(run_cli: Cli, exported: Path) -> None:
+    """A CPU verify does not erase the CUDA verdict of the same bytes, nor the reverse; each keeps its own
+    reference, tolerances and samples. (No GPU here: the CUDA verdict is a real CPU report renamed.)"""
+    from tests.conftest import record_verdict, renamed_report
+    from vggexport.fileio import sha256_file
+    from vggexport.record import write_records
+
+    model, report = exported / "model.onnx", exported.parent / "cpu-report.json"
+    verify = ("verify", "--artifacts", exported.parent, "--model", model)
+    assert run_cli(*verify, "--report", report).exit_code == 0
+    cpu_report = json.loads(report.read_text())
+    cpu = verdicts_of(exported)["onnxruntime-cpu"]
+    record_verdict(renamed_report(cpu_report, "onnxruntime-cuda", samples=100), model)  # CPU, then CUDA
+    both = verdicts_of(exported)
+    assert both["onnxruntime-cpu"] == cpu
+    cuda = both["onnxruntime-cuda"]
+    assert (cpu["reference"], cuda["reference"]) == ({"runtime": "pytorch", "provider": "cpu"},
+                                                     {"runtime": "pytorch", "provider": "cuda"})
+    assert (cpu["tolerances"]["atol"], cuda["tolerances"]["atol"]) == (1e-4, 5e-3)
+    full = cpu["checks"]["real"]["samples"]
+    assert cpu["real_data"] == {"checked": True, "samples": full, "complete": True} and full > 100
+    assert cuda["real_data"] == {"checked": True, "samples": 100, "complete": False}
+
+    (exported / "parity.json").unlink()  # CUDA, then CPU: a CPU re-verify replaces the CPU verdict only
+    record_verdict(renamed_report(cpu_report, "onnxruntime-cuda"), model)
+    cuda = verdicts_of(exported)["onnxruntime-cuda"]
+    assert set(verdicts_of(exported)) == {"onnxruntime-cuda"} and cuda["real_data"]["complete"]
+    result = run_cli(*verify, "--samples", "200")
+    assert result.exit_code == 0 and "kept from an earlier run: model.onnx on onnxruntime-cuda" in result.output
+    both = verdicts_of(exported)
+    assert both["onnxruntime-cuda"] == cuda
+    assert both["onnxruntime-cpu"]["real_data"] == {"checked": True, "samples": 200, "complete": False}
+    summary = json.loads((exported / "manifest.json").read_text())["parity"]
+    assert summary["runtimes"]["model.onnx"] == {"onnxruntime-cuda": True, "onnxruntime-cpu": True}
+
+    # Other bytes (a re-export) drop the file's old verdicts; another checkpoint drops every verdict.
+    other = renamed_report(cpu_report, "onnxruntime-cpu")
+    other.to_dict()["runtimes"][1]["sha256"] = "f" * 64
+    checkpoint = exported / "best.pt"
+    write_records(other, [(model, "onnx", False, "f" * 64)], checkpoint, sha256_file(checkpoint))
+    assert set(verdicts_of(exported)) == {"onnxruntime-cpu"}
+    write_records(renamed_report(cpu_report, "onnxruntime-cuda"), [(model, "onnx", False, sha256_file(model))],
+                  checkpoint, "0" * 64)
+    assert set(verdicts_of(exported)) == {"onnxruntime-cuda"}

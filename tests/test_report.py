@@ -65,8 +65,8 @@ def test_report_is_one_self_contained_file_with_every_section(report: Path) -> N
 
 def test_report_numbers_match_the_model(report: Path, verified_folder: Path) -> None:
     parity = json.loads((verified_folder / "parity.json").read_text())
-    reference = next(r["checks"]["real"]["reference_accuracy"] for r in parity["runtimes"]
-                     if "real" in r.get("checks", {}))
+    reference = next(r["checks"]["real"]["reference_accuracy"] for entry in parity["files"].values()
+                     for r in entry["runtimes"] if "real" in r.get("checks", {}))
     html = report.read_text()
     # The same images, the same model: the report's accuracy is verify's reference accuracy.
     assert f"accuracy <b>{reference:.4f}</b>" in html
@@ -298,3 +298,25 @@ def test_parity_rows_for_files_with_nested_runtimes_and_metadata_failures() -> N
     body = parity_section(data, None, {"model.onnx": "a" * 64}).body
     assert "atol 0.0001, rtol 0.001" in body
     assert body.count("the checkpoint says 0.286") == 1  # listed once, not on every row
+
+
+def test_parity_rows_show_each_runtimes_verdict_with_its_own_reference_and_tolerances() -> None:
+    """vggexport.parity/3: one file, a CPU and a CUDA verdict, each judged against its own reference."""
+    from vggexport.report.parity_table import parity_section
+
+    check = {"max_abs": 1e-6, "top1_agreement": 1.0, "accuracy": 0.88, "samples": 512}
+    verdict = {"artifact": "model.onnx", "sha256": "a" * 64, "passed": True, "failures": [], "checks": {"real": check}}
+    data = {"format": "vggexport.parity/3", "passed": False, "files": {"model.onnx": {
+        "sha256": "a" * 64, "passed": False, "runtimes": [
+            {**verdict, "runtime": "onnxruntime-cpu", "provider": "CPUExecutionProvider",
+             "reference": {"runtime": "pytorch", "provider": "cpu"}, "tolerances": {"atol": 1e-4, "rtol": 1e-3}},
+            {**verdict, "runtime": "onnxruntime-cuda", "provider": "CUDAExecutionProvider", "passed": False,
+             "failures": ["[real] top-1 agreement 97.00% < 100.00%"],
+             "reference": {"runtime": "pytorch", "provider": "cuda"}, "tolerances": {"atol": 5e-3, "rtol": 1e-2}}]}}}
+    rows = parity_rows(data, {"model.onnx": "a" * 64})
+    assert {(r.runtime, r.reference, r.limits, r.verdict) for r in rows} == {
+        ("onnxruntime-cpu", "pytorch cpu", "atol 0.0001, rtol 0.001", "pass"),
+        ("onnxruntime-cuda", "pytorch cuda", "atol 0.005, rtol 0.01", "FAIL")}
+    body = parity_section(data, None, {"model.onnx": "a" * 64}).body
+    assert "<th>compared with</th>" in body and "<td>pytorch cuda</td><td>atol 0.005, rtol 0.01</td>" in body
+    assert "model.onnx</b> on onnxruntime-cuda: [real] top-1 agreement 97.00%" in body

@@ -166,6 +166,7 @@ class RuntimeParity:
     artifact: str | None = None  # file name; None for the reference
     sha256: str | None = None
     precision: str = "fp32"
+    tolerances: dict[str, float] = field(default_factory=dict)  # atol/rtol/range_tol applied (CUDA's are looser)
 
     @property
     def passed(self) -> bool:
@@ -178,4 +179,5 @@ class RuntimeParity:
     def to_dict(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "provider": self.provider, "artifact": self.artifact,
                 "sha256": self.sha256, "precision": self.precision, "passed": self.passed, "error": self.error,
-                "failures": self.failures, "checks": {k: v.to_dict() for k, v in self.checks.items()}}
+                "failures": self.failures, "tolerances": self.tolerances,
+                "checks": {k: v.to_dict() for k, v in self.checks.items()}}

@@ -107,8 +107,32 @@ def print_parity(report: Any) -> None:
                           f"{cmp.diff_percentiles()['p99_abs']:.2e}", f"{cmp.max_rel:.2e}", f"{cmp.min_cosine:.6f}",
                           f"{cmp.top1_agreement:.2%}", accuracy, "[red]FAIL[/red]" if failed else "[green]ok[/green]")
     console.print(table)
+    print_kept_verdicts(report)
     console.print("[green]parity: all runtimes agree[/green]" if report.passed else
                   f"[red]parity FAILED[/red]\n{escape(report.summary())}")
+
+
+def print_kept_verdicts(report: Any) -> None:
+    """The verdicts parity.json keeps from earlier runs on other runtimes, for the same bytes of the files
+    this run verified: the serving gate reads them too (a failed CUDA verdict refuses a CUDA deployment)."""
+    from vggexport.errors import VggExportError
+    from vggexport.record import read_record
+
+    ran = {(r.artifact, r.runtime) for r in report.runtimes if r.artifact}
+    for parity in getattr(report, "records", []):
+        try:
+            files = read_record(Path(parity).parent).get("files", {})
+        except VggExportError:
+            continue  # verify just wrote it; one it cannot read back has nothing to add
+        for name in sorted({artifact for artifact, _ in ran} & set(files)):
+            for kept in files[name].get("runtimes", []):
+                if (name, kept.get("runtime")) in ran:
+                    continue
+                reference = kept.get("reference", {})
+                verdict = "[green]pass[/green]" if kept.get("passed") else "[red]FAIL[/red]"
+                console.print(f"kept from an earlier run: {escape(name)} on {escape(str(kept.get('runtime')))} "
+                              f"({escape(str(kept.get('provider')))}, against {escape(str(reference.get('runtime')))} "
+                              f"{escape(str(reference.get('provider')))}, {kept.get('verified_at')}): {verdict}")
 
 
 def escape(text: str) -> str:

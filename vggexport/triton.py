@@ -141,11 +141,12 @@ def config_pbtxt(name: str, onnx_path: ModelSource, meta: dict[str, str], config
     return text_format.MessageToString(model_config(name, onnx_path, meta, config))
 
 
-def check_verified(artifact: ArtifactBytes, *, allow_unverified: bool = False, device: str = "cpu") -> ArtifactBytes:
-    """Only bytes that parity.json records as passed, with this very sha256, go into a repository."""
+def check_verified(artifact: ArtifactBytes, *, allow_unverified: bool = False, runs_on: str = "cpu") -> ArtifactBytes:
+    """Only bytes that parity.json records as passed, with this very sha256, on ``runs_on``'s runtime
+    (``cpu`` or ``cuda``), go into a repository."""
     from vggexport.record import require_verified
 
-    return require_verified(artifact, allow_unverified=allow_unverified, device=device)
+    return require_verified(artifact, allow_unverified=allow_unverified, runs_on=runs_on)
 
 
 def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
@@ -159,7 +160,8 @@ def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
 
     artifact = read_onnx_artifact(onnx_path)  # the one read: checked, described and written from these bytes
     meta = read_onnx_metadata(artifact)
-    check_verified(artifact, allow_unverified=allow_unverified, device="cuda" if config.kind == "gpu" else "cpu")
+    # Triton's KIND_GPU runs ONNX Runtime's CUDA provider, KIND_CPU its CPU one: the gate judges by that runtime.
+    check_verified(artifact, allow_unverified=allow_unverified, runs_on="cuda" if config.kind == "gpu" else "cpu")
     name = check_model_name(config.name, "--name") if config.name else check_model_name(
         meta["model_name"], f"{artifact.path.name}'s metadata")
     labels = check_labels(meta["class_names"])

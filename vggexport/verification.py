@@ -246,7 +246,8 @@ def verify(checkpoint: Path, folder: Path, spec: ExportSpec, options: VerifyOpti
     report.random_seed, report.real_complete = seed, options.samples is None and not options.random_only
     if saver is not None:
         saver.write()
-    write_records(report, [(f.path, f.kind, f.takes_pixels, f.sha256) for f in inspected], ckpt.path, ckpt.sha256())
+    report.records = write_records(report, [(f.path, f.kind, f.takes_pixels, f.sha256) for f in inspected],
+                                   ckpt.path, ckpt.sha256())
     if options.report:
         report.write(options.report)
     return report

@@ -66,6 +66,7 @@ class ParityReport:
     runtimes: list[RuntimeParity] = field(default_factory=list)
     random_seed: int = 0
     real_complete: bool = False  # the real check covered the whole test split (no --samples, not --random-only)
+    records: list[Path] = field(default_factory=list)  # the parity.json files this run merged its verdicts into
 
     @property
     def passed(self) -> bool:
@@ -138,6 +139,7 @@ def compare_candidate(reference_outputs: dict[str, list[np.ndarray]], candidate:
         with runner:
             result.runtime, result.provider = runner.name, runner.provider
             atol, rtol, range_tol = spec.tolerances(reference_provider, runner.provider)
+            result.tolerances = {"atol": atol, "rtol": rtol, "range_tol": range_tol}
             for name, check in checks.items():
                 if (candidate.takes_pixels and not check.has_pixels) or (check.pixels_only and not candidate.takes_pixels):
                     continue  # a pixel-input model cannot take float tensors, nor a float model raw photos

@@ -31,7 +31,9 @@ def verified_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("gate") / "vgg11_bn"
     folder.mkdir()
     export_onnx(make_checkpoint(folder, dataset="synthetic"), folder / "model.onnx", ExportSpec())
-    assert verify(folder / "best.pt", folder, ExportSpec(), VerifyOptions()).passed
+    report = verify(folder / "best.pt", folder, ExportSpec(), VerifyOptions())
+    assert report.passed
+    (folder.parent / "cpu-report.json").write_text(json.dumps(report.to_dict()))  # for other runtimes' verdicts
     return folder
 
 
@@ -152,3 +154,109 @@ def test_every_worker_gates_its_own_read(folder: Path, monkeypatch: pytest.Monke
     broken_copy(model, model, BREAKERS["altered-weights"])
     with pytest.raises(VggExportError, match="changed after it was verified"):
         app_from_environment()
+
+
+@pytest.fixture
+def cpu_report(verified_folder: Path) -> dict[str, object]:
+    """The real report of the CPU verify that passed ``verified_folder``."""
+    return dict(json.loads((verified_folder.parent / "cpu-report.json").read_text()))
+
+
+def gate(folder: Path, provider: str, gpus: int, monkeypatch: pytest.MonkeyPatch) -> str:
+    """What the serving gate says of model.onnx for ``--provider``, with ``gpus`` GPUs (never the host's)."""
+    import functools
+
+    import onnxruntime
+
+    from vggexport.onnx_io import CPU_EP, CUDA_EP, resolve_provider
+    from vggexport.serve import service
+
+    monkeypatch.setattr(service, "resolve_provider", functools.partial(resolve_provider, gpus=lambda: gpus))
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA_EP, CPU_EP])  # onnxruntime-gpu
+    try:
+        service.gated_bytes(folder / "model.onnx", ServeConfig(model=str(folder / "model.onnx"), provider=provider))
+    except VggExportError as exc:
+        assert "\n" not in str(exc)
+        return f"refused: {exc}"
+    return "ok"
+
+
+def test_a_failed_verdict_refuses_whichever_runtime_passed(folder: Path, cpu_report: dict[str, object],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import record_verdict, renamed_report
+
+    record_verdict(renamed_report(cpu_report, "onnxruntime-cuda", passed=False), folder / "model.onnx")
+    for provider in ("cuda", "cpu"):  # CUDA failed, the CPU passed: neither ships
+        assert "failed verification on onnxruntime-cuda" in gate(folder, provider, 1, monkeypatch), provider
+    record_verdict(renamed_report(cpu_report, "onnxruntime-cuda"), folder / "model.onnx")
+    assert gate(folder, "cuda", 1, monkeypatch) == "ok"
+    record_verdict(renamed_report(cpu_report, "onnxruntime-cpu", passed=False), folder / "model.onnx")
+    for provider in ("cuda", "cpu"):  # and the reverse
+        assert "failed verification on onnxruntime-cpu" in gate(folder, provider, 1, monkeypatch), provider
+
+
+def test_the_gate_judges_by_the_resolved_provider(folder: Path, cpu_report: dict[str, object],
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """CPU-only record: --provider cuda (or auto with a GPU) ships with a warning, auto without one as the CPU."""
+    cpu_only = "verified on the CPU only; its CUDA results were never compared"
+    for provider, gpus, warned in (("cuda", 0, True), ("auto", 1, True), ("auto", 0, False), ("cpu", 1, False)):
+        assert gate(folder, provider, gpus, monkeypatch) == "ok"
+        assert (cpu_only in capsys.readouterr().err) is warned, (provider, gpus)
+    # CUDA-only record: a CPU deployment needs a CPU verdict (any machine can give one).
+    from tests.conftest import record_verdict, renamed_report
+
+    (folder / "parity.json").unlink()
+    record_verdict(renamed_report(cpu_report, "onnxruntime-cuda"), folder / "model.onnx")
+    assert gate(folder, "auto", 1, monkeypatch) == "ok" and capsys.readouterr().err == ""
+    for provider, gpus in (("auto", 0), ("cpu", 1)):
+        assert "verified on CUDA only" in gate(folder, provider, gpus, monkeypatch), (provider, gpus)
+
+
+def test_auto_gated_as_cuda_is_gated_again_when_the_session_falls_back_to_the_cpu(
+        folder: Path, cpu_report: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto resolved to CUDA (a GPU is there) but ORT's CUDA provider did not start: the CPU verdict decides."""
+    import functools
+
+    from tests.conftest import record_verdict, renamed_report
+    from vggexport import onnx_io
+    from vggexport.serve import service
+
+    (folder / "parity.json").unlink()
+    record_verdict(renamed_report(cpu_report, "onnxruntime-cuda"), folder / "model.onnx")  # CUDA-only
+    monkeypatch.setattr(service, "resolve_provider", functools.partial(onnx_io.resolve_provider, gpus=lambda: 1))
+    monkeypatch.setattr(onnx_io, "resolve_provider",  # the session: no CUDA starts
+                        functools.partial(onnx_io.resolve_provider, gpus=lambda: 0))
+    monkeypatch.setattr("onnxruntime.get_available_providers", lambda: [onnx_io.CUDA_EP, onnx_io.CPU_EP])
+    with pytest.raises(VggExportError, match="verified on CUDA only"):
+        create_app(ServeConfig(model=str(folder / "model.onnx"), provider="auto"))
+
+
+def test_an_older_record_is_refused_with_one_line(folder: Path, tmp_path: Path) -> None:
+    """A vggexport.parity/2 record kept one verdict per file: it cannot say which runtime passed."""
+    from vggexport.manifest import update_manifest
+    from vggexport.triton import TritonConfig, write_repository
+
+    record = json.loads((folder / "parity.json").read_text())
+    (folder / "parity.json").write_text(json.dumps({**record, "format": "vggexport.parity/2"}))
+    update_manifest(folder, [folder / "parity.json"])
+    with pytest.raises(VggExportError, match=r"older parity record \(vggexport.parity/2.*verify` again") as caught:
+        create_app(ServeConfig(model=str(folder / "model.onnx"), provider="cpu"))
+    assert "\n" not in str(caught.value)
+    with pytest.raises(VggExportError, match="older parity record"):
+        write_repository(folder / "model.onnx", tmp_path / "repo", TritonConfig(kind="cpu"))
+
+
+def test_triton_gates_kind_gpu_as_cuda_and_kind_cpu_as_the_cpu(folder: Path, cpu_report: dict[str, object],
+                                                               tmp_path: Path) -> None:
+    from tests.conftest import record_verdict, renamed_report
+    from vggexport.triton import TritonConfig, write_repository
+
+    (folder / "parity.json").unlink()
+    record_verdict(renamed_report(cpu_report, "onnxruntime-cuda"), folder / "model.onnx")  # CUDA-only
+    assert write_repository(folder / "model.onnx", tmp_path / "gpu", TritonConfig(kind="gpu")).is_dir()
+    with pytest.raises(VggExportError, match="verified on CUDA only"):
+        write_repository(folder / "model.onnx", tmp_path / "cpu", TritonConfig(kind="cpu"))
+    record_verdict(renamed_report(cpu_report, "onnxruntime-cuda", passed=False), folder / "model.onnx")
+    with pytest.raises(VggExportError, match="failed verification on onnxruntime-cuda"):
+        write_repository(folder / "model.onnx", tmp_path / "gpu2", TritonConfig(kind="gpu"))

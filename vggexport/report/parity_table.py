@@ -1,9 +1,10 @@
 """The parity table from parity.json, tolerant of its layout.
 
 parity.json lists results per runtime (``runtimes``) and, in newer versions, per verified file
-(``files``/``artifacts``, each with sha256, runtime, checks and a verdict). Whatever entries it holds become
-rows; every model file in the manifest that no entry covers is shown as "not verified", and a file whose
-sha256 differs from the one verified is shown as stale.
+(``files``/``artifacts``, each with sha256, runtime, checks and a verdict); since ``vggexport.parity/3`` each
+file keeps one verdict per runtime, each with its own reference and tolerances, shown on its rows. Whatever
+entries it holds become rows; every model file in the manifest that no entry covers is shown as "not
+verified", and a file whose sha256 differs from the one verified is shown as stale.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from vggexport.report.html import Section, badge, esc, note, table
 
 ENTRY_LISTS = ("files", "artifacts", "results", "runtimes", "models")
 FILE_KEYS = ("file", "path", "artifact", "model_file", "model")
-METRICS = (("max_abs", "max abs", "{:.2e}"), ("max_rel", "max rel", "{:.2e}"),
+METRICS = (("max_abs", "max abs", "{:.2e}"), ("range_error", "of range", "{:.1e}"), ("max_rel", "max rel", "{:.2e}"),
            ("p99_abs", "p99 abs", "{:.2e}"), ("min_cosine", "min cos", "{:.6f}"),
            ("top1_agreement", "top-1 agree", "{:.2%}"), ("accuracy", "accuracy", "{:.4f}"), ("samples", "n", "{:d}"))
 MODEL_SUFFIXES = (".onnx", ".pt2", ".torchscript.pt")
@@ -33,6 +34,8 @@ class Row:
     metrics: dict[str, Any]
     verdict: str
     detail: str = ""
+    reference: str = ""  # what this verdict was compared against, e.g. "pytorch cuda"
+    limits: str = ""  # the tolerances it was judged by
 
 
 def verdict_of(data: dict[str, Any]) -> str | None:
@@ -111,7 +114,8 @@ def parity_rows(data: dict[str, Any], recorded: dict[str, str]) -> list[Row]:
         if name and sha and recorded.get(name) and recorded[name] != sha:
             verdict = "stale: file changed since verify"
         problems = problems_of(entry)
-        base = dict(file=name, sha256=sha, runtime=runtime, provider=str(entry.get("provider", "")))
+        base = dict(file=name, sha256=sha, runtime=runtime, provider=str(entry.get("provider", "")),
+                    reference=reference_of(entry), limits=limits_of(entry.get("tolerances")))
         checks = checks_of(entry)
         for check, values in checks:
             rows.append(Row(**base, check=check, metrics=values,
@@ -123,6 +127,30 @@ def parity_rows(data: dict[str, Any], recorded: dict[str, str]) -> list[Row]:
         if problems:
             rows[-1] = replace(rows[-1], detail="\n".join(problems))
     return rows
+
+
+def reference_of(entry: dict[str, Any]) -> str:
+    reference = entry.get("reference")
+    if not isinstance(reference, dict):
+        return ""
+    return " ".join(str(reference[k]) for k in ("runtime", "provider") if reference.get(k))
+
+
+def number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def limits_of(tolerances: Any) -> str:
+    """"atol 0.0001, rtol 0.001", or a variant's accuracy criterion: what a verdict was judged by."""
+    if not isinstance(tolerances, dict):
+        return ""
+    criterion = tolerances.get("criterion")
+    if isinstance(criterion, dict):
+        pairs = [("max accuracy drop", criterion.get("max_accuracy_drop")),
+                 ("min top-1", criterion.get("min_top1_agreement"))]
+    else:
+        pairs = [(k, tolerances.get(k)) for k in ("atol", "rtol", "range_tol", "cuda_atol", "cuda_rtol")]
+    return ", ".join(f"{k} {v:g}" for k, v in pairs if number(v))
 
 
 def default_file(runtime: str) -> str:
@@ -155,13 +183,10 @@ def parity_section(data: dict[str, Any] | None, problem: str | None, recorded: d
     if problem:
         intro = note(problem)
     elif data is not None:
-        overall = verdict_of(data)
-        limits_of = data.get("tolerances") if isinstance(data.get("tolerances"), dict) else data
-        tolerance = ", ".join(f"{k} {limits_of[k]:g}" for k in ("atol", "rtol", "cuda_atol", "cuda_rtol")
-                              if isinstance(limits_of.get(k), (int, float)) and not isinstance(limits_of[k], bool))
-        limits = esc(f"({tolerance})") if tolerance else ""
+        tolerance = limits_of(data.get("tolerances") if isinstance(data.get("tolerances"), dict) else data)
+        limits = esc(f"({tolerance})") if tolerance else "(each verdict's reference and tolerances on its rows)"
         intro = (f"<p>Every runtime compared against PyTorch eager fp32 {limits}. "
-                 f"Overall: {badge(overall or 'unknown')}</p>")
+                 f"Overall: {badge(verdict_of(data) or 'unknown')}</p>")
     unverified = [Row(name, recorded[name], RUNTIME_OF_SUFFIX[next(s for s in MODEL_SUFFIXES if name.endswith(s))],
                       "", "-", {}, "not verified") for name in model_files(recorded) if not covered(name, rows)]
     all_rows = rows + unverified
@@ -171,14 +196,16 @@ def parity_section(data: dict[str, Any] | None, problem: str | None, recorded: d
     used = [(k, label, pattern) for k, label, pattern in METRICS if any(format_metric(r.metrics, k, pattern)
                                                                         for r in all_rows)]
     with_sha = any(r.sha256 for r in all_rows)
-    headers = ["file", *(["sha256"] if with_sha else []), "runtime", "provider", "check", "verdict",
-               *[label for _, label, _ in used]]
+    with_reference, with_limits = any(r.reference for r in all_rows), any(r.limits for r in all_rows)
+    headers = ["file", *(["sha256"] if with_sha else []), "runtime", "provider",
+               *(["compared with"] if with_reference else []), *(["tolerances"] if with_limits else []),
+               "check", "verdict", *[label for _, label, _ in used]]
     lines = []
     for row in all_rows:
         sha = f'<span class="mono" title="{esc(row.sha256)}">{esc(row.sha256[:12])}</span>' if row.sha256 else ""
-        verdict = badge(row.verdict)
         lines.append([row.file or "(runtime default)", *([sha] if with_sha else []), row.runtime, row.provider,
-                      row.check, verdict, *[format_metric(row.metrics, k, p) for k, _, p in used]])
+                      *([row.reference] if with_reference else []), *([row.limits] if with_limits else []),
+                      row.check, badge(row.verdict), *[format_metric(row.metrics, k, p) for k, _, p in used]])
     first_metric = headers.index("verdict") + 1
     numeric = range(first_metric, first_metric + len(used))
     raw = [headers.index("verdict"), *([1] if with_sha else [])]

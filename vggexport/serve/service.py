@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import numpy as np
 from vggexport.errors import VggExportError
 from vggexport.fileio import ArtifactBytes
 from vggexport.manifest import read_checked
+from vggexport.onnx_io import resolve_provider
 from vggexport.serve.batcher import DynamicBatcher
 from vggexport.serve.engine import ServingRunner
 from vggexport.serve.errors import InternalError, NotFoundError, PayloadTooLargeError, ProtocolError
@@ -75,6 +76,10 @@ class Engine:
         phase(f"read {artifact.path.name}: {artifact.size} bytes, sha256 {artifact.sha256}")
         self.runner = ServingRunner(artifact, provider=config.provider, threads=config.threads, phase=phase)
         self.runner.activate()
+        if config.gate != "off" and not self.runner.on_cuda and resolve_provider(config.provider) == "cuda":
+            # auto was gated as CUDA but ORT fell back to its CPU provider: these bytes now run on the CPU,
+            # so the CPU verdict decides too (the same bytes, not a second read of the file).
+            gated_bytes(artifact, replace(config, provider="cpu"))
         self.warmup_batch_sizes: tuple[int, ...] = ()  # what warm_up ran, for the served model configuration
         self.batcher = DynamicBatcher(self.runner.infer_all, max_batch_size=config.max_batch_size,
                                       max_queue_delay_ms=config.max_queue_delay_ms,
@@ -116,15 +121,14 @@ class Engine:
             raise InternalError("inference failed; see the server log") from None
 
 
-def gated_bytes(path: Path, config: ServeConfig) -> ArtifactBytes:
-    """The file's bytes, read once; with the gate on, only when parity.json passed those very bytes."""
+def gated_bytes(path: Path | ArtifactBytes, config: ServeConfig) -> ArtifactBytes:
+    """The file's bytes, read once; with the gate on, only when parity.json passed those very bytes on the
+    runtime they will run on (``--provider auto`` resolved first: CUDA only where a GPU is present)."""
     if config.gate == "off":
         return read_checked(path, f"no ONNX model at {path}: run `vggexport onnx` first")
     from vggexport.record import require_verified
 
-    # --provider cuda: warn when the file's CUDA results were never compared (auto is decided by the session).
-    return require_verified(path, allow_unverified=config.gate == "warn",
-                            device="cuda" if config.provider == "cuda" else "cpu")
+    return require_verified(path, allow_unverified=config.gate == "warn", runs_on=resolve_provider(config.provider))
 
 
 class ModelService:
