@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -82,10 +83,15 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "ten minutes", "-5", "0", "5d", "nan", "1e400"])
+@pytest.mark.parametrize("text", ["", "ten minutes", "-5", "5d", "nan", "1e400"])
 def test_parse_duration_refuses(text: str) -> None:
-    with pytest.raises(VggExportError):
+    with pytest.raises(VggExportError, match=f"cannot read {re.escape(repr(text))} as a duration: use seconds"):
         parse_duration(text)
+
+
+def test_parse_duration_refuses_zero() -> None:
+    with pytest.raises(VggExportError, match="a time budget must be positive, got '0'"):
+        parse_duration("0")
 
 
 def test_recipes_fill_only_what_is_unset() -> None:
