@@ -66,7 +66,15 @@ def test_image_endpoint_matches_the_preprocessing_graph_on_real_test_images(serv
     images = load_dataset("fashion-mnist", real_data_dir).test_images[:24].numpy()
     session = ort.InferenceSession(str(server.model.with_name("model.preprocessing.onnx")),
                                    providers=["CPUExecutionProvider"])
-    expected = session.run(None, {"input": images})[0].argmax(1)
+    # One batch of 24 offline, one image at a time on the server: a batch size can move the last bits of a
+    # logit, so the class is compared where the top two are further apart than that, the probability always.
+    logits = session.run(None, {"input": images})[0].astype(np.float64)
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    decided = top2[:, 1] - top2[:, 0] > 1e-4
+    assert decided.sum() >= 20  # near-ties are rare: the comparison covers most images
+    expected = logits.argmax(1)
     for i, image in enumerate(images):
         png = png_bytes(image[0])
         if i % 2:
@@ -77,7 +85,9 @@ def test_image_endpoint_matches_the_preprocessing_graph_on_real_test_images(serv
                                   files={"file": ("x.png", png, "image/png")})
         assert response.status_code == 200, response.text
         top = response.json()["predictions"][0]
-        assert top["index"] == expected[i]
+        if decided[i]:
+            assert top["index"] == expected[i], i
+        assert top["probability"] == pytest.approx(probabilities[i, top["index"]], abs=1e-5), i
         assert 0 < top["probability"] <= 1
 
 
