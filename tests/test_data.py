@@ -54,7 +54,7 @@ def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_missing_data_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("VGGEXPORT_DATA_DIR", raising=False)
-    with pytest.raises(DataNotFoundError) as info:
+    with pytest.raises(DataNotFoundError, match="--data-dir") as info:
         load_dataset("fashion-mnist", tmp_path / "nowhere")
     assert str(tmp_path / "nowhere") in str(info.value) and "--data-dir" in str(info.value)
     assert info.value.exit_code == 2
@@ -80,19 +80,49 @@ def test_unknown_dataset() -> None:
         load_dataset("imagenet-22k")
 
 
+def ramp_coordinates(n_in: int, n_out: int) -> np.ndarray:
+    """Where each of ``n_out`` resized pixels samples an ``n_in``-pixel axis: half-pixel centres, clamped.
+
+    A linear ramp through a bilinear resize (align_corners=False) is the same ramp at these coordinates;
+    antialiasing only widens the filter when shrinking, so this holds for any enlargement.
+    """
+    return np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+
+
+def ramp_photo(width: int, height: int, blue: int) -> np.ndarray:
+    """(H, W, 3) uint8: red rises 5 a column, green 6 a row, blue names the class."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    return np.stack([5 * xs, 6 * ys, np.full_like(xs, blue)], axis=-1).astype(np.uint8)
+
+
 def test_image_folder(tmp_path: Path) -> None:
     from PIL import Image
 
+    expected: dict[str, list[np.ndarray]] = {"dark": [], "light": []}
     for split in ("train", "val"):
-        for label, colour in (("dark", 20), ("light", 230)):
+        for label, blue in (("dark", 20), ("light", 230)):
             folder = tmp_path / split / label
             folder.mkdir(parents=True)
             for i in range(3):
-                Image.new("RGB", (40 + i, 30), (colour, colour, colour)).save(folder / f"{i}.png")
+                width = 40 + i
+                Image.fromarray(ramp_photo(width, 30, blue)).save(folder / f"{i}.png")
+                # By hand: the shorter side 30 -> 37 (the longer truncated), then the centre 32x32.
+                new_width = width * 37 // 30
+                top, left = round((37 - 32) / 2), round((new_width - 32) / 2)
+                red = 5 * ramp_coordinates(width, new_width)[left:left + 32]
+                green = 6 * ramp_coordinates(30, 37)[top:top + 32]
+                expected[label].append(np.stack([np.broadcast_to(red, (32, 32)),
+                                                 np.broadcast_to(green[:, None], (32, 32)),
+                                                 np.full((32, 32), float(blue))]))
             (folder / "notes.txt").write_text("not an image")
     data = load_dataset("imagefolder", tmp_path, image_size=32, channels=3)
-    assert data.class_names == ("dark", "light")
+    assert data.class_names == ("dark", "light") and data.resize_size == 37
     assert data.train_images.shape == (6, 3, 32, 32) and len(data.test_labels) == 6
+    for images, labels, first in ((data.train_images, data.train_labels, 0), (data.test_images, data.test_labels, 3)):
+        for image, label in zip(images.numpy(), labels.tolist()):
+            wanted = expected[data.class_names[label]]
+            # Within one grey level of some photo of its class (of this split): rounding to uint8 is all that differs.
+            assert any(np.abs(image - w).max() <= 1 for w in wanted[first:first + 3]), label
 
 
 @pytest.mark.realdata
@@ -114,10 +144,16 @@ def test_batch_indices_shuffle_per_epoch_and_shard() -> None:
 
 
 def test_preprocess_resizes_and_normalizes() -> None:
-    images = torch.full((2, 1, 28, 28), 255, dtype=torch.uint8)
+    # A ramp in both directions: a resize that shifted, flipped or blurred it would change the values.
+    ys, xs = np.mgrid[0:28, 0:28]
+    ramp = 4 * xs + 5 * ys
+    images = torch.from_numpy(np.stack([ramp, 243 - ramp])[:, None].astype(np.uint8))
     out = preprocess(images, image_size=32, mean=(0.5,), std=(0.25,))
     assert out.shape == (2, 1, 32, 32)
-    torch.testing.assert_close(out, torch.full_like(out, 2.0))
+    at = ramp_coordinates(28, 32)
+    resized = 4 * at[None, :] + 5 * at[:, None]
+    expected = (np.stack([resized, 243 - resized])[:, None] / 255 - 0.5) / 0.25
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
 
 
 def test_augment_keeps_shape_and_content() -> None:

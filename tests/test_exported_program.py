@@ -13,7 +13,6 @@ import torch
 from tests.conftest import Cli, tiny_config
 from vggexport.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vggexport.errors import VggExportError
-from vggexport.export import export_metadata
 from vggexport.exported_program import export_exported_program, load_exported_program
 from vggexport.model import build_model
 from vggexport.runners import ExportedProgramRunner, make_runner
@@ -45,12 +44,31 @@ def test_round_trip_matches_eager_at_every_batch(exported: tuple[Checkpoint, Pat
     assert all(c.max_abs <= 1e-5 for c in checks.values())
 
 
-def test_metadata_matches_torchscript_extra_files(exported: tuple[Checkpoint, Path]) -> None:
+def test_metadata_matches_torchscript_extra_files(exported: tuple[Checkpoint, Path],
+                                                  request: pytest.FixtureRequest) -> None:
+    """The .pt2's metadata equals what TorchScript's file holds, and the facts the checkpoint knows.
+
+    Both are read back by torch's own loaders, and the expected values come from the checkpoint file
+    (its sha256 by hashlib, its config and score as saved), not from the function that wrote them.
+    """
+    import hashlib
+
+    from vggexport.export import export_torchscript
+
     ckpt, path = exported
     program, metadata = load_exported_program(path)
-    assert metadata == export_metadata(ckpt)
-    assert json.loads(metadata["model_config"])["flip_average"] == ckpt.model_config.flip_average
     assert isinstance(program, torch.export.ExportedProgram)
+    scripted = export_torchscript(ckpt, path.parent / "model.torchscript.pt")
+    extra = {"metadata.json": "", "model_config.json": ""}
+    torch.jit.load(str(scripted), _extra_files=extra)
+    assert metadata == json.loads(extra["metadata.json"])
+    saved = torch.load(ckpt.path, map_location="cpu", weights_only=True)["model_config"]
+    saved = json.loads(json.dumps(saved))  # the checkpoint pickles tuples; JSON has lists
+    assert json.loads(metadata["model_config"]) == json.loads(extra["model_config.json"]) == saved
+    assert metadata["checkpoint_sha256"] == hashlib.sha256(ckpt.path.read_bytes()).hexdigest()
+    assert json.loads(metadata["class_names"]) == list(CLASSES) and metadata["test_accuracy"] == "0.500000"
+    assert (metadata["image_size"], metadata["in_channels"]) == ("32", "1")
+    assert json.loads(metadata["model_config"])["flip_average"] is request.node.callspec.params["exported"]
 
 
 def test_batch_is_dynamic(exported: tuple[Checkpoint, Path]) -> None:

@@ -67,13 +67,16 @@ def test_folder_decodes_every_mode_at_the_model_size_with_the_serving_policy(tmp
     assert data.class_names == ("cat", "dog") and data.resize_size == default_resize(32) == 37
     images = torch.cat([data.train_images, data.test_images])
     assert images.shape == (8, 3, 32, 32) and images.dtype == torch.uint8
-    # Every photo, whatever its mode and size, is exactly the policy applied to PIL's RGB conversion.
-    expected = {tuple(fit_to_model(decode_photo(p, "RGB"), image_size=32, resize_size=37).flatten().tolist())
-                for p in files}
+    # Every photo, whatever its mode and size, is exactly torchvision's resize (shorter side 37) and centre
+    # crop (32) of PIL's RGB conversion: expected values from neither vggexport's decoder nor its resize.
+    expected = set()
+    for path in files:
+        with Image.open(path) as image:
+            pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+        reference = TF.center_crop(TF.resize(pixels, [37], antialias=True), [32])
+        expected.add(tuple(reference.mul(255).round().clamp(0, 255).to(torch.uint8).flatten().tolist()))
+    assert len(expected) == len(files)  # the photos differ, so matching them one to one means something
     assert {tuple(image.flatten().tolist()) for image in images} == expected
-    first = torch.from_numpy(np.array(Image.open(files[0]).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
-    served = resize_crop(first, image_size=32, resize_size=37).mul(255).round().to(torch.uint8)[0]
-    assert torch.equal(fit_to_model(decode_photo(files[0], "RGB"), image_size=32, resize_size=37), served)
 
 
 def test_greyscale_model_reads_colour_photos_as_luminance(tmp_path: Path) -> None:
@@ -88,7 +91,7 @@ def test_corrupt_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "cat" / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (tmp_path / "dog" / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "dog" / "empty.jpeg").write_bytes(b"")
-    with pytest.raises(VggExportError) as caught:
+    with pytest.raises(VggExportError, match="3 unreadable") as caught:
         load_dataset("imagefolder", tmp_path, image_size=32, channels=3)
     message = str(caught.value)
     assert "3 unreadable" in message and "\n" not in message
@@ -104,8 +107,10 @@ def test_decompression_bombs_are_named(tmp_path: Path, monkeypatch: pytest.Monke
         load_dataset("imagefolder", tmp_path, image_size=32, channels=3)
 
 
-@pytest.mark.parametrize("layout", ["one class", "no images", "not a folder"])
-def test_unusable_folders(tmp_path: Path, layout: str) -> None:
+@pytest.mark.parametrize("layout, message", [("one class", "needs at least two class sub-folders, found 1"),
+                                             ("no images", r"no image files \(\.bmp, .*\) under"),
+                                             ("not a folder", "needs --data-dir pointing at a folder of class")])
+def test_unusable_folders(tmp_path: Path, layout: str, message: str) -> None:
     if layout == "one class":
         write_folder(tmp_path, classes=("cat",))
     elif layout == "no images":
@@ -113,7 +118,7 @@ def test_unusable_folders(tmp_path: Path, layout: str) -> None:
             (tmp_path / name).mkdir()
             (tmp_path / name / "readme.txt").write_text("x")
     target = tmp_path / "missing" if layout == "not a folder" else tmp_path
-    with pytest.raises(VggExportError):
+    with pytest.raises(VggExportError, match=message):
         load_dataset("imagefolder", target, image_size=32, channels=3)
 
 

@@ -40,7 +40,7 @@ def test_classifier_is_not_upsampled_at_32() -> None:
 def test_keyword_only_builders(builder, cfg: str) -> None:  # type: ignore[no-untyped-def]
     model = builder(batch_norm=True, width=0.0625, head=16)
     assert model.config.cfg == cfg and model.config.batch_norm
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="takes 0 positional arguments"):
         builder(True)
 
 
@@ -55,10 +55,15 @@ def test_init_matches_torchvision_recipe() -> None:
     assert abs(float(conv.weight.std()) - (2 / fan_out) ** 0.5) < 0.3 * (2 / fan_out) ** 0.5
 
 
-@pytest.mark.parametrize("bad", [{"cfg": "C"}, {"image_size": 48}, {"image_size": 16}, {"mean": (0.1, 0.2)},
-                                 {"class_names": ("a", "b")}])
-def test_invalid_config(bad: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, message", [
+    ({"cfg": "C"}, "unknown cfg 'C'"),
+    ({"image_size": 48}, "image_size must be a multiple of 32 and >= 32, got 48"),
+    ({"image_size": 16}, "image_size must be a multiple of 32 and >= 32, got 16"),
+    ({"mean": (0.1, 0.2)}, "mean and std need one value per input channel"),
+    ({"class_names": ("a", "b")}, "class_names needs one name per class"),
+])
+def test_invalid_config(bad: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         tiny_config(**bad)
 
 

@@ -199,15 +199,24 @@ def test_read_artifact_refuses_in_one_line(tmp_path: Path, case: str, phrase: st
     assert "\n" not in str(caught.value) and caught.value.__cause__ is None
 
 
-@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root reads a mode-000 file")
 def test_read_artifact_refuses_a_file_it_may_not_read(tmp_path: Path) -> None:
-    from vggexport.fileio import read_artifact
+    import re
+    import subprocess
+    import sys
 
+    # Root reads a mode-000 file, and CI runs as root: a child imports as the caller, enters this folder
+    # (nobody may not search pytest's folders above it), drops to nobody (65534), then reads.
     path = tmp_path / "model.onnx"
     path.write_bytes(b"x")
     path.chmod(0)
-    with pytest.raises(VggExportError, match="cannot read .*Permission denied"):
-        read_artifact(path)
+    tmp_path.chmod(0o711)
+    child = ("import os, sys\nfrom vggexport.fileio import read_artifact\nos.chdir(sys.argv[1])\n"
+             "if os.geteuid() == 0:\n    os.setuid(65534)\nread_artifact('model.onnx')\n")
+    result = subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True, text=True,
+                            cwd=Path(__file__).parents[1], timeout=60)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r".*VggExportError: cannot read model\.onnx: Permission denied", last), result.stderr
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime-cpu", "torchscript", "torch-export"])

@@ -75,3 +75,33 @@ def failing_model(path: Path) -> Path:
         model.metadata_props.add(key=key, value=value)
     onnx.save_model(model, str(path))
     return path
+
+
+def endless_model(path: Path) -> Path:
+    """A vggexport-labelled ONNX whose every run spins forever (a Loop that never stops): a worker that is
+    never free, so a queue behind it fills whatever the machine's speed. Its server must be killed."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    spin = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "spin", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "keep_going", "input"], ["spun"], body=spin),
+         helper.make_node("Flatten", ["spun"], ["logits"], axis=1)], "endless",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 2, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor("trips", TensorProto.INT64, [], [2**63 - 1]),
+         helper.make_tensor("keep_going", TensorProto.BOOL, [], [True])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    meta = {"model_name": "endless", "class_names": json.dumps(list("abcd")), "model_config": "{}",
+            "image_size": "2", "in_channels": "1"}
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save_model(model, str(path))
+    return path

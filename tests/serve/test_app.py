@@ -66,7 +66,15 @@ def test_image_endpoint_matches_the_preprocessing_graph_on_real_test_images(serv
     images = load_dataset("fashion-mnist", real_data_dir).test_images[:24].numpy()
     session = ort.InferenceSession(str(server.model.with_name("model.preprocessing.onnx")),
                                    providers=["CPUExecutionProvider"])
-    expected = session.run(None, {"input": images})[0].argmax(1)
+    # One batch of 24 offline, one image at a time on the server: a batch size can move the last bits of a
+    # logit, so the class is compared where the top two are further apart than that, the probability always.
+    logits = session.run(None, {"input": images})[0].astype(np.float64)
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    decided = top2[:, 1] - top2[:, 0] > 1e-4
+    assert decided.sum() >= 20  # near-ties are rare: the comparison covers most images
+    expected = logits.argmax(1)
     for i, image in enumerate(images):
         png = png_bytes(image[0])
         if i % 2:
@@ -77,33 +85,44 @@ def test_image_endpoint_matches_the_preprocessing_graph_on_real_test_images(serv
                                   files={"file": ("x.png", png, "image/png")})
         assert response.status_code == 200, response.text
         top = response.json()["predictions"][0]
-        assert top["index"] == expected[i]
+        if decided[i]:
+            assert top["index"] == expected[i], i
+        assert top["probability"] == pytest.approx(probabilities[i, top["index"]], abs=1e-5), i
         assert 0 < top["probability"] <= 1
 
 
-def test_concurrent_requests_are_batched(server: ServerProcess) -> None:
+def test_concurrent_requests_are_batched(served_folder: Path) -> None:
+    """32 requests from 16 threads run as exactly 2 batches of 16, whatever the timing.
+
+    A batch of 16 closes the moment it is full (the 10 s queue delay is only a backstop), and no thread
+    sends its second request before the first one is answered, so none can arrive in the first batch.
+    """
+    process = Served(served_folder / "model.onnx", "--max-batch-size", "16", "--max-queue-delay-ms", "10000")
+    process.wait_ready()
     batches = [inputs(1, seed=i) for i in range(32)]
 
     def call(batch: np.ndarray) -> np.ndarray:
         body = {"inputs": [{"name": "input", "shape": list(batch.shape), "datatype": "FP32",
                             "data": batch.ravel().tolist()}]}
-        response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=body, timeout=30)
+        response = httpx.post(f"{process.url}/v2/models/{MODEL}/infer", json=body, timeout=30)
         assert response.status_code == 200, response.text
         return np.asarray(response.json()["outputs"][0]["data"], np.float32).reshape(1, -1)
 
     def counter(name: str) -> float:
-        text = httpx.get(f"{server.url}/metrics").text
+        text = httpx.get(f"{process.url}/metrics").text
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
                    or line.startswith(name + "{"))
 
-    executions_before, inferences_before = counter("nv_inference_exec_count_total"), counter("nv_inference_count_total")
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        results = list(pool.map(call, batches))
-    expected = offline_logits(server.model, np.concatenate(batches))
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(call, batches))
+        executions, inferences = counter("nv_inference_exec_count_total"), counter("nv_inference_count_total")
+    finally:
+        process.stop()
+    expected = offline_logits(process.model, np.concatenate(batches))
     np.testing.assert_allclose(np.concatenate(results), expected, rtol=1e-5, atol=1e-6)
-    executions = counter("nv_inference_exec_count_total") - executions_before
-    assert counter("nv_inference_count_total") - inferences_before == 32
-    assert executions < 32, "concurrent requests should share executions"
+    assert inferences == 32
+    assert executions == 2, "16 concurrent requests should share one execution"
 
 
 def test_metrics_are_exposed(server: ServerProcess) -> None:
@@ -289,10 +308,13 @@ def test_sigterm_turns_not_ready_at_once_and_drains_in_flight_requests(served_fo
         pending = pool.submit(httpx.post, f"{process.url}{INFER}", json=body, timeout=30)
         time.sleep(0.5)  # the request is now waiting in the batcher's queue
         process.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        # Wait for the server to take the signal (readiness turns 503), not for a guessed time.
+        deadline = time.monotonic() + 10
+        while (http_ready := httpx.get(f"{process.url}/v2/health/ready")).status_code == 200:
+            assert time.monotonic() < deadline, "SIGTERM did not turn the server not ready"
+            time.sleep(0.02)
         # while the request is in flight both ports stay open, not ready, refusing new work (as Triton)
         grpc_ready = client.is_server_ready()
-        http_ready = httpx.get(f"{process.url}/v2/health/ready")
         refused = httpx.post(f"{process.url}{INFER}", json=body, timeout=30)
         response = pending.result()
     client.close()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -16,20 +17,54 @@ def double_unless_negative(batch: np.ndarray) -> list[np.ndarray]:
     return [batch * 2, batch + 1]
 
 
+class Gate:
+    """Holds the worker inside its first batch until the test opens the gate.
+
+    Whatever is submitted while the worker is held is queued, all of it, when the worker next collects:
+    which requests can share a batch no longer depends on how fast they arrive.
+    """
+
+    def __init__(self, infer: Callable[[np.ndarray], list[np.ndarray]]) -> None:
+        self.infer = infer
+        self.entered, self.opened = threading.Event(), threading.Event()
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.opened.wait(10), "the test never opened the gate"
+        return self.infer(batch)
+
+    async def hold(self, batcher: DynamicBatcher, first: np.ndarray) -> asyncio.Future[list[np.ndarray]]:
+        """Submit ``first`` and return once the worker is running it (its answer, a future).
+
+        ``first`` must fill a batch (max_batch_size rows), or the worker waits out the queue delay for more.
+        """
+        running = asyncio.ensure_future(batcher.submit(first))
+        assert await asyncio.get_running_loop().run_in_executor(None, self.entered.wait, 10), "no batch started"
+        return running
+
+
 def test_concurrent_requests_share_batches_and_get_their_slice_of_every_output() -> None:
     seen: list[int] = []
 
     async def scenario() -> list[list[np.ndarray]]:
-        batcher = DynamicBatcher(double_unless_negative, max_batch_size=8, max_queue_delay_ms=50,
+        gate = Gate(double_unless_negative)
+        # A full batch closes at once, so the queue delay only bounds how long a partial one would wait.
+        batcher = DynamicBatcher(gate, max_batch_size=8, max_queue_delay_ms=10_000,
                                  observe=lambda rows, q, c: seen.append(rows))
-        results = await asyncio.gather(*(batcher.submit(np.full((1, 2), i, np.float32)) for i in range(16)))
+        held = await gate.hold(batcher, np.zeros((8, 2), np.float32))
+        submitted = [asyncio.ensure_future(batcher.submit(np.full((1, 2), i, np.float32))) for i in range(16)]
+        await asyncio.sleep(0)  # let each submit queue its request
+        assert batcher.queued_rows == 16
+        gate.opened.set()
+        results = await asyncio.wait_for(asyncio.gather(held, *submitted), 10)
         await batcher.stop()
-        return results
+        return results[1:]
 
     for i, (doubled, plus_one) in enumerate(asyncio.run(scenario())):
         np.testing.assert_array_equal(doubled, np.full((1, 2), 2 * i))
         np.testing.assert_array_equal(plus_one, np.full((1, 2), i + 1))
-    assert seen == [8, 8]
+    assert seen == [8, 8, 8]
 
 
 def test_rows_of_different_shapes_never_share_a_batch() -> None:
@@ -40,22 +75,35 @@ def test_rows_of_different_shapes_never_share_a_batch() -> None:
         return [batch]
 
     async def scenario() -> list[list[np.ndarray]]:
-        batcher = DynamicBatcher(record, max_batch_size=8, max_queue_delay_ms=50)
-        results = await asyncio.gather(*(batcher.submit(np.full((1, 2 + i % 2), i, np.float32)) for i in range(4)))
+        gate = Gate(record)
+        batcher = DynamicBatcher(gate, max_batch_size=8, max_queue_delay_ms=50)
+        held = await gate.hold(batcher, np.zeros((8, 4), np.float32))
+        submitted = [asyncio.ensure_future(batcher.submit(np.full((1, 2 + i % 2), i, np.float32))) for i in range(4)]
+        await asyncio.sleep(0)
+        assert batcher.queued_rows == 4  # all four wait together: a batcher that mixed shapes would mix them
+        gate.opened.set()
+        results = await asyncio.wait_for(asyncio.gather(held, *submitted), 10)
         await batcher.stop()
-        return results
+        return results[1:]
 
     results = asyncio.run(scenario())  # mixing would fail np.concatenate and so every request
     assert [r[0].shape for r in results] == [(1, 2), (1, 3), (1, 2), (1, 3)]
     assert [int(r[0][0, 0]) for r in results] == [0, 1, 2, 3]
-    assert len(shapes) >= 2 and {s[1] for s in shapes} == {2, 3}
+    assert shapes == [(8, 4), (1, 2), (1, 3), (1, 2), (1, 3)]  # a request is never split, so this order
 
 
 def test_failed_batch_fails_every_request_and_the_batcher_goes_on() -> None:
     async def scenario() -> tuple[list[object], list[np.ndarray]]:
-        batcher = DynamicBatcher(double_unless_negative, max_batch_size=8, max_queue_delay_ms=50)
+        gate = Gate(double_unless_negative)
+        batcher = DynamicBatcher(gate, max_batch_size=8, max_queue_delay_ms=50)
+        held = await gate.hold(batcher, np.ones((8, 1), np.float32))
         inputs = [np.ones((1, 1), np.float32), -np.ones((1, 1), np.float32), np.ones((2, 1), np.float32)]
-        failed = await asyncio.gather(*(batcher.submit(x) for x in inputs), return_exceptions=True)
+        submitted = [asyncio.ensure_future(batcher.submit(x)) for x in inputs]
+        await asyncio.sleep(0)
+        assert batcher.queued_rows == 4  # the three share the next batch, whatever their timing
+        gate.opened.set()
+        await held
+        failed = await asyncio.wait_for(asyncio.gather(*submitted, return_exceptions=True), 10)
         after = await batcher.submit(np.ones((1, 1), np.float32))
         await batcher.stop()
         return failed, after
@@ -79,9 +127,14 @@ def test_a_dead_worker_fails_every_waiting_request_and_the_next_request_restarts
         return [batch]
 
     async def scenario() -> tuple[list[object], list[np.ndarray]]:
-        batcher = DynamicBatcher(dies_once, max_batch_size=2, max_queue_delay_ms=20)
-        waiting = await asyncio.wait_for(asyncio.gather(*(batcher.submit(np.ones((1, 1), np.float32))
-                                                          for _ in range(5)), return_exceptions=True), 5)
+        gate = Gate(dies_once)
+        batcher = DynamicBatcher(gate, max_batch_size=2, max_queue_delay_ms=20)
+        held = await gate.hold(batcher, np.ones((2, 1), np.float32))
+        queued = [asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32))) for _ in range(4)]
+        await asyncio.sleep(0)
+        assert batcher.queued_rows == 4  # waiting when the worker dies
+        gate.opened.set()
+        waiting = await asyncio.wait_for(asyncio.gather(held, *queued, return_exceptions=True), 5)
         after = await asyncio.wait_for(batcher.submit(np.ones((1, 1), np.float32)), 5)
         await batcher.stop()
         return waiting, after
@@ -96,15 +149,21 @@ def test_an_observer_that_raises_kills_the_worker_without_stranding_anyone() -> 
         raise RuntimeError("metrics backend down")
 
     async def scenario() -> list[object]:
-        batcher = DynamicBatcher(double_unless_negative, max_batch_size=1, observe=observe)
-        results = await asyncio.wait_for(asyncio.gather(*(batcher.submit(np.ones((1, 1), np.float32))
-                                                          for _ in range(4)), return_exceptions=True), 5)
+        gate = Gate(double_unless_negative)
+        batcher = DynamicBatcher(gate, max_batch_size=1, observe=observe)
+        held = await gate.hold(batcher, np.ones((1, 1), np.float32))
+        queued = [asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32))) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert batcher.queued_rows == 3
+        gate.opened.set()
+        results = await asyncio.wait_for(asyncio.gather(held, *queued, return_exceptions=True), 5)
         await batcher.stop()
         return results
 
     results = asyncio.run(scenario())
-    assert len(results) == 4 and not any(isinstance(r, asyncio.TimeoutError) for r in results)
-    assert any(isinstance(r, InternalError) for r in results)
+    # The first batch was answered before its observer raised; the three behind it fail rather than hang.
+    np.testing.assert_array_equal(results[0][0], [[2.0]])  # type: ignore[index]
+    assert all(isinstance(r, InternalError) for r in results[1:]), results
 
 
 def test_full_queue_is_refused_and_slow_requests_time_out() -> None:
@@ -115,14 +174,16 @@ def test_full_queue_is_refused_and_slow_requests_time_out() -> None:
         return [batch]
 
     async def scenario() -> tuple[list[object], object]:
-        batcher = DynamicBatcher(slow, max_batch_size=1, max_queue_size=2, timeout_ms=300)
-        running = asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32)))
-        await asyncio.sleep(0.05)  # the worker holds the first request; the queue is empty again
+        gate = Gate(slow)
+        batcher = DynamicBatcher(gate, max_batch_size=1, max_queue_size=2, timeout_ms=300)
+        running = await gate.hold(batcher, np.ones((1, 1), np.float32))  # the queue is empty again
         queued = [asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32))) for _ in range(2)]
         await asyncio.sleep(0)
+        assert batcher.queued_rows == 2
         with pytest.raises(UnavailableError, match="queue is full"):
             await batcher.submit(np.ones((1, 1), np.float32))
         outcomes = await asyncio.gather(running, *queued, return_exceptions=True)
+        gate.opened.set()
         release.set()
         await batcher.stop()
         return outcomes, None

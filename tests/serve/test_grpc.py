@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -74,7 +76,7 @@ def test_grpc_errors_carry_their_status(server: Served, case: str, model: str, v
     client = grpcclient.InferenceServerClient(server.grpc_url)
     tensor = grpcclient.InferInput("input", shape, datatype)
     tensor.set_data_from_numpy(np.zeros(shape, np.float32 if datatype == "FP32" else np.int32))
-    with pytest.raises(InferenceServerException) as caught:
+    with pytest.raises(InferenceServerException, match=re.escape(message)) as caught:
         client.infer(model, [tensor], model_version=version)
     assert code in str(caught.value.status()) and message in caught.value.message(), str(caught.value)
     assert client.is_server_live()
@@ -90,13 +92,13 @@ def test_grpc_raw_contents_that_disagree_with_the_shape_are_refused(server: Serv
         request = service_pb2.ModelInferRequest(model_name=MODEL)
         request.inputs.add(name="input", datatype="FP32", shape=[2**32, 2**32])
         request.raw_input_contents.append(b"")
-        with pytest.raises(grpc.RpcError) as caught:
+        with pytest.raises(grpc.RpcError, match="over the") as caught:
             stub.ModelInfer(request)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "over the" in caught.value.details()
         request = service_pb2.ModelInferRequest(model_name=MODEL)
         request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 32, 32])
         request.raw_input_contents.append(b"\0" * 12)
-        with pytest.raises(grpc.RpcError) as caught:
+        with pytest.raises(grpc.RpcError, match="12 bytes for shape") as caught:
             stub.ModelInfer(request)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "12 bytes for shape" in caught.value.details()

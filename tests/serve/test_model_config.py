@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -170,7 +171,7 @@ def test_hostile_names_over_grpc_are_not_found(server: Served, model: str, versi
 
     with grpc.insecure_channel(server.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        with pytest.raises(grpc.RpcError) as caught:
+        with pytest.raises(grpc.RpcError, match=re.escape(message)) as caught:
             stub.ModelConfig(service_pb2.ModelConfigRequest(name=model, version=version))
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND and message in caught.value.details()
         assert stub.ServerLive(service_pb2.ServerLiveRequest()).live
