@@ -1,5 +1,6 @@
-"""CI cannot pass by skipping: .ci/test sets CI=1 and fails a run that collected nothing, and under CI a
-missing data root or browser fails the run instead of skipping the tests that need them."""
+"""CI cannot pass by skipping: .ci/test sets CI=1, says loudly when pytest collected nothing (exit 5, which the
+CI contract counts as success), and under CI a missing data root or browser fails the run instead of skipping
+the tests that need them."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST")}
 
 
-def test_a_run_that_collects_nothing_fails(tmp_path: Path) -> None:
+def test_a_run_that_collects_nothing_is_said_loudly(tmp_path: Path) -> None:
     result = ci_test(tmp_path, clean_env())
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert result.stderr.strip().splitlines()[-1] == "CI: pytest collected no tests; that is a failure, not a pass"
+    assert result.returncode == 0, result.stdout + result.stderr  # the CI contract: pytest's exit 5 is success
+    assert result.stderr.strip().splitlines()[-1] == ("CI: pytest collected no tests (exit 5); counted as success "
+                                                      "by the CI contract, but nothing was tested")
 
 
 def test_the_ci_script_sets_ci_itself(tmp_path: Path) -> None:
