@@ -85,7 +85,7 @@ def test_onnx_re_exported_after_verify_is_refused(model_dir: Path, tmp_path: Pat
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", "", "x" * 200, 'q"uote', "new\nline"])
 def test_unsafe_model_names_are_refused(model_dir: Path, tmp_path: Path, name: str) -> None:
     with pytest.raises(VggExportError, match="not a safe Triton model name"):
-        write_repository(model_dir / "model.onnx", tmp_path / "repo", TritonConfig(name=name or "-"))
+        write_repository(model_dir / "model.onnx", tmp_path / "repo", TritonConfig(name=name))
     assert not (tmp_path / "repo").exists()
 
 

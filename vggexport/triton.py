@@ -162,7 +162,8 @@ def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
     meta = read_onnx_metadata(artifact)
     # Triton's KIND_GPU runs ONNX Runtime's CUDA provider, KIND_CPU its CPU one: the gate judges by that runtime.
     check_verified(artifact, allow_unverified=allow_unverified, runs_on="cuda" if config.kind == "gpu" else "cpu")
-    name = check_model_name(config.name, "--name") if config.name else check_model_name(
+    # An empty --name is a name, and refused as one: only None means "the model's own".
+    name = check_model_name(config.name, "--name") if config.name is not None else check_model_name(
         meta["model_name"], f"{artifact.path.name}'s metadata")
     labels = check_labels(meta["class_names"])
     text = config_pbtxt(name, artifact, meta, config)
