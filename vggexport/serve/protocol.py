@@ -197,9 +197,15 @@ def parse_request(body: bytes, header_length: str | None, model: str, version: s
                      binary_output=wants_binary(request, None))
 
 
-def json_data(array: np.ndarray) -> list[Any]:
+def json_data(array: np.ndarray, name: str = "output") -> list[Any]:
+    """The values as JSON numbers. JSON has no NaN or Infinity (strict parsers, JavaScript's among them, refuse
+    them), so a non-finite output, which only out-of-range inputs produce, is refused in JSON; binary outputs
+    carry it as it is."""
     if array.dtype == np.object_:
         return [item.decode("utf-8", "replace") for item in array.reshape(-1)]
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ProtocolError(f"output {name!r} is not finite (NaN or Inf) for this input, and JSON cannot carry "
+                            "that: keep inputs in the model's range, or ask for the output as binary data")
     return array.reshape(-1).tolist()
 
 
@@ -213,13 +219,13 @@ def encode_response(result: InferResult) -> tuple[bytes, int | None]:
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = json_data(array)
+            entry["data"] = json_data(array, output.name)
         described.append(entry)
     answer: dict[str, Any] = {"model_name": result.model_name, "model_version": result.model_version}
     if result.id:
         answer["id"] = result.id  # echoed, and left out when the request had none, as Triton does
     answer["outputs"] = described
-    header = json.dumps(answer, separators=(",", ":")).encode()
+    header = json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
