@@ -107,6 +107,11 @@ def test_with_preprocessing_takes_raw_pixels_of_any_size(tmp_path: Path) -> None
         pixels = rng.integers(0, 256, shape, dtype=np.uint8)
         with torch.no_grad():
             expected = model(preprocess(torch.from_numpy(pixels), image_size=32, mean=config.mean, std=config.std))
+            blank = model(preprocess(torch.zeros_like(torch.from_numpy(pixels)), image_size=32, mean=config.mean,
+                                     std=config.std))
+        # The images' content moves the logits far beyond the tolerance, so a graph that ignored its input
+        # (or answered for a blank image) could not pass.
+        assert (expected - blank).abs().max() > 100 * 1e-4
         np.testing.assert_allclose(session.run(None, {"input": pixels})[0], expected.numpy(), atol=1e-4, rtol=1e-3)
 
 

@@ -98,8 +98,10 @@ def test_export_command_writes_pt2_and_verify_checks_it(trained_artifacts: Path,
     assert "model.pt2" in manifest["artifacts"]
     result = run_cli("verify", "--artifacts", tmp_path, "--runtimes", "torch-export", "--random-only")
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "vgg11_bn" / "parity.json").read_text())
-    assert [r["runtime"] for r in report["runtimes"]][1:] == ["torch-export"]
+    record = json.loads((tmp_path / "vgg11_bn" / "parity.json").read_text())
+    verdicts = record["files"]["model.pt2"]["runtimes"]
+    assert [v["runtime"] for v in verdicts] == ["torch-export"] and verdicts[0]["passed"]
+    assert set(record["files"]) == {"model.pt2"}  # only what that runtime runs was verified
 
 
 def foreign_program(path: Path) -> None:

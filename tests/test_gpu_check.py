@@ -4,6 +4,7 @@ when a step hangs or a server dies. The rehearsal itself (--rehearse) is a devel
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,7 +17,7 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
 sys.path.insert(0, str(TOOLS))
 
 import gpu_check  # noqa: E402
-from gpu import layout, plan  # noqa: E402
+from gpu import build, layout, plan, preflight  # noqa: E402
 from gpu.runner import ARCHIVE, LOG, SUMMARY  # noqa: E402
 
 
@@ -110,3 +111,57 @@ def test_the_server_wait_ends_when_the_server_dies(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"server exited \([1-9]"):
         server.wait_ready(timeout=300)
     assert time.monotonic() - started < 60  # it died, so the wait is over long before its 300 s
+
+
+def split_archive(root: Path, parts: int) -> Path:
+    """A tar.xz of one file cut into ``parts`` pieces, stashed as the harness stashes onnxruntime-gpu's."""
+    import hashlib
+    import io
+
+    payload = tarfile.TarInfo("onnxruntime/__init__.py")
+    data = b"version = 'test'\n" * 1000
+    payload.size = len(data)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:xz") as archive:
+        archive.addfile(payload, io.BytesIO(data))
+    blob = buffer.getvalue()
+    carried = root / "carried"
+    listing = []
+    for i in range(parts):
+        piece = carried / layout.PARTS / f"p{i + 1}" / f"ort.tar.xz.{i:02d}"
+        piece.parent.mkdir(parents=True)
+        piece.write_bytes(blob[i * len(blob) // parts:(i + 1) * len(blob) // parts])
+        listing.append(f"{hashlib.sha256(piece.read_bytes()).hexdigest()}  p{i + 1}/{piece.name}\n")
+    (carried / layout.WHEELS).mkdir(parents=True)
+    (carried / layout.WHEELS / build.PARTS_LIST).write_text("".join(listing))
+    return carried
+
+
+def test_install_unpacks_a_complete_set_of_parts_and_refuses_any_other(tmp_path: Path) -> None:
+    carried = split_archive(tmp_path, 3)
+    build.install(tmp_path)  # Python's lzma and tarfile: no xz binary is assumed on the machine
+    assert (tmp_path / "site" / "onnxruntime" / "__init__.py").read_bytes().startswith(b"version = 'test'")
+    piece = carried / layout.PARTS / "p2" / "ort.tar.xz.01"
+    piece.write_bytes(piece.read_bytes()[:-1] + b"!")
+    with pytest.raises(SystemExit, match="part p2/ort.tar.xz.01 differs from the one --build made"):
+        build.install(tmp_path)
+    piece.unlink()
+    with pytest.raises(SystemExit, match="part p2/ort.tar.xz.01 was never stashed"):
+        build.install(tmp_path)
+
+
+def test_a_stash_after_a_lost_machine_says_so(tmp_path: Path) -> None:
+    carried = split_archive(tmp_path, 3)
+    build.stash(tmp_path, [])  # every part there: nothing to say
+    shutil.rmtree(carried / layout.PARTS / "p2")
+    with pytest.raises(SystemExit, match=r"parts \[2\] are missing .* the machine was replaced between calls"):
+        build.stash(tmp_path, [])
+
+
+def test_pip_check_stops_the_run_only_for_what_it_relies_on() -> None:
+    report = ("numba 0.60.0 has requirement numpy<2.1,>=1.22, but you have numpy 2.5.2.\n"
+              "tritonclient 2.73.0 has requirement grpcio>=1.81.1, but you have grpcio 1.70.0.\n"
+              "onnx 1.23.1 has requirement protobuf>=7, but you have protobuf 6.33.6.\n"
+              "jax 0.11.2 requires jaxlib, which is not installed.\n")
+    found = preflight.pip_check_problems(report, {"tritonclient", "numpy", "protobuf"}, {"tritonclient", "protobuf"})
+    assert found == [report.splitlines()[1], report.splitlines()[2]]

@@ -98,11 +98,13 @@ def test_a_forged_record_is_refused(run_cli: Cli, exported: Path) -> None:
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="verify runs the CUDA runtimes where CUDA is")
-def test_shipping_to_a_gpu_warns_when_only_the_cpu_was_verified(run_cli: Cli, exported: Path) -> None:
+def test_shipping_to_a_gpu_needs_a_cuda_verdict(run_cli: Cli, exported: Path) -> None:
     """Triton's KIND_GPU runs the CUDA provider: a CPU-only verification says nothing of its numbers."""
     assert run_cli("verify", "--artifacts", exported.parent).exit_code == 0  # no GPU here: CPU runtimes only
     gpu = run_cli("triton", "--artifacts", exported.parent, "--kind", "gpu")
-    assert gpu.exit_code == 0 and "verified on the CPU only" in gpu.output
+    assert gpu.exit_code == 1 and "verified on the CPU only" in gpu.output and "--device cuda" in gpu.output
+    forced = run_cli("triton", "--artifacts", exported.parent, "--kind", "gpu", "--allow-unverified")
+    assert forced.exit_code == 0 and "verified on the CPU only" in forced.output
     cpu = run_cli("triton", "--artifacts", exported.parent, "--kind", "cpu")
     assert cpu.exit_code == 0 and "warning" not in cpu.output
 

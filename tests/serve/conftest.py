@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,19 +58,14 @@ def model_only(served_folder: Path, tmp_path: Path) -> Path:
     return folder / "model.onnx"
 
 
-def failing_model(path: Path) -> Path:
-    """A vggexport-labelled ONNX whose Reshape to (1, 4) fails at run time for any batch but 1."""
+def save_labelled(graph: Any, name: str, path: Path) -> Path:
+    """Save a 2x2-input, 4-class graph with the metadata a vggexport server needs to serve it."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import helper
 
-    graph = helper.make_graph(
-        [helper.make_node("Reshape", ["input", "target"], ["logits"])], "fails",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 2, 2])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor("target", TensorProto.INT64, [2], [1, 4])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
-    meta = {"model_name": "fails", "class_names": json.dumps(list("abcd")), "model_config": "{}",
+    meta = {"model_name": name, "class_names": json.dumps(list("abcd")), "model_config": "{}",
             "image_size": "2", "in_channels": "1"}
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
@@ -77,10 +73,21 @@ def failing_model(path: Path) -> Path:
     return path
 
 
+def failing_model(path: Path) -> Path:
+    """A vggexport-labelled ONNX whose Reshape to (1, 4) fails at run time for any batch but 1."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "target"], ["logits"])], "fails",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 2, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor("target", TensorProto.INT64, [2], [1, 4])])
+    return save_labelled(graph, "fails", path)
+
+
 def endless_model(path: Path) -> Path:
     """A vggexport-labelled ONNX whose every run spins forever (a Loop that never stops): a worker that is
     never free, so a queue behind it fills whatever the machine's speed. Its server must be killed."""
-    import onnx
     from onnx import TensorProto, helper
 
     spin = helper.make_graph(
@@ -97,11 +104,4 @@ def endless_model(path: Path) -> Path:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor("trips", TensorProto.INT64, [], [2**63 - 1]),
          helper.make_tensor("keep_going", TensorProto.BOOL, [], [True])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    meta = {"model_name": "endless", "class_names": json.dumps(list("abcd")), "model_config": "{}",
-            "image_size": "2", "in_channels": "1"}
-    for key, value in meta.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save_model(model, str(path))
-    return path
+    return save_labelled(graph, "endless", path)

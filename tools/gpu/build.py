@@ -8,6 +8,7 @@ The registry is used only here, by the first build (a few GB: torch's CUDA build
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from . import layout
 
@@ -23,10 +25,12 @@ PYTHON = "3.12"  # the GPU machine's Python (3.12.3)
 # Not carried: the device has torch and torchvision (pinned in gpu_device.txt); the browser tests do not run there.
 NOT_CARRIED = {"torch", "torchvision", "playwright"}
 ORT_GPU = "onnxruntime-gpu"
+PARTS_LIST = "ort-parts.sha256"  # in the wheels' folder: what a complete set of parts is
 
 
 def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    print("$", " ".join(argv), flush=True)
+    shown = " ".join(argv)
+    print("$", shown if len(shown) < 400 else shown[:400] + " ...", flush=True)
     return subprocess.run(argv, check=True, text=True, **kwargs)  # type: ignore[call-overload]
 
 
@@ -76,12 +80,76 @@ def requirement_name(requirement: str) -> str:
 
 
 def resolve(python: Path) -> dict[str, str]:
-    """{name: version} pip would install on top of the machine's packages: what it lacks or has too old."""
+    """{name: version} to carry: what pip would install on top of the machine's packages (what it lacks or has
+    too old), and every package whose version there is unknown (not pinned in gpu_device.txt) that a carried
+    one constrains: the rehearsal has the newest of it, the machine may have an older one."""
     report = cache_dir() / "gpu-resolution.json"
     run([str(python), "-m", "pip", "install", "-q", "--dry-run", "--only-binary=:all:", "--report", str(report),
          *requirements()])
     resolved = json.loads(report.read_text())["install"]
-    return {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"] for item in resolved}
+    closure = {requirement_name(item["metadata"]["name"]): item["metadata"]["version"] for item in resolved}
+    found = {requirement_name(i["metadata"]["name"]): (i["metadata"]["version"], i["metadata"].get("requires_dist", []),
+                                                      i["metadata"].get("provides_extra", [])) for i in resolved}
+    installed = needs_of(python, found)
+    pinned = {requirement_name(line) for line in device_lines() if "==" in line}
+    extras = requested_extras()
+    queue = list(closure)
+    while queue:  # a package carried for its version may constrain further ones of unknown version
+        carrier = queue.pop()
+        for name, constrains, only_for in installed.get(carrier, ("", []))[1]:
+            wanted = only_for is None or set(only_for) & extras.get(carrier, set())
+            if wanted and constrains and name in installed and name not in pinned and name not in closure:
+                closure[name] = installed[name][0]
+                queue.append(name)
+    return closure
+
+
+def device_lines() -> list[str]:
+    lines = [line.split("#")[0].strip() for line in DEVICE_PACKAGES.read_text().splitlines()]
+    return [line for line in lines if line]
+
+
+def requested_extras() -> dict[str, set[str]]:
+    """{package: the extras the project asks of it} (tritonclient[http,grpc], uvicorn[standard])."""
+    found: dict[str, set[str]] = {}
+    for requirement in requirements():
+        head = requirement.split(";")[0]
+        if "[" in head:
+            found.setdefault(requirement_name(head), set()).update(
+                e.strip() for e in head.split("[", 1)[1].split("]")[0].split(","))
+    return found
+
+
+# Run by the rehearsal's Python, which has `packaging`: each package's needs, markers evaluated for that
+# interpreter; a need behind extras names them (it counts only where the project asks for that extra).
+NEEDS = """
+import importlib.metadata as m, json, sys
+from packaging.requirements import Requirement
+def needs(requires, extras):
+    out = []
+    for text in requires:
+        req = Requirement(text)
+        only = None
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            only = [e for e in extras if req.marker.evaluate({"extra": e})]
+            if not only:
+                continue
+        out.append([req.name, bool(req.specifier), only])
+    return out
+given = json.load(sys.stdin)
+found = {d.metadata["Name"]: [d.version, needs(d.requires or [], d.metadata.get_all("Provides-Extra") or [])]
+         for d in m.distributions()}
+found.update({name: [v, needs(r, e)] for name, (v, r, e) in given.items()})
+print(json.dumps(found))
+"""
+
+
+def needs_of(python: Path, resolved: dict[str, tuple[str, list[str], list[str]]]) -> dict[str, tuple[str, list]]:
+    """{name: (version, [(needed name, constrains its version, only for these extras or None)])}: of every
+    package in the rehearsal's environment, and of the resolved ones pip would add."""
+    listed = json.loads(run([str(python), "-c", NEEDS], input=json.dumps(resolved), capture_output=True).stdout)
+    return {requirement_name(name): (version, [(requirement_name(n), c, o) for n, c, o in needs])
+            for name, (version, needs) in listed.items()}
 
 
 def download_wheels(python: Path, closure: dict[str, str]) -> None:
@@ -100,11 +168,15 @@ def download_wheels(python: Path, closure: dict[str, str]) -> None:
 
 
 def build_parts(version: str) -> None:
+    """onnxruntime-gpu in parts, and their list with sha256 in the wheels' folder (it travels with the run),
+    so the machine unpacks only a complete, unchanged set."""
     marker = layout.ROOT / layout.PARTS / "version.txt"
-    if marker.is_file() and marker.read_text().strip() == version and layout.part_folders():
-        return
-    run(["bash", str(layout.ROOT / "tools" / "ort_gpu_parts.sh"), str(layout.ROOT / layout.PARTS), version])
-    marker.write_text(version + "\n")
+    if not (marker.is_file() and marker.read_text().strip() == version and layout.part_folders()):
+        run(["bash", str(layout.ROOT / "tools" / "ort_gpu_parts.sh"), str(layout.ROOT / layout.PARTS), version])
+        marker.write_text(version + "\n")
+    pieces = sorted(layout.ROOT.glob(f"{layout.PARTS}/p*/ort.tar.xz.*"), key=lambda p: p.name)
+    listing = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.parent.name}/{p.name}\n" for p in pieces)
+    (layout.ROOT / layout.WHEELS / PARTS_LIST).write_text(listing)
 
 
 def copy_data(shared: Path) -> None:
@@ -135,28 +207,70 @@ def build(shared: Path) -> Path:
 
 
 def stash(root: Path, names: list[str] | None = None) -> None:
-    """On the machine: copy what this call carried into ``root/carried``, where later calls find it."""
+    """On the machine: copy what this call carried into ``root/carried``, where later calls find it. A gap
+    in the parts stashed so far means the machine was replaced between calls (its /tmp went with it)."""
     carried = root / "carried"
-    for name in names or [layout.WHEELS, layout.DATA, *(f"{layout.PARTS}/{p.name}" for p in layout.part_folders())]:
+    every = [layout.WHEELS, layout.DATA, *(f"{layout.PARTS}/{p.name}" for p in layout.part_folders())]
+    for name in every if names is None else names:
         source = layout.ROOT / name
         if source.is_dir():
             shutil.copytree(source, carried / name, dirs_exist_ok=True)
             print(f"stashed {name} ({layout.folder_bytes(source) / layout.MIB:.1f} MiB) in {carried}", flush=True)
+    numbers = sorted(int(p.name[1:]) for p in (carried / layout.PARTS).glob("p*") if p.name[1:].isdigit())
+    print(f"parts stashed so far: {numbers}", flush=True)
+    if numbers and numbers != list(range(1, numbers[-1] + 1)):
+        raise SystemExit(f"error: parts {sorted(set(range(1, numbers[-1] + 1)) - set(numbers))} are missing from "
+                         f"{carried}: the machine was replaced between calls; start again from the first call")
 
 
 def install(root: Path) -> None:
-    """onnxruntime-gpu from its parts, then the wheels, into ``root/site`` (``--target``, ``--no-index``)."""
+    """onnxruntime-gpu from its parts, then the wheels, into ``root/site`` (``--target``, ``--no-index``).
+
+    The parts are checked against their list first, and unpacked by Python's lzma and tarfile (no xz binary
+    is assumed on the machine)."""
+    import tarfile
+
     carried, site = root / "carried", root / "site"
-    pieces = sorted((carried / layout.PARTS).glob("p*/ort.tar.xz.*"), key=lambda p: p.name)
-    if not pieces:
-        raise SystemExit(f"error: no onnxruntime-gpu parts under {carried / layout.PARTS}: carry them first")
+    pieces = check_parts(carried)
     site.mkdir(parents=True, exist_ok=True)
-    cat = subprocess.Popen(["cat", *map(str, pieces)], stdout=subprocess.PIPE)
-    unxz = subprocess.Popen(["xz", "-d", "-T0"], stdin=cat.stdout, stdout=subprocess.PIPE)
-    subprocess.run(["tar", "-x", "-C", str(site)], stdin=unxz.stdout, check=True)
-    if cat.wait() or unxz.wait():
-        raise SystemExit("error: the onnxruntime-gpu parts are incomplete or corrupt")
+    with tarfile.open(fileobj=Chained(pieces), mode="r|xz") as archive:  # type: ignore[call-overload]
+        archive.extractall(site, filter="data")
     wheels = sorted((carried / layout.WHEELS).glob("*.whl"))
-    run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--upgrade",
-         "--target", str(site), *map(str, wheels)])
-    print(f"installed onnxruntime-gpu and {len(wheels)} wheels into {site}", flush=True)
+    if wheels:
+        run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--upgrade",
+             "--target", str(site), *map(str, wheels)])
+    print(f"installed onnxruntime-gpu ({len(pieces)} parts) and {len(wheels)} wheels into {site}", flush=True)
+
+
+def check_parts(carried: Path) -> list[Path]:
+    listed = carried / layout.WHEELS / PARTS_LIST
+    if not listed.is_file():
+        raise SystemExit(f"error: no {listed}: carry {layout.WHEELS} (made by --build) with the run")
+    pieces = []
+    for line in listed.read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        piece = carried / layout.PARTS / name
+        if not piece.is_file():
+            raise SystemExit(f"error: part {name} was never stashed in {carried}: carry every part first")
+        if hashlib.sha256(piece.read_bytes()).hexdigest() != digest:
+            raise SystemExit(f"error: part {name} differs from the one --build made: carry it again")
+        pieces.append(piece)
+    return pieces
+
+
+class Chained(io.RawIOBase):
+    """The parts read one after the other, as one stream."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.files = [open(p, "rb") for p in paths]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self.files:
+            count = self.files[0].readinto(buffer)
+            if count:
+                return count
+            self.files.pop(0).close()
+        return 0

@@ -135,6 +135,8 @@ def describe(calls: list[Call], checkout: int, built: bool) -> tuple[list[str], 
     """The plan's lines, and whether it fits: every call <= 60 MiB, steps <= 8 min, all of it <= 11 min."""
     lines = [f"GPU plan: {len(calls)} device calls back to back (sizes {'measured' if built else 'estimated'}; "
              f"each call also sends the checkout, {checkout / layout.MIB:.1f} MiB)"]
+    if not built:
+        lines.append("  nothing to carry is built yet: run `bash tools/gpu_check.sh --build` before the device calls")
     fits = True
     for number, call in enumerate(calls, 1):
         total = call.carried_bytes + checkout

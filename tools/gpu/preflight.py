@@ -6,6 +6,7 @@ whose collection is checked (on the CPU they skip, so collection is what the reh
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -103,7 +104,37 @@ def checks(mode: str) -> int:
     subprocess.run([sys.executable, "-m", "pip", "list", "--format=freeze"], check=False)
     checked = subprocess.run([sys.executable, "-m", "pip", "check"], text=True, capture_output=True)
     print(f"pip check (the carried packages and the machine's): {checked.stdout.strip() or checked.stderr.strip()}")
-    return checked.returncode
+    relied_on, carried = watched_packages()
+    ours = pip_check_problems(checked.stdout, relied_on, carried)
+    for line in ours:
+        print(f"error: pip check: {line}", flush=True)
+    return 1 if ours else 0
+
+
+def watched_packages() -> tuple[set[str], set[str]]:
+    """(what the run relies on: vggexport's requirements, torch and the carried packages; the carried ones)."""
+    from . import build
+
+    listing = Path(os.environ.get("GPU_CHECK_ROOT", layout.DEVICE_ROOT)) / "carried" / layout.WHEELS / "carried.txt"
+    carried = {build.ORT_GPU}
+    if listing.is_file():
+        carried |= {build.requirement_name(line) for line in listing.read_text().splitlines() if line.strip()}
+    relied_on = {build.requirement_name(r) for r in build.requirements()} | {"torch", "torchvision"} | carried
+    return relied_on, carried
+
+
+def pip_check_problems(report: str, relied_on: set[str], carried: set[str]) -> list[str]:
+    """The lines of ``pip check`` that are the run's business: a package it relies on with an unmet need, or a
+    carried package that breaks one of the machine's. The machine's image may hold conflicts among packages
+    the run never imports (it has ~200), which are no reason to stop the run; they are printed all the same."""
+    from .build import requirement_name
+
+    found = []
+    for line in report.splitlines():
+        match = re.match(r"(\S+) \S+ (?:requires|has requirement) ([A-Za-z0-9_.\-]+)", line)
+        if match and (requirement_name(match.group(1)) in relied_on or requirement_name(match.group(2)) in carried):
+            found.append(line.strip())
+    return found
 
 
 def version_of(metadata: object, name: str) -> str:
