@@ -27,7 +27,9 @@ def test_plan_fits_the_device() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     calls = re.findall(r"call \d+: command '([^']+)'.*; ([\d.]+) MiB", done.stdout)
     assert calls and all(float(mib) <= 60 for _, mib in calls), done.stdout
-    assert [command for command, _ in calls][-1] == "bash tools/gpu_check.sh"  # the run goes last
+    commands = [command for command, _ in calls]
+    assert commands == [f"bash tools/gpu_check.sh --stash {n}" for n in range(1, len(calls))] + [
+        f"bash tools/gpu_check.sh --call {len(calls)}"]  # the run goes last, and knows how many came before
     whole = re.search(r"whole plan (\d+) s = ([\d.]+) min", done.stdout)
     assert whole and int(whole.group(1)) <= 11 * 60 and "fits" in done.stdout.splitlines()[-1]
     steps = re.search(r"steps (\d+) s", done.stdout)
@@ -151,11 +153,11 @@ def test_install_unpacks_a_complete_set_of_parts_and_refuses_any_other(tmp_path:
 
 
 def test_a_stash_after_a_lost_machine_says_so(tmp_path: Path) -> None:
-    carried = split_archive(tmp_path, 3)
-    build.stash(tmp_path, [])  # every part there: nothing to say
-    shutil.rmtree(carried / layout.PARTS / "p2")
-    with pytest.raises(SystemExit, match=r"parts \[2\] are missing .* the machine was replaced between calls"):
-        build.stash(tmp_path, [])
+    build.stash(tmp_path, [], call=1)
+    build.stash(tmp_path, [], call=2)
+    shutil.rmtree(tmp_path / "carried")  # a fresh machine: /tmp is empty again
+    with pytest.raises(SystemExit, match=r"calls \[1, 2\] left nothing .* the machine was replaced between calls"):
+        build.stash(tmp_path, [], call=3)
 
 
 def test_pip_check_stops_the_run_only_for_what_it_relies_on() -> None:

@@ -3,7 +3,7 @@
     bash tools/gpu_check.sh --plan       the device calls (what each carries, its size) and the time, in seconds
     bash tools/gpu_check.sh --rehearse   build what travels, then run every call and step here, tiny, on the CPU
     bash tools/gpu_check.sh --build      build what travels (.ortgpu, .gpuwheels, .gpudata), for a GPU run
-    bash tools/gpu_check.sh              on the GPU machine: the last call of the plan (the others: --stash)
+    bash tools/gpu_check.sh --call N     on the GPU machine: the last call of the plan (the others: --stash K)
     bash tools/gpu_check.sh --clean      remove the data copy (.gpudata) after a GPU run
 
 The run writes one log, a summary and one archive of the small result files into $OUT (default
@@ -74,10 +74,12 @@ def rehearse(shared: Path, out: Path | None) -> int:
     root = Path(tempfile.mkdtemp(prefix="vggexport-gpu-rehearsal-"))
     print(f"rehearsing the calls in {root} (the machine's /tmp)", flush=True)
     items, _ = plan.carried_items()
-    for call in plan.plan_calls(items, layout.checkout_bytes()):
-        build.stash(root, call.carry)
-    code = run_steps(root, str(python), out or root / "gpu-out", "rehearse")
-    shutil.rmtree(layout.ROOT / layout.DATA, ignore_errors=True)  # the data copy never outlives the run
+    try:
+        for number, call in enumerate(plan.plan_calls(items, layout.checkout_bytes()), 1):
+            build.stash(root, call.carry, number)
+        code = run_steps(root, str(python), out or root / "gpu-out", "rehearse")
+    finally:
+        shutil.rmtree(layout.ROOT / layout.DATA, ignore_errors=True)  # the data copy never outlives the run
     if not fits:
         print("the plan does not fit the device's limits (see above)", flush=True)
     return code or (0 if fits else 1)
@@ -87,8 +89,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     modes = parser.add_mutually_exclusive_group()
-    for flag in ("--plan", "--rehearse", "--build", "--clean", "--stash", "--install", "--preflight", "--gpu-tests"):
+    for flag in ("--plan", "--rehearse", "--build", "--clean", "--install", "--preflight", "--gpu-tests"):
         modes.add_argument(flag, action="store_true")
+    modes.add_argument("--stash", type=int, metavar="N", help="Device call N of the plan: keep what it carried.")
+    parser.add_argument("--call", type=int, default=0, metavar="N",
+                        help="The run's call number in the plan (the calls before it must have stashed).")
     parser.add_argument("--shared", type=Path, default=layout.data_root(), help="Fashion-MNIST's root, for --build.")
     args = parser.parse_args()
     root = Path(os.environ.get("GPU_CHECK_ROOT", layout.DEVICE_ROOT))
@@ -104,8 +109,8 @@ def main() -> int:
     if args.clean:
         shutil.rmtree(layout.ROOT / layout.DATA, ignore_errors=True)
         return 0
-    if args.stash:
-        build.stash(root)
+    if args.stash is not None:
+        build.stash(root, call=args.stash)
         return 0
     if args.install:
         build.install(root)
@@ -114,7 +119,7 @@ def main() -> int:
         return preflight.preflight(mode)
     if args.gpu_tests:
         return preflight.gpu_tests()
-    build.stash(root)
+    build.stash(root, call=args.call)
     return run_steps(root, sys.executable, out or root / "gpu-out", "gpu")
 
 

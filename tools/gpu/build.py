@@ -206,9 +206,12 @@ def build(shared: Path) -> Path:
     return python
 
 
-def stash(root: Path, names: list[str] | None = None) -> None:
-    """On the machine: copy what this call carried into ``root/carried``, where later calls find it. A gap
-    in the parts stashed so far means the machine was replaced between calls (its /tmp went with it)."""
+def stash(root: Path, names: list[str] | None = None, call: int = 0) -> None:
+    """On the machine: copy what this call carried into ``root/carried``, where later calls find it.
+
+    ``call`` (the plan's number for it; 0: unnumbered) is recorded; a call that finds an earlier one missing
+    says at once that the machine was replaced between calls (its /tmp went with it).
+    """
     carried = root / "carried"
     every = [layout.WHEELS, layout.DATA, *(f"{layout.PARTS}/{p.name}" for p in layout.part_folders())]
     for name in every if names is None else names:
@@ -216,11 +219,17 @@ def stash(root: Path, names: list[str] | None = None) -> None:
         if source.is_dir():
             shutil.copytree(source, carried / name, dirs_exist_ok=True)
             print(f"stashed {name} ({layout.folder_bytes(source) / layout.MIB:.1f} MiB) in {carried}", flush=True)
-    numbers = sorted(int(p.name[1:]) for p in (carried / layout.PARTS).glob("p*") if p.name[1:].isdigit())
-    print(f"parts stashed so far: {numbers}", flush=True)
-    if numbers and numbers != list(range(1, numbers[-1] + 1)):
-        raise SystemExit(f"error: parts {sorted(set(range(1, numbers[-1] + 1)) - set(numbers))} are missing from "
-                         f"{carried}: the machine was replaced between calls; start again from the first call")
+    if call < 1:
+        return
+    record = carried / "calls.txt"
+    done = {int(n) for n in record.read_text().split()} if record.is_file() else set()
+    missing = sorted(set(range(1, call)) - done)
+    if missing:
+        raise SystemExit(f"error: calls {missing} left nothing in {carried}: the machine was replaced between "
+                         "calls; start again from the first call")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(" ".join(map(str, sorted(done | {call}))) + "\n")
+    print(f"calls stashed so far: {sorted(done | {call})}", flush=True)
 
 
 def install(root: Path) -> None:

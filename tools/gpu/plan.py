@@ -92,7 +92,7 @@ def rehearsed(step: Step) -> tuple[str, ...]:
 class Call:
     carry: list[str]
     carried_bytes: int
-    command: str = "bash tools/gpu_check.sh --stash"
+    command: str = ""
     estimate_s: int = CARRY_CALL_S
     sizes: dict[str, int] = field(default_factory=dict)
 
@@ -126,7 +126,9 @@ def plan_calls(items: list[tuple[str, int]], checkout: int) -> list[Call]:
     calls.sort(key=lambda c: c.carried_bytes, reverse=True)  # the run goes last, in the call with the most room
     if not calls:
         calls.append(Call([], 0))
-    calls[-1].command = "bash tools/gpu_check.sh"
+    for number, call in enumerate(calls[:-1], 1):
+        call.command = f"bash tools/gpu_check.sh --stash {number}"
+    calls[-1].command = f"bash tools/gpu_check.sh --call {len(calls)}"
     calls[-1].estimate_s = sum(step.estimate_s for step in STEPS)
     return calls
 
