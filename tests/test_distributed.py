@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,9 +33,18 @@ def records(folder: Path) -> dict[str, dict]:
     return {r["record"]: r for r in lines}
 
 
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """The 2-process run of ARGS, once: compared with one process, and resumed (from a copy)."""
+    root = tmp_path_factory.mktemp("two")
+    return root, run(root, 2)
+
+
 @pytest.mark.slow
-def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
-    two = run(tmp_path / "two", 2)
+def test_two_gloo_processes_match_one(two_processes: tuple[Path, subprocess.CompletedProcess[str]],
+                                      tmp_path: Path) -> None:
+    shutil.copytree(two_processes[0], tmp_path / "two")
+    two = two_processes[1]
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     output = two.stdout + two.stderr
     assert "2 processes (DDP)" in output and "parameters identical across 2 processes" in output
@@ -72,8 +82,11 @@ def test_ranks_evaluate_the_model_rank_0_saves(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_distributed_resume_and_export(tmp_path: Path) -> None:
-    first = run(tmp_path, 2)
+def test_distributed_resume_and_export(two_processes: tuple[Path, subprocess.CompletedProcess[str]],
+                                       tmp_path: Path) -> None:
+    tmp_path = tmp_path / "run"
+    shutil.copytree(two_processes[0], tmp_path)  # resuming changes the run: a copy of it
+    first = two_processes[1]
     assert first.returncode == 0, first.stderr[-3000:]
     longer = [a for a in ARGS]
     longer[longer.index("--epochs") + 1], longer[longer.index("--max-steps") + 1] = "2", "40"

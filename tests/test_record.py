@@ -12,13 +12,23 @@ import pytest
 from tests.conftest import Cli, ServerProcess
 
 
-@pytest.fixture
-def exported(run_cli: Cli, trained_artifacts: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "vgg11_bn"
+@pytest.fixture(scope="module")
+def pristine(trained_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained model exported once for the module; each test gets its own copy (``exported``)."""
+    root = tmp_path_factory.mktemp("record")
+    folder = root / "vgg11_bn"
     shutil.copytree(trained_artifacts / "vgg11_bn", folder)
     for stale in ("parity.json", "model.onnx", "model.torchscript.pt"):
         (folder / stale).unlink(missing_ok=True)
-    assert run_cli("export", "--artifacts", tmp_path).exit_code == 0
+    assert Cli()("export", "--artifacts", root).exit_code == 0
+    return folder
+
+
+@pytest.fixture
+def exported(pristine: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the exported, never verified folder: tests change it at will."""
+    folder = tmp_path / "vgg11_bn"
+    shutil.copytree(pristine, folder)
     return folder
 
 
