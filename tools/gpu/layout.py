@@ -15,7 +15,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PARTS, WHEELS, DATA = ".ortgpu", ".gpuwheels", ".gpudata"
 MIB = 1024 * 1024
 CALL_LIMIT = 60 * MIB  # what one device call may carry, the checkout included (the tool's own limit is 64 MiB)
-PART_SIZE = 55 * MIB  # one onnxruntime-gpu part; with the checkout it stays under CALL_LIMIT
 DEVICE_ROOT = Path("/tmp")
 DATASET_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                  "t10k-labels-idx1-ubyte.gz")
@@ -36,6 +35,6 @@ def part_folders() -> list[Path]:
     return sorted((ROOT / PARTS).glob("p*"), key=lambda p: int(p.name[1:]) if p.name[1:].isdigit() else 0)
 
 
-def data_root(shared: Path | None = None) -> Path:
+def data_root() -> Path:
     """Fashion-MNIST's root as torchvision lays it out (``<root>/FashionMNIST/raw``), beside the checkout."""
-    return shared if shared is not None else ROOT.parent / "shared" / "data"
+    return ROOT.parent / "shared" / "data"

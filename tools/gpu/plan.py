@@ -8,7 +8,7 @@ command limit, so the summary always prints.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import layout
 
@@ -17,10 +17,10 @@ PLAN_TARGET_S = 11 * 60  # the machine's start, every carrying call and the run
 RUN_DEADLINE_S = 540  # no step starts, or runs on, past this: the summary and the archive still fit in 600 s
 MACHINE_START_S = 120  # estimate: "a minute or more" (device README)
 CARRY_CALL_S = 15  # estimate: a call that carries <= 60 MiB and copies it into /tmp ("a few seconds each")
-# Measured here on 2026-12-01 (onnxruntime-gpu 1.31.1, xz -6; the wheels pip resolved): used by --plan
-# where nothing is built yet.
-ESTIMATED_SIZES = {"parts": [55 * layout.MIB] * 3 + [30 * layout.MIB], layout.WHEELS: 22 * layout.MIB,
-                   layout.DATA: 30 * layout.MIB}
+# Measured here on 2026-12-01 (onnxruntime-gpu 1.31.1 in xz parts of 55 MiB; the 45 wheels pip resolved; the
+# four Fashion-MNIST files): used by --plan where nothing is built yet.
+ESTIMATED_SIZES = {"parts": [55 * layout.MIB] * 3 + [int(29.4 * layout.MIB)], layout.WHEELS: int(32.2 * layout.MIB),
+                   layout.DATA: int(29.2 * layout.MIB)}
 H200 = "H200 2026-11-26"
 
 
@@ -93,8 +93,6 @@ class Call:
     carry: list[str]
     carried_bytes: int
     command: str = ""
-    estimate_s: int = CARRY_CALL_S
-    sizes: dict[str, int] = field(default_factory=dict)
 
 
 def carried_items() -> tuple[list[tuple[str, int]], bool]:
@@ -122,14 +120,12 @@ def plan_calls(items: list[tuple[str, int]], checkout: int) -> list[Call]:
             calls.append(call)
         call.carry.append(name)
         call.carried_bytes += size
-        call.sizes[name] = size
     calls.sort(key=lambda c: c.carried_bytes, reverse=True)  # the run goes last, in the call with the most room
     if not calls:
         calls.append(Call([], 0))
     for number, call in enumerate(calls[:-1], 1):
         call.command = f"bash tools/gpu_check.sh --stash {number}"
     calls[-1].command = f"bash tools/gpu_check.sh --call {len(calls)}"
-    calls[-1].estimate_s = sum(step.estimate_s for step in STEPS)
     return calls
 
 
