@@ -122,7 +122,7 @@ def trained_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     seeds 0-2 (measured), so the 0.75 floor holds with room on any CPU.
     """
     from vggexport.checkpoint import load_checkpoint
-    from vggexport.train import TrainConfig, train
+    from vggexport.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("artifacts")
     train(TrainConfig(dataset="synthetic", width=0.0625, head=32, dropout=0.0, epochs=8, batch_size=64,
@@ -178,8 +178,8 @@ class ServerProcess:
 @pytest.fixture(scope="session")
 def served_onnx(trained_artifacts: Path) -> Path:
     from vggexport.checkpoint import load_checkpoint
-    from vggexport.export import export_onnx
-    from vggexport.spec import ExportSpec
+    from vggexport.export.onnx import export_onnx
+    from vggexport.export.spec import ExportSpec
 
     folder = trained_artifacts / "vgg11_bn"
     path = folder / "model.onnx"
@@ -206,8 +206,8 @@ def artifacts(trained_artifacts: Path, tmp_path_factory: pytest.TempPathFactory)
     import dataclasses
 
     from vggexport.checkpoint import load_checkpoint, save_checkpoint
-    from vggexport.export import export_onnx
-    from vggexport.spec import ExportSpec
+    from vggexport.export.onnx import export_onnx
+    from vggexport.export.spec import ExportSpec
 
     root = tmp_path_factory.mktemp("variants")
     folder = root / "vgg11_bn"
@@ -251,9 +251,9 @@ def renamed_report(report: dict[str, Any], runtime: str, *, passed: bool = True,
 
 
 def record_verdict(report: Any, model: Path) -> None:
-    """Merge ``report``'s verdict on ``model`` into parity.json as verify does (vggexport.record.write_records)."""
-    from vggexport.fileio import sha256_file
-    from vggexport.record import write_records
+    """Merge ``report``'s verdict on ``model`` into parity.json as verify does (vggexport.store.parity_record.write_records)."""
+    from vggexport.store.fileio import sha256_file
+    from vggexport.store.parity_record import write_records
 
     checkpoint = model.parent / "best.pt"
     write_records(report, [(model, "onnx", model.name.endswith(".preprocessing.onnx"), sha256_file(model))],

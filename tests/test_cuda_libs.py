@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from vggexport.cuda_libs import (CUDNN_PARTS, captured_native_stderr, cuda_libraries, find_cuda_libraries,
+from vggexport.backend.cuda_libs import (CUDNN_PARTS, captured_native_stderr, cuda_libraries, find_cuda_libraries,
                                  library_dirs, ort_error)
 from vggexport.errors import VggExportError
-from vggexport.onnx_io import CUDA_EP, resolve_provider
-from vggexport.runners import OnnxRuntimeRunner
+from vggexport.backend.onnxrt import CUDA_EP, resolve_provider
+from vggexport.backend.onnxrt import OnnxRuntimeRunner
 
 CUDA13 = ("libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13", "libcurand.so.10", "libcufft.so.12",
           "libnvrtc.so.13")
@@ -91,7 +91,7 @@ def test_the_real_wheels_load_in_a_torch_free_process() -> None:
     major = str(getattr(ort, "cuda_version", "") or "").split(".")[0]
     if not major.isdigit() or find_cuda_libraries(int(major)).not_in_wheels():
         pytest.skip("no CUDA build of onnxruntime, or no nvidia-* wheels here")
-    script = ("import json, sys; from vggexport.cuda_libs import find_cuda_libraries, load_cuda_libraries as load; "
+    script = ("import json, sys; from vggexport.backend.cuda_libs import find_cuda_libraries, load_cuda_libraries as load; "
               f"problems = load(find_cuda_libraries({major})); maps = open('/proc/self/maps').read(); "
               "print(json.dumps([problems, 'torch' in sys.modules, "
               "[n for n in ('libcudart', 'libcublasLt', 'libcublas.', 'libcurand', 'libcudnn.') if n not in maps]]))")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from vggexport.data import (
+from vggexport.data.load import (
     FASHION_CLASSES,
     batch_indices,
     load_dataset,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vggexport.checkpoint import load_checkpoint
-from vggexport.data import make_synthetic
+from vggexport.data.load import make_synthetic
 from vggexport.training.batches import Split
 from vggexport.training.evaluator import Evaluator
 
@@ -103,7 +103,7 @@ def test_distributed_resume_and_export(two_processes: tuple[Path, subprocess.Com
 MAIN_FIRST = """
 import os, sys, time, torch.distributed as dist
 from pathlib import Path
-from vggexport.distributed import main_first, setup
+from vggexport.training.distributed import main_first, setup
 ctx = setup("cpu")
 marker = Path(sys.argv[1])
 with main_first(ctx):

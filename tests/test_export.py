@@ -12,11 +12,13 @@ import torch
 from tests.conftest import Cli, order_one_logits, tiny_config
 from vggexport.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vggexport.errors import VggExportError
-from vggexport.export import export_onnx, export_torchscript, load_torchscript, read_onnx_metadata
+from vggexport.export.onnx import export_onnx
+from vggexport.export.torchscript import export_torchscript, load_torchscript
+from vggexport.store.onnx_file import read_onnx_metadata
 from vggexport.model import CFGS, build_model
-from vggexport.spec import ExportSpec
+from vggexport.export.spec import ExportSpec
 from vggexport.transforms import preprocess
-from vggexport.verify import ParityError, assert_parity
+from vggexport.verify.run import ParityError, assert_parity
 
 CLASSES = tuple(f"c{i}" for i in range(10))
 

@@ -13,11 +13,12 @@ import torch
 from tests.conftest import Cli, tiny_config
 from vggexport.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vggexport.errors import VggExportError
-from vggexport.exported_program import export_exported_program, load_exported_program
+from vggexport.export.pt2 import export_exported_program, load_exported_program
 from vggexport.model import build_model
-from vggexport.runners import ExportedProgramRunner, make_runner
-from vggexport.spec import ExportSpec
-from vggexport.verify import assert_parity
+from vggexport.backend.pytorch import ExportedProgramRunner
+from vggexport.backend.registry import make_runner
+from vggexport.export.spec import ExportSpec
+from vggexport.verify.run import assert_parity
 
 CLASSES = tuple(f"c{i}" for i in range(10))
 
@@ -53,7 +54,7 @@ def test_metadata_matches_torchscript_extra_files(exported: tuple[Checkpoint, Pa
     """
     import hashlib
 
-    from vggexport.export import export_torchscript
+    from vggexport.export.torchscript import export_torchscript
 
     ckpt, path = exported
     program, metadata = load_exported_program(path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vggexport.errors import VggExportError
-from vggexport.fileio import MAX_ARTIFACT_BYTES, read_artifact
+from vggexport.store.fileio import MAX_ARTIFACT_BYTES, read_artifact
 
 
 def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
@@ -39,7 +39,7 @@ def test_the_hash_is_of_the_bytes_read(tmp_path: Path) -> None:
 
 
 def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
-    from vggexport.fileio import write_dir_atomic
+    from vggexport.store.fileio import write_dir_atomic
 
     target = tmp_path / "repo" / "model"
     (target / "1").mkdir(parents=True)

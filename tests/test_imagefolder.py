@@ -11,9 +11,9 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from tests.conftest import tiny_config
-from vggexport.data import load_dataset
+from vggexport.data.load import load_dataset
 from vggexport.errors import VggExportError
-from vggexport.imagefolder import decode_photo, default_resize, fit_to_model, photo_batches, raw_photos
+from vggexport.data.imagefolder import decode_photo, default_resize, fit_to_model, photo_batches, raw_photos
 from vggexport.transforms import centre_offset, resize_crop, resized_size
 
 MODES = ("RGB", "L", "RGBA", "P")

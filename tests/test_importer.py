@@ -23,7 +23,7 @@ from PIL import Image
 
 from tests.conftest import Cli, ServerProcess
 from vggexport.checkpoint import load_checkpoint
-from vggexport.imagefolder import decode_photo, fit_to_model
+from vggexport.data.imagefolder import decode_photo, fit_to_model
 from vggexport.transforms import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -299,9 +299,9 @@ def test_fine_tune_two_steps_then_export(torchvision_vgg: tuple[Path, torch.nn.M
 
 
 def test_init_loads_all_but_the_last_layer(torchvision_vgg: tuple[Path, torch.nn.Module]) -> None:
-    from vggexport import importer
+    from vggexport import pretrained as importer
     from vggexport.model import ModelConfig, build_model
-    from vggexport.train import TrainConfig
+    from vggexport.training import TrainConfig
 
     config = importer.resolve_train_config(TrainConfig(init="torchvision:vgg11_bn", weights=str(torchvision_vgg[0])))
     assert (config.cfg, config.batch_norm, config.image_size, config.width, config.head) == ("A", True, 224, 1.0, 4096)

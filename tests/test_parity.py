@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vggexport.parity import Comparison
-from vggexport.spec import AccuracyCriterion, ExportSpec
+from vggexport.verify.compare import Comparison
+from vggexport.export.spec import AccuracyCriterion, ExportSpec
 
 SPEC = ExportSpec()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_TRAIN_ARGS, Cli
-from vggexport.fileio import sha256_file
+from vggexport.store.fileio import sha256_file
 
 PIPELINE_ARGS = (*TINY_TRAIN_ARGS, "--max-steps", "8", "--no-serve")
 

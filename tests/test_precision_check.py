@@ -11,9 +11,9 @@ from onnx import helper, numpy_helper
 
 from tests.test_export import make_checkpoint
 from vggexport.errors import VggExportError
-from vggexport.export import export_onnx
-from vggexport.precision_check import precision_problems
-from vggexport.spec import ExportSpec
+from vggexport.export.onnx import export_onnx
+from vggexport.verify.precision import precision_problems
+from vggexport.export.spec import ExportSpec
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,8 @@ def test_a_weightless_conv_is_a_one_line_problem(fp32: Path) -> None:
 
 
 def test_a_broken_fp32_file_claiming_int8_neither_verifies_nor_ships(fp32: Path) -> None:
-    from vggexport.record import require_verified
-    from vggexport.verification import VerifyOptions, verify
+    from vggexport.store.parity_record import require_verified
+    from vggexport.verify.command import VerifyOptions, verify
 
     folder = fp32.parent
     broken = folder / "model.int8.onnx"

@@ -12,8 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.test_variants import run_onnx
-from vggexport.export import read_onnx_metadata
-from vggexport.quantize import fp32_regions, pool_before_relu
+from vggexport.store.onnx_file import read_onnx_metadata
+from vggexport.export.variants.int8 import fp32_regions, pool_before_relu
 
 
 def first_conv(graph: onnx.GraphProto) -> onnx.NodeProto:
@@ -97,7 +97,7 @@ def test_first_block_without_a_pool_is_the_conv_and_its_relu() -> None:
 
 
 def test_verify_exempts_only_the_first_conv_and_last_layer_from_int8(int8: Path) -> None:
-    from vggexport.precision_check import precision_problems
+    from vggexport.verify.precision import precision_problems
 
     proto = onnx.load(str(int8))
     assert precision_problems(proto, "int8") == []

@@ -122,10 +122,10 @@ def test_shipping_to_a_gpu_needs_a_cuda_verdict(run_cli: Cli, exported: Path) ->
 def test_the_gate_believes_the_record_it_checked_not_a_later_one(exported: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """parity.json swapped for a forged 'passed' right after its manifest check must not be what is read."""
-    from vggexport import record
+    from vggexport.store import parity_record as record
     from vggexport.errors import VggExportError
-    from vggexport.fileio import sha256_file
-    from vggexport.manifest import update_manifest
+    from vggexport.store.fileio import sha256_file
+    from vggexport.store.manifest import update_manifest
 
     model = exported / "model.onnx"
     verdict = {"runtime": "onnxruntime-cpu", "passed": False,
@@ -158,8 +158,8 @@ def test_each_runtime_keeps_its_own_verdict_of_the_same_bytes(run_cli: Cli, expo
     """A CPU verify does not erase the CUDA verdict of the same bytes, nor the reverse; each keeps its own
     reference, tolerances and samples. (No GPU here: the CUDA verdict is a real CPU report renamed.)"""
     from tests.conftest import record_verdict, renamed_report
-    from vggexport.fileio import sha256_file
-    from vggexport.record import write_records
+    from vggexport.store.fileio import sha256_file
+    from vggexport.store.parity_record import write_records
 
     model, report = exported / "model.onnx", exported.parent / "cpu-report.json"
     verify = ("verify", "--artifacts", exported.parent, "--model", model)

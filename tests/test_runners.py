@@ -8,9 +8,12 @@ import torch
 
 from tests.test_export import make_checkpoint
 from vggexport.errors import VggExportError
-from vggexport.export import export_onnx, export_torchscript
-from vggexport.runners import OnnxRuntimeRunner, TorchRunner, TorchScriptRunner, make_runner
-from vggexport.spec import ExportSpec
+from vggexport.export.onnx import export_onnx
+from vggexport.export.torchscript import export_torchscript
+from vggexport.backend.onnxrt import OnnxRuntimeRunner
+from vggexport.backend.pytorch import TorchRunner, TorchScriptRunner
+from vggexport.backend.registry import make_runner
+from vggexport.export.spec import ExportSpec
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +112,7 @@ def test_wrong_input_shape_is_a_user_error(exported: Path) -> None:
 @pytest.mark.parametrize("serving", [False, True], ids=["verify", "serve"])
 def test_ort_cuda_runs_without_tf32(exported: Path, serving: bool) -> None:
     """Parity measures the export, not TF32: the CUDA provider computes in true fp32, and the server's too."""
-    from vggexport.serve.engine import ServingRunner
+    from vggexport.serve.runner import ServingRunner
 
     kind = ServingRunner if serving else OnnxRuntimeRunner
     with kind(exported / "model.onnx", provider="cuda") as runner:
@@ -121,14 +124,14 @@ def test_ort_cuda_runs_without_tf32(exported: Path, serving: bool) -> None:
                                             ("model.torchscript.pt", "torchscript"), ("model.pt2", "torch-export"),
                                             ("best.pt", None), ("model.onnx.bak", None)])
 def test_artifact_kind_follows_the_file_name(name: str, kind: str | None) -> None:
-    from vggexport.runners import artifact_kind
+    from vggexport.backend.registry import artifact_kind
 
     assert artifact_kind(Path(name)) == kind
 
 
 def test_runtimes_for_each_kind() -> None:
     from vggexport.names import RUNTIMES
-    from vggexport.runners import ARTIFACT_KINDS, runtimes_for
+    from vggexport.backend.registry import ARTIFACT_KINDS, runtimes_for
 
     assert runtimes_for("onnx", cuda=False) == ["onnxruntime-cpu"]
     assert runtimes_for("torchscript", cuda=True) == ["torchscript", "torchscript-cuda"]
@@ -139,7 +142,7 @@ def test_runtimes_for_each_kind() -> None:
 @pytest.fixture(scope="module")
 def program(exported: Path) -> Path:
     from tests.test_export import make_checkpoint
-    from vggexport.exported_program import export_exported_program
+    from vggexport.export.pt2 import export_exported_program
 
     return export_exported_program(make_checkpoint(exported / "pt2"), exported / "pt2" / "model.pt2")
 
@@ -152,7 +155,7 @@ def program(exported: Path) -> Path:
 def test_a_runner_given_bytes_loads_those_bytes_not_the_file(exported: Path, program: Path, tmp_path: Path,
                                                             name: str, runtime: str) -> None:
     """The file is overwritten after it was read: the runner still loads (and runs) the bytes it was given."""
-    from vggexport.fileio import read_artifact
+    from vggexport.store.fileio import read_artifact
 
     source = program if name == "model.pt2" else exported / name
     batch = np.random.default_rng(1).standard_normal((2, 1, 32, 32), dtype=np.float32)
@@ -171,7 +174,7 @@ def test_a_runner_given_bytes_loads_those_bytes_not_the_file(exported: Path, pro
 def test_read_artifact_hashes_what_it_read(exported: Path) -> None:
     import hashlib
 
-    from vggexport.fileio import read_artifact
+    from vggexport.store.fileio import read_artifact
 
     artifact = read_artifact(exported / "model.onnx")
     assert artifact.data == (exported / "model.onnx").read_bytes() and artifact.size == len(artifact.data)
@@ -192,7 +195,7 @@ def unreadable(tmp_path: Path, case: str) -> Path:
 @pytest.mark.parametrize("case, phrase", [("directory", "is a directory"), ("symlink loop", "cannot read"),
                                           ("missing", "no file at")])
 def test_read_artifact_refuses_in_one_line(tmp_path: Path, case: str, phrase: str) -> None:
-    from vggexport.fileio import read_artifact
+    from vggexport.store.fileio import read_artifact
 
     with pytest.raises(VggExportError, match=phrase) as caught:
         read_artifact(unreadable(tmp_path, case))
@@ -210,7 +213,7 @@ def test_read_artifact_refuses_a_file_it_may_not_read(tmp_path: Path) -> None:
     path.write_bytes(b"x")
     path.chmod(0)
     tmp_path.chmod(0o711)
-    child = ("import os, sys\nfrom vggexport.fileio import read_artifact\nos.chdir(sys.argv[1])\n"
+    child = ("import os, sys\nfrom vggexport.store.fileio import read_artifact\nos.chdir(sys.argv[1])\n"
              "if os.geteuid() == 0:\n    os.setuid(65534)\nread_artifact('model.onnx')\n")
     result = subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True, text=True,
                             cwd=Path(__file__).parents[1], timeout=60)
@@ -223,7 +226,7 @@ def test_read_artifact_refuses_a_file_it_may_not_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content", [b"", "half"])
 def test_empty_or_truncated_bytes_are_a_one_line_error(exported: Path, program: Path, tmp_path: Path,
                                                       runtime: str, content: object) -> None:
-    from vggexport.fileio import ArtifactBytes
+    from vggexport.store.fileio import ArtifactBytes
 
     source = {"onnxruntime-cpu": exported / "model.onnx", "torchscript": exported / "model.torchscript.pt",
               "torch-export": program}[runtime]

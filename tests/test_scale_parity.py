@@ -15,10 +15,10 @@ import torch
 from tests.broken_models import append_to_output
 from tests.conftest import Cli, order_one_logits, tiny_config
 from vggexport.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from vggexport.export import export_onnx
+from vggexport.export.onnx import export_onnx
 from vggexport.model import build_model
-from vggexport.spec import ExportSpec
-from vggexport.verify import ParityError, assert_parity, random_inputs
+from vggexport.export.spec import ExportSpec
+from vggexport.verify.run import ParityError, assert_parity, random_inputs
 
 CLASSES = tuple(f"c{i}" for i in range(10))
 SHAPE = (1, 32, 32)

@@ -12,7 +12,7 @@ import torch
 from tests.conftest import Cli, tiny_config
 from vggexport.checkpoint import load_checkpoint, save_checkpoint
 from vggexport.errors import VggExportError
-from vggexport.train import TrainConfig, train
+from vggexport.training import TrainConfig, train
 
 # fp32 pinned wherever runs are compared: auto is bf16 on CPUs with native bf16.
 TINY = {"dataset": "synthetic", "width": 0.0625, "head": 32, "batch_size": 64, "device": "cpu", "precision": "fp32"}

@@ -10,15 +10,15 @@ from tests.broken_models import replace_hostile
 from tests.conftest import Cli
 from tests.test_export import make_checkpoint
 from vggexport.errors import VggExportError
-from vggexport.export import export_onnx
-from vggexport.spec import ExportSpec
-from vggexport.triton import TritonConfig, preferred_batch_sizes, write_repository
+from vggexport.export.onnx import export_onnx
+from vggexport.export.spec import ExportSpec
+from vggexport.deploy.triton import TritonConfig, preferred_batch_sizes, write_repository
 
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     """An exported model that verify has really passed (random inputs)."""
-    from vggexport.verification import VerifyOptions, verify
+    from vggexport.verify.command import VerifyOptions, verify
 
     from tests.conftest import record_verdict, renamed_report
 
@@ -63,7 +63,7 @@ def test_unverified_model_is_refused(model_dir: Path, tmp_path: Path, capsys: py
 
 def test_failed_verification_is_refused(model_dir: Path, tmp_path: Path) -> None:
     from vggexport.checkpoint import load_checkpoint, save_checkpoint
-    from vggexport.verification import VerifyOptions, verify
+    from vggexport.verify.command import VerifyOptions, verify
 
     ckpt = load_checkpoint(model_dir / "best.pt")
     weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt.payload["model"].items()}
@@ -152,8 +152,8 @@ def test_the_repository_gets_the_bytes_the_gate_checked(model_dir: Path, tmp_pat
     import shutil
 
     from tests.broken_models import BREAKERS, broken_copy
-    from vggexport import triton
-    from vggexport.fileio import sha256_file
+    from vggexport.deploy import triton
+    from vggexport.store.fileio import sha256_file
 
     recorded = json.loads((model_dir / "parity.json").read_text())["files"]["model.onnx"]["sha256"]
     target = write_repository(model_dir / "model.onnx", tmp_path / "repo", TritonConfig(kind="cpu"))

@@ -14,15 +14,16 @@ import pytest
 from tests.conftest import VARIANT_CALIBRATION as SAMPLES
 from tests.conftest import Cli
 from vggexport.checkpoint import load_checkpoint, save_checkpoint
-from vggexport.data import make_synthetic
+from vggexport.data.load import make_synthetic
 from vggexport.errors import VggExportError
-from vggexport.export import export_onnx, read_onnx_metadata
-from vggexport.fileio import sha256_file
-from vggexport.manifest import read_manifest
-from vggexport.quantize import CalibrationConfig, calibration_images
-from vggexport.spec import ExportSpec
+from vggexport.export.onnx import export_onnx
+from vggexport.store.onnx_file import read_onnx_metadata
+from vggexport.store.fileio import sha256_file
+from vggexport.store.manifest import read_manifest
+from vggexport.export.variants.int8 import CalibrationConfig, calibration_images
+from vggexport.export.spec import ExportSpec
 from vggexport.transforms import preprocess
-from vggexport.variants import make_variant
+from vggexport.export.variants.make import make_variant
 
 
 def run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
@@ -251,7 +252,7 @@ def test_a_variant_is_made_from_the_bytes_that_were_checked(artifacts: Path, tmp
     """The fp32 file swapped for another model right after it was read: the variant is still the checked one's."""
     from numpy import testing
 
-    from vggexport import onnx_io
+    from vggexport.store import onnx_file
 
     folder = tmp_path / "vgg11_bn"
     shutil.copytree(artifacts / "vgg11_bn", folder)
@@ -261,14 +262,14 @@ def test_a_variant_is_made_from_the_bytes_that_were_checked(artifacts: Path, tmp
     other = onnx.load(str(model))
     for t in other.graph.initializer:
         t.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(t), t.name))
-    read = onnx_io.read_onnx_artifact
+    read = onnx_file.read_onnx_artifact
 
     def read_then_swap(source: object) -> object:
         artifact = read(source)
         onnx.save(other, str(model))
         return artifact
 
-    monkeypatch.setattr(onnx_io, "read_onnx_artifact", read_then_swap)
+    monkeypatch.setattr(onnx_file, "read_onnx_artifact", read_then_swap)
     variant = make_variant(model, "fp16", folder / "model.fp16.onnx")
     assert sha256_file(model) != checked_sha and read_onnx_metadata(variant)["fp32_sha256"] == checked_sha
     testing.assert_allclose(run_onnx(variant, x), expected, atol=0.05)

@@ -13,11 +13,11 @@ import torch
 from tests.broken_models import BREAKERS, EXPECTED, broken_copy
 from tests.conftest import Cli
 from vggexport.checkpoint import load_checkpoint, save_checkpoint
-from vggexport.data import load_dataset
-from vggexport.fileio import sha256_file
-from vggexport.spec import ExportSpec
+from vggexport.data.load import load_dataset
+from vggexport.store.fileio import sha256_file
+from vggexport.export.spec import ExportSpec
 from vggexport.transforms import preprocess
-from vggexport.verify import assert_parity
+from vggexport.verify.run import assert_parity
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,7 +210,7 @@ def test_assert_parity_on_real_images(verified: tuple[Path, str], real_data_dir:
 
 
 def test_assert_parity_refuses_nan(verified: tuple[Path, str], tmp_path: Path) -> None:
-    from vggexport.verify import ParityError
+    from vggexport.verify.run import ParityError
 
     folder, _ = verified
     broken = broken_copy(folder / "model.onnx", tmp_path / "nan.onnx", BREAKERS["all-nan"])
@@ -320,7 +320,7 @@ def test_the_bytes_hashed_are_the_bytes_run(run_cli: Cli, verified: tuple[Path, 
     """The file is swapped on disk right after verify read it: the verdict and the recorded sha256 are both
     those of the bytes read. (Reading the path again to run it passed a broken file's sha256 when a good
     file was swapped in between: the gate would then have shipped the broken file as verified.)"""
-    from vggexport import verification
+    from vggexport.verify import command as verification
 
     folder, _ = verified
     files = {"good": shutil.copyfile(folder / "model.onnx", tmp_path / "good.onnx"),
@@ -368,7 +368,7 @@ def test_a_path_that_cannot_be_read_is_a_usage_error(run_cli: Cli, verified: tup
                                                     case: str) -> None:
     """Exit 2 from the CLI; and from inspect itself, should the file turn into one after verify listed it."""
     from tests.test_runners import unreadable
-    from vggexport.verification import UsageError, inspect
+    from vggexport.verify.command import UsageError, inspect
 
     folder, _ = verified
     path = unreadable(tmp_path, case)

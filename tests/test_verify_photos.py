@@ -11,9 +11,9 @@ from PIL import Image
 
 from tests.conftest import Cli, tiny_config
 from vggexport.checkpoint import load_checkpoint, save_checkpoint
-from vggexport.export import export_onnx
+from vggexport.export.onnx import export_onnx
 from vggexport.model import build_model
-from vggexport.spec import ExportSpec
+from vggexport.export.spec import ExportSpec
 
 CLASSES = ("cat", "dog")
 

@@ -32,11 +32,14 @@ import numpy as np
 import torch
 
 from vggexport.checkpoint import load_checkpoint, save_checkpoint
-from vggexport.export import export_onnx, export_torchscript
-from vggexport.exported_program import export_exported_program
+from vggexport.export.onnx import export_onnx
+from vggexport.export.torchscript import export_torchscript
+from vggexport.export.pt2 import export_exported_program
 from vggexport.model import ModelConfig, build_model
-from vggexport.runners import ExportedProgramRunner, OnnxRuntimeRunner, Runner, TorchRunner, TorchScriptRunner
-from vggexport.spec import ExportSpec
+from vggexport.backend.base import Runner
+from vggexport.backend.onnxrt import OnnxRuntimeRunner
+from vggexport.backend.pytorch import ExportedProgramRunner, TorchRunner, TorchScriptRunner
+from vggexport.export.spec import ExportSpec
 
 BATCHES = (1, 8, 64)
 VARIANT_BATCHES = (1, 64)
@@ -80,8 +83,8 @@ def default_checkpoint(folder: Path, args: argparse.Namespace) -> Path:
 
 
 def bench_variants(ckpt_path: Path, folder: Path, args: argparse.Namespace) -> None:
-    from vggexport.quantize import CalibrationConfig
-    from vggexport.variants import make_variant
+    from vggexport.export.variants.int8 import CalibrationConfig
+    from vggexport.export.variants.make import make_variant
 
     ckpt = load_checkpoint(ckpt_path)
     config = ckpt.model_config

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vggexport.names import PROVIDERS
-from vggexport.serve.engine import ServingRunner
+from vggexport.serve.runner import ServingRunner
 from vggexport.serve.smoke import free_port
 
 MAX_REQUESTS = 50_000

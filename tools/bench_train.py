@@ -21,9 +21,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from vggexport.data import load_dataset
+from vggexport.data.load import load_dataset
 from vggexport.model import VGG, ModelConfig
-from vggexport.train import TrainConfig, Trainer
+from vggexport.training import TrainConfig, Trainer
 
 
 class SeedStyleDataset(Dataset):

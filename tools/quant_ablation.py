@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from vggexport.checkpoint import load_checkpoint
-from vggexport.quantize import CalibrationConfig
-from vggexport.runners import OnnxRuntimeRunner
-from vggexport.spec import ExportSpec
-from vggexport.variants import make_variant
-from vggexport.verify_data import dataset_batches
+from vggexport.export.variants.int8 import CalibrationConfig
+from vggexport.backend.onnxrt import OnnxRuntimeRunner
+from vggexport.export.spec import ExportSpec
+from vggexport.export.variants.make import make_variant
+from vggexport.verify.inputs import dataset_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_infer import measure

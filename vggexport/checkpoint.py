@@ -18,8 +18,8 @@ import torch
 
 from vggexport import __version__
 from vggexport.errors import VggExportError
-from vggexport.fileio import write_atomic
-from vggexport.manifest import read_checked
+from vggexport.store.fileio import write_atomic
+from vggexport.store.manifest import read_checked
 from vggexport.model import VGG, ModelConfig, build_model
 
 FORMAT = "vggexport.checkpoint"

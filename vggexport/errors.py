@@ -26,3 +26,13 @@ class DataNotFoundError(VggExportError):
     """The dataset is neither on disk nor downloadable."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, at most ``limit`` characters; its type's name when it says nothing.
+
+    The one way a foreign library's multi-line error (ORT, protobuf, PIL, torch) becomes part of our one-line
+    messages, so every such message is cut the same way.
+    """
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]

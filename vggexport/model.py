@@ -193,3 +193,8 @@ def vgg16(*, batch_norm: bool = False, **overrides: Any) -> VGG:
 
 def vgg19(*, batch_norm: bool = False, **overrides: Any) -> VGG:
     return _builder("E", batch_norm, **overrides)
+
+
+def example_input(config: ModelConfig, batch: int = 2) -> torch.Tensor:
+    """A random float batch of the model's input shape: what tracing and exporting run the model on."""
+    return torch.randn(batch, config.in_channels, config.image_size, config.image_size)

@@ -30,3 +30,25 @@ def check_model_name(name: str) -> str:
         raise ValueError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (start with a letter "
                          f"or digit, at most 100 characters)")
     return name
+
+
+# The one tensor-type table: (KServe v2 / Triton datatype, NumPy dtype name, ONNX TensorProto element type, ONNX
+# Runtime's type string). Strings and ints only, so the CLI and the server read it without importing numpy.
+TENSOR_TYPES: tuple[tuple[str, str, int, str], ...] = (
+    ("FP32", "float32", 1, "tensor(float)"),
+    ("UINT8", "uint8", 2, "tensor(uint8)"),
+    ("INT8", "int8", 3, "tensor(int8)"),
+    ("UINT16", "uint16", 4, "tensor(uint16)"),
+    ("INT16", "int16", 5, "tensor(int16)"),
+    ("INT32", "int32", 6, "tensor(int32)"),
+    ("INT64", "int64", 7, "tensor(int64)"),
+    ("BYTES", "object", 8, "tensor(string)"),
+    ("BOOL", "bool", 9, "tensor(bool)"),
+    ("FP16", "float16", 10, "tensor(float16)"),
+    ("FP64", "float64", 11, "tensor(double)"),
+    ("UINT32", "uint32", 12, "tensor(uint32)"),
+    ("UINT64", "uint64", 13, "tensor(uint64)"),
+)
+V2_TO_NUMPY = {v2: numpy for v2, numpy, _, _ in TENSOR_TYPES}
+ONNX_ELEMENT_TO_V2 = {element: v2 for v2, _, element, _ in TENSOR_TYPES}
+ORT_TO_V2 = {ort: v2 for v2, _, _, ort in TENSOR_TYPES}

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vggexport import artifacts as paths
+from vggexport.store import paths
 from vggexport.errors import VggExportError
-from vggexport.manifest import check_artifact, read_manifest, update_manifest
-from vggexport.reporting import console
-from vggexport.train import TrainConfig
+from vggexport.store.manifest import check_artifact, read_manifest, update_manifest
+from vggexport.training.progress import console
+from vggexport.training import TrainConfig
 
 STAGES = ("train", "export", "verify", "report", "serve")
 
@@ -74,8 +74,8 @@ class Pipeline:
         self.record(name, inputs)
 
     def train_inputs(self) -> str:
-        from vggexport.data import load_dataset
-        from vggexport.manifest import dataset_identity
+        from vggexport.data.load import load_dataset
+        from vggexport.store.manifest import dataset_identity
 
         options = {k: v for k, v in asdict(self.config.train).items() if k not in ("artifacts", "resume")}
         data = load_dataset(self.config.train.dataset, self.config.train.data_dir,
@@ -83,10 +83,10 @@ class Pipeline:
         return fingerprint(options, dataset_identity(data.name, data.files))
 
     def run(self) -> None:
-        from vggexport.spec import ExportSpec
-        from vggexport.train import train
-        from vggexport.verification import VerifyOptions, verify
-        from vggexport.workflow import ModelSelection, export_all
+        from vggexport.export.spec import ExportSpec
+        from vggexport.training import train
+        from vggexport.verify.command import VerifyOptions, verify
+        from vggexport.export.command import ModelSelection, export_all
 
         chosen = ModelSelection(cfg=self.config.train.cfg, batch_norm=self.config.train.batch_norm,
                                 artifacts=self.config.train.artifacts, model_name=self.config.train.name)
@@ -98,7 +98,7 @@ class Pipeline:
         exports = [recorded_sha(self.folder, n) for n in (paths.BEST, *exported)]
 
         def run_verify() -> None:
-            from vggexport.reporting import print_parity
+            from vggexport.training.progress import print_parity
 
             options = VerifyOptions(data_dir=self.config.train.data_dir)
             report = verify(self.folder / paths.BEST, self.folder, spec, options)

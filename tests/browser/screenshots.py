@@ -28,7 +28,7 @@ def small_png(png: bytes) -> bytes:
 def upload_image(data_dir: str | None, index: int, target: Path) -> Path:
     from PIL import Image
 
-    from vggexport.data import load_dataset
+    from vggexport.data.load import load_dataset
 
     pixels = load_dataset("fashion-mnist", data_dir).test_images[index, 0].numpy()
     Image.fromarray(pixels, mode="L").resize((112, 112), Image.Resampling.LANCZOS).save(target)

@@ -30,8 +30,8 @@ class Served(ServerProcess):
 def served_folder(trained_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model.onnx and model.preprocessing.onnx of the tiny trained model, in a folder of their own."""
     from vggexport.checkpoint import load_checkpoint
-    from vggexport.export import export_onnx
-    from vggexport.spec import ExportSpec
+    from vggexport.export.onnx import export_onnx
+    from vggexport.export.spec import ExportSpec
 
     folder = tmp_path_factory.mktemp("served") / "vgg11_bn"
     folder.mkdir()

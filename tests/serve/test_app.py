@@ -61,7 +61,7 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 @pytest.mark.realdata
 def test_image_endpoint_matches_the_preprocessing_graph_on_real_test_images(server: Served,
                                                                            real_data_dir: Path) -> None:
-    from vggexport.data import load_dataset
+    from vggexport.data.load import load_dataset
 
     images = load_dataset("fashion-mnist", real_data_dir).test_images[:24].numpy()
     session = ort.InferenceSession(str(server.model.with_name("model.preprocessing.onnx")),
@@ -276,7 +276,7 @@ CUDA_LIBRARIES = ("libcublas", "libcudnn", "libcudart", "libcufft", "libcurand",
 
 def test_auto_provider_without_gpu_loads_no_cuda_library(served_onnx: Path) -> None:
     """onnxruntime-gpu lists its CUDA provider on any machine; auto must still not load CUDA where no GPU is."""
-    from vggexport.onnx_io import cuda_device_count
+    from vggexport.backend.onnxrt import cuda_device_count
 
     if cuda_device_count() > 0:
         pytest.skip("this machine has a GPU")

@@ -108,7 +108,7 @@ def test_the_triton_repository_and_the_server_agree(server: Served, served_folde
     """`vggexport triton` and `vggexport serve` build their ModelConfig with one function."""
     from tritonclient.grpc import model_config_pb2
 
-    from vggexport.triton import TritonConfig, write_repository
+    from vggexport.deploy.triton import TritonConfig, write_repository
 
     config = TritonConfig(max_batch_size=64, kind="cpu", max_queue_delay_us=5000)
     target = write_repository(served_folder / "model.onnx", tmp_path / "repo", config, allow_unverified=True)

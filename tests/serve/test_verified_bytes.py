@@ -12,8 +12,8 @@ import pytest
 from tests.broken_models import BREAKERS, broken_copy, replace_hostile
 from tests.conftest import ServerProcess
 from vggexport.errors import VggExportError
-from vggexport.fileio import sha256_file
-from vggexport.runners import OnnxRuntimeRunner
+from vggexport.store.fileio import sha256_file
+from vggexport.backend.onnxrt import OnnxRuntimeRunner
 from vggexport.serve.app import create_app
 from vggexport.serve.service import ServeConfig
 
@@ -24,9 +24,9 @@ BATCH = np.random.default_rng(3).standard_normal((4, 1, 32, 32), dtype=np.float3
 def verified_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model.onnx that verify has passed on the whole (synthetic) test split: the gate lets it through."""
     from tests.test_export import make_checkpoint
-    from vggexport.export import export_onnx
-    from vggexport.spec import ExportSpec
-    from vggexport.verification import VerifyOptions, verify
+    from vggexport.export.onnx import export_onnx
+    from vggexport.export.spec import ExportSpec
+    from vggexport.verify.command import VerifyOptions, verify
 
     folder = tmp_path_factory.mktemp("gate") / "vgg11_bn"
     folder.mkdir()
@@ -83,8 +83,8 @@ def test_a_file_changed_after_verify_is_refused_where_the_session_is_made(
         folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Re-exported (so the manifest vouches for the new bytes) but not verified again."""
     from vggexport.checkpoint import load_checkpoint
-    from vggexport.export import export_onnx
-    from vggexport.spec import ExportSpec
+    from vggexport.export.onnx import export_onnx
+    from vggexport.export.spec import ExportSpec
 
     model = folder / "model.onnx"
     export_onnx(load_checkpoint(folder / "best.pt"), model, ExportSpec(opset=20))
@@ -168,7 +168,7 @@ def gate(folder: Path, provider: str, gpus: int, monkeypatch: pytest.MonkeyPatch
 
     import onnxruntime
 
-    from vggexport.onnx_io import CPU_EP, CUDA_EP, resolve_provider
+    from vggexport.backend.onnxrt import CPU_EP, CUDA_EP, resolve_provider
     from vggexport.serve import service
 
     monkeypatch.setattr(service, "resolve_provider", functools.partial(resolve_provider, gpus=lambda: gpus))
@@ -220,7 +220,7 @@ def test_auto_gated_as_cuda_is_gated_again_when_the_session_falls_back_to_the_cp
     import functools
 
     from tests.conftest import record_verdict, renamed_report
-    from vggexport import onnx_io
+    from vggexport.backend import onnxrt as onnx_io
     from vggexport.serve import service
 
     (folder / "parity.json").unlink()
@@ -235,8 +235,8 @@ def test_auto_gated_as_cuda_is_gated_again_when_the_session_falls_back_to_the_cp
 
 def test_an_older_record_is_refused_with_one_line(folder: Path, tmp_path: Path) -> None:
     """A vggexport.parity/2 record kept one verdict per file: it cannot say which runtime passed."""
-    from vggexport.manifest import update_manifest
-    from vggexport.triton import TritonConfig, write_repository
+    from vggexport.store.manifest import update_manifest
+    from vggexport.deploy.triton import TritonConfig, write_repository
 
     record = json.loads((folder / "parity.json").read_text())
     (folder / "parity.json").write_text(json.dumps({**record, "format": "vggexport.parity/2"}))
@@ -251,7 +251,7 @@ def test_an_older_record_is_refused_with_one_line(folder: Path, tmp_path: Path) 
 def test_triton_gates_kind_gpu_as_cuda_and_kind_cpu_as_the_cpu(folder: Path, cpu_report: dict[str, object],
                                                                tmp_path: Path) -> None:
     from tests.conftest import record_verdict, renamed_report
-    from vggexport.triton import TritonConfig, write_repository
+    from vggexport.deploy.triton import TritonConfig, write_repository
 
     (folder / "parity.json").unlink()
     record_verdict(renamed_report(cpu_report, "onnxruntime-cuda"), folder / "model.onnx")  # CUDA-only

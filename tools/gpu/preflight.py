@@ -47,8 +47,8 @@ def cuda_libraries() -> None:
     (on the GPU the CUDA session below does this itself; the rehearsal loads them to prove they are found)."""
     import onnxruntime as ort
 
-    from vggexport.cuda_libs import find_cuda_libraries
-    from vggexport.onnx_io import preload_cuda_libraries
+    from vggexport.backend.cuda_libs import find_cuda_libraries
+    from vggexport.backend.onnxrt import preload_cuda_libraries
 
     found = find_cuda_libraries(int(str(ort.cuda_version).split(".")[0])).found
     print("CUDA libraries:", ", ".join(f"{lib.name} in {path.parent if path else 'no wheel'}"
@@ -59,10 +59,10 @@ def cuda_libraries() -> None:
 
 
 def ort_session(provider: str) -> None:
-    """The server's own path (vggexport.onnx_io.load_session), before anything imports torch."""
+    """The server's own path (vggexport.backend.onnxrt.load_session), before anything imports torch."""
     import numpy as np
 
-    from vggexport.onnx_io import load_session, resolve_provider
+    from vggexport.backend.onnxrt import load_session, resolve_provider
 
     if provider == "cpu":
         cuda_libraries()

@@ -56,9 +56,9 @@ def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, m
     """
     from pathlib import Path
 
-    from vggexport.reporting import print_parity
-    from vggexport.verification import UsageError, VerifyOptions
-    from vggexport.verification import verify as run_verify
+    from vggexport.training.progress import print_parity
+    from vggexport.verify.command import UsageError, VerifyOptions
+    from vggexport.verify.command import verify as run_verify
 
     chosen = selection(cfg, batch_norm, artifacts, checkpoint)
     options = VerifyOptions(models=models, runtimes=runtimes, data_dir=data_dir, samples=samples,

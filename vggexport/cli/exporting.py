@@ -26,7 +26,7 @@ from vggexport.names import ONNX_PRECISIONS
               help="Output file [default: <artifacts>/<name>/model.torchscript.pt].")
 def torchscript(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, out: str | None) -> None:
     """Export a checkpoint to TorchScript (with its metadata in _extra_files)."""
-    from vggexport.workflow import export_torchscript
+    from vggexport.export.command import export_torchscript
 
     click.echo(f"wrote {export_torchscript(selection(cfg, batch_norm, artifacts, checkpoint), out)}")
 
@@ -47,7 +47,7 @@ def torchscript(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | No
 def onnx(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, out: str | None, opset: int,
          with_preprocessing: bool, precision: str, **calibration: Any) -> None:
     """Export a checkpoint to a self-describing ONNX file (dynamic batch, metadata_props)."""
-    from vggexport.workflow import export_onnx
+    from vggexport.export.command import export_onnx
 
     spec, config = make_spec(opset), calibration_config(**calibration)
     for path in export_onnx(selection(cfg, batch_norm, artifacts, checkpoint), spec, out, with_preprocessing,
@@ -68,7 +68,7 @@ def onnx(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, out
 def export(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, opset: int,
            with_preprocessing: bool, precisions: tuple[str, ...], **calibration: Any) -> None:
     """Run every export: TorchScript, torch.export (.pt2), ONNX and the ONNX precision variants asked for."""
-    from vggexport.workflow import export_all
+    from vggexport.export.command import export_all
 
     config = calibration_config(**calibration)
     for path in export_all(selection(cfg, batch_norm, artifacts, checkpoint), make_spec(opset), with_preprocessing,

@@ -145,14 +145,14 @@ tolerance_options = compose(
 
 
 def selection(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None = None) -> Any:
-    from vggexport.workflow import ModelSelection
+    from vggexport.export.command import ModelSelection
 
     return ModelSelection(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, checkpoint=checkpoint,
                           model_name=model_name())
 
 
 def make_spec(opset: int = 18, **tolerances: float) -> Any:
-    from vggexport.spec import ExportSpec
+    from vggexport.export.spec import ExportSpec
 
     return ExportSpec(opset=opset, **tolerances)
 
@@ -174,7 +174,7 @@ calibration_options = compose(
 
 def calibration_config(calibration_samples: int, calibration_method: str, calibration_seed: int,
                        data_dir: str | None, calibration_images: str) -> Any:
-    from vggexport.quantize import CalibrationConfig
+    from vggexport.export.variants.int8 import CalibrationConfig
 
     return CalibrationConfig(method=calibration_method, samples=calibration_samples, seed=calibration_seed,
                              data_dir=data_dir, images=calibration_images)
@@ -195,7 +195,7 @@ variant_options = compose(
 def verify_spec(atol: float, rtol: float, cuda_atol: float, cuda_rtol: float, range_tol: float,
                 cuda_range_tol: float, int8_max_drop: float, int8_min_agreement: float, fp16_max_drop: float,
                 fp16_min_agreement: float) -> Any:
-    from vggexport.spec import AccuracyCriterion, ExportSpec
+    from vggexport.export.spec import AccuracyCriterion, ExportSpec
 
     variants = {"int8": AccuracyCriterion("int8", int8_max_drop / 100, int8_min_agreement),
                 "fp16": AccuracyCriterion("fp16", fp16_max_drop / 100, fp16_min_agreement)}
@@ -227,7 +227,7 @@ def served_model_dir(cfg: str, batch_norm: bool, artifacts: str) -> Any:
 
 def onnx_file(folder: Any, model_path: str | None, precision: str) -> str:
     """--model wins; else the precision variant's file (model.onnx, model.fp16.onnx, model.int8.onnx)."""
-    from vggexport.artifacts import ONNX_BY_PRECISION
+    from vggexport.store.paths import ONNX_BY_PRECISION
 
     if model_path and precision != "fp32":
         raise VggExportError("pass --model FILE or --precision, not both")

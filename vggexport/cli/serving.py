@@ -74,7 +74,7 @@ def triton(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, p
     """
     from pathlib import Path
 
-    from vggexport.triton import TritonConfig, write_repository
+    from vggexport.deploy.triton import TritonConfig, write_repository
 
     folder = served_model_dir(cfg, batch_norm, artifacts)
     root = Path(repository) if repository else Path(artifacts) / "triton"

@@ -27,11 +27,11 @@ def train(cfg: str, batch_norm: bool, artifacts: str, compile_: bool, nproc: int
     import os
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from vggexport.distributed import launch
+        from vggexport.training.distributed import launch
 
         return launch(nproc, without_option(sys.argv[1:], "--nproc"))
-    from vggexport.train import TrainConfig
-    from vggexport.train import train as run_training
+    from vggexport.training import TrainConfig
+    from vggexport.training import train as run_training
 
     run_training(TrainConfig(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, compile=compile_, name=model_name(),
                              **options))
@@ -62,7 +62,7 @@ def pipeline(cfg: str, batch_norm: bool, artifacts: str, compile_: bool, serve_o
              port: int, provider: str, **options: Any) -> None:
     """Train -> export -> verify -> serve in one command, skipping stages that are up to date."""
     from vggexport.pipeline import Pipeline, PipelineConfig
-    from vggexport.train import TrainConfig
+    from vggexport.training import TrainConfig
 
     train_config = TrainConfig(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, compile=compile_,
                                name=model_name(), **options)
@@ -83,6 +83,6 @@ def import_(source: str, weights: str, name: str | None, artifacts: str) -> None
     \b
     vggexport import torchvision:vgg16_bn --weights vgg16_bn-6c64b313.pth --name vgg16-imagenet
     """
-    from vggexport.importer import import_torchvision
+    from vggexport.pretrained import import_torchvision
 
     click.echo(f"wrote {import_torchvision(source, weights, name=name, artifacts=artifacts)}")

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vggexport import artifacts as paths
+from vggexport.store import paths
 from vggexport.checkpoint import load_checkpoint
 from vggexport.errors import VggExportError
-from vggexport.fileio import write_text_atomic
-from vggexport.manifest import read_manifest, update_manifest
+from vggexport.store.fileio import write_text_atomic
+from vggexport.store.manifest import read_manifest, update_manifest
 
 
 @dataclass(frozen=True)

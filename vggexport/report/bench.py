@@ -1,6 +1,6 @@
 """A short latency and throughput measurement of every runtime the model folder has, at batch 1 and 64.
 
-Every runtime goes through the same runner contract as verify and the server (vggexport.runners), for
+Every runtime goes through the same runner contract as verify and the server (vggexport.backend.registry), for
 about ``seconds`` each. It is a glance, not a benchmark: tools/bench_infer.py is the careful one.
 """
 
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vggexport import artifacts as paths
+from vggexport.store import paths
 from vggexport.checkpoint import Checkpoint
 from vggexport.errors import VggExportError
 from vggexport.report.figures import throughput_figure
 from vggexport.report.html import Section, esc, figure, note, table
-from vggexport.runners import Runner
+from vggexport.backend.base import Runner
 
 BATCHES = (1, 64)
 
@@ -47,7 +47,8 @@ Candidate = tuple[str, str, Callable[[], Runner]]
 
 def candidates(folder: Path, ckpt: Checkpoint, cuda: bool) -> list[Candidate]:
     """(runtime, file, make runner) for each runtime that can run something in ``folder``."""
-    from vggexport.runners import OnnxRuntimeRunner, TorchRunner, TorchScriptRunner
+    from vggexport.backend.onnxrt import OnnxRuntimeRunner
+    from vggexport.backend.pytorch import TorchRunner, TorchScriptRunner
 
     devices = ["cpu", "cuda"] if cuda else ["cpu"]
     found: list[Candidate] = []

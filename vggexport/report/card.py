@@ -6,7 +6,7 @@ import datetime
 from typing import Any
 
 from vggexport.checkpoint import Checkpoint
-from vggexport.manifest import versions
+from vggexport.store.manifest import versions
 from vggexport.model import CFGS
 from vggexport.report.html import Section, esc, key_values, note, table
 

@@ -82,7 +82,7 @@ def test_split(ckpt: Checkpoint, data_dir: str | None, samples: int | None,
     """The test split the model was trained against, preprocessed as training evaluated it, batch by batch."""
     import torch
 
-    from vggexport.data import load_dataset
+    from vggexport.data.load import load_dataset
     from vggexport.transforms import preprocess
 
     config = ckpt.model_config
@@ -99,7 +99,7 @@ def test_split(ckpt: Checkpoint, data_dir: str | None, samples: int | None,
 
 def evaluate_test_set(ckpt: Checkpoint, *, data_dir: str | None, samples: int | None, keep_mistakes: int,
                       device: str = "cpu", batch_size: int = 256) -> Evaluation:
-    from vggexport.runners import TorchRunner
+    from vggexport.backend.pytorch import TorchRunner
 
     config = ckpt.model_config
     names = class_names_of(ckpt)

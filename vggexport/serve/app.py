@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 
 from vggexport import __version__
 from vggexport.errors import VggExportError
-from vggexport.onnx_io import Phases
+from vggexport.backend.onnxrt import Phases
 from vggexport.serve.dataplane import DataPlane
 from vggexport.serve.errors import UnavailableError
 from vggexport.serve.http_api import router

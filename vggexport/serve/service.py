@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from vggexport.errors import VggExportError
-from vggexport.fileio import ArtifactBytes
-from vggexport.manifest import read_checked
-from vggexport.onnx_io import resolve_provider
+from vggexport.store.fileio import ArtifactBytes
+from vggexport.store.manifest import read_checked
+from vggexport.backend.onnxrt import resolve_provider
 from vggexport.serve.batcher import DynamicBatcher
-from vggexport.serve.engine import ServingRunner
+from vggexport.serve.runner import ServingRunner
 from vggexport.serve.errors import InternalError, NotFoundError, PayloadTooLargeError, ProtocolError
 from vggexport.serve.metrics import ServerMetrics
 
@@ -126,7 +126,7 @@ def gated_bytes(path: Path | ArtifactBytes, config: ServeConfig) -> ArtifactByte
     runtime they will run on (``--provider auto`` resolved first: CUDA only where a GPU is present)."""
     if config.gate == "off":
         return read_checked(path, f"no ONNX model at {path}: run `vggexport onnx` first")
-    from vggexport.record import require_verified
+    from vggexport.store.parity_record import require_verified
 
     return require_verified(path, allow_unverified=config.gate == "warn", runs_on=resolve_provider(config.provider))
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vggexport import distributed
+from vggexport.training import distributed
 from vggexport.checkpoint import save_checkpoint
-from vggexport.reporting import plot_curves, write_metrics
+from vggexport.training.progress import plot_curves, write_metrics
 from vggexport.training.batches import Split
 from vggexport.training.schedule import BudgetPlan, Timings, plan_epochs
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vggexport import artifacts as paths
+from vggexport.store import paths
 from vggexport.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vggexport.errors import VggExportError
-from vggexport.manifest import environment, update_manifest
+from vggexport.store.manifest import environment, update_manifest
 from vggexport.model import ModelConfig
-from vggexport.reporting import plot_curves, read_metrics, write_metrics
+from vggexport.training.progress import plot_curves, read_metrics, write_metrics
 
 # Fields that change no weight: a resumed run may take new values for them.
 INFERENCE_ONLY_FIELDS = ("class_names", "flip_average")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vggexport import artifacts as paths
+from vggexport.store import paths
 from vggexport.errors import VggExportError
 from vggexport.names import OPTIMIZERS, RECIPES
 
@@ -54,7 +54,7 @@ class TrainConfig:
     deterministic: bool = False
     sync_bn: bool = False
     name: str | None = None  # the model folder; None: torchvision's name for cfg and batch_norm
-    init: str | None = None  # fine-tuning: "torchvision:vgg11_bn" (vggexport.importer)
+    init: str | None = None  # fine-tuning: "torchvision:vgg11_bn" (vggexport.pretrained)
     weights: str | None = None  # its .pth, or DEFAULT to download
     freeze_features: bool = False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vggexport import distributed
+from vggexport.training import distributed
 from vggexport.hardware import autocast, available_memory
 from vggexport.model import CFGS, ModelConfig
 from vggexport.training.batches import Split

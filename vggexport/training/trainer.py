@@ -12,11 +12,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from vggexport import artifacts as paths
-from vggexport import distributed, importer
-from vggexport.data import ImageData, load_dataset
+from vggexport.store import paths
+from vggexport import pretrained as importer
+from vggexport.training import distributed
+from vggexport.data.load import ImageData, load_dataset
 from vggexport.errors import VggExportError
-from vggexport.fileio import ensure_writable_dir
+from vggexport.store.fileio import ensure_writable_dir
 from vggexport.hardware import (
     autocast,
     batch_must_fit,
@@ -26,9 +27,9 @@ from vggexport.hardware import (
     prefers_channels_last,
     resolve_precision,
 )
-from vggexport.manifest import dataset_identity
+from vggexport.store.manifest import dataset_identity
 from vggexport.model import VGG, ModelConfig, build_model
-from vggexport.reporting import console, epoch_line, epoch_progress, shipped_line
+from vggexport.training.progress import console, epoch_line, epoch_progress, shipped_line
 from vggexport.training.batches import Augmentation, BatchSource, Splits, make_splits, stream_seed
 from vggexport.training.budget import calibrate, out_of_time, process_age
 from vggexport.training.checkpointer import Checkpointer

@@ -1,0 +1,1 @@
+"""One runner contract for every runtime (Polygraphy's backend/): base, onnxrt (torch-free), pytorch, and the registry."""

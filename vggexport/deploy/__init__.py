@@ -1,0 +1,1 @@
+"""Deployment targets written from a verified export: Triton model repositories."""

@@ -1,0 +1,178 @@
+"""A Triton Inference Server model repository from a verified ONNX export.
+
+Layout: ``<repository>/<name>/config.pbtxt``, ``<repository>/<name>/1/model.onnx``
+and ``labels.txt``. config.pbtxt is a ``model_config_pb2.ModelConfig`` (tritonclient's
+generated schema) printed by protobuf's ``text_format``, so every string is escaped
+and every field exists. Inputs and outputs come from the ONNX graph itself; the
+batch dimension is left out of ``dims`` (Triton adds it when max_batch_size > 0 and
+refuses a model whose first dimension is not dynamic: triton-inference-server/server#7003).
+``build_model_config`` is also what ``vggexport serve`` answers Triton's model configuration
+extension with, so it imports neither torch nor onnx.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vggexport.errors import VggExportError
+from vggexport.store.fileio import ArtifactBytes, ModelSource, write_dir_atomic
+from vggexport.names import NAME_PATTERN
+
+KINDS = ("gpu", "cpu")
+# Triton names a folder after the model: no separators, no "..", nothing a shell or URL would mangle.
+MODEL_NAME = NAME_PATTERN
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    name: str | None = None  # None: the ONNX metadata's model_name (validated like any other)
+    max_batch_size: int = 64
+    instances: int = 1
+    kind: str = "gpu"
+    max_queue_delay_us: int = 100
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise VggExportError(f"unknown instance kind {self.kind!r}: use gpu or cpu")
+        if self.max_batch_size < 1 or self.instances < 1:
+            raise VggExportError("--max-batch-size and --instances must be >= 1")
+        if self.max_queue_delay_us < 0:
+            raise VggExportError("--max-queue-delay-us must be >= 0")
+
+
+def check_model_name(name: str, source: str) -> str:
+    if not MODEL_NAME.fullmatch(name) or ".." in name:
+        raise VggExportError(f"model name {name[:60]!r} from {source} is not a safe Triton model name "
+                             "(letters, digits, _ . -; no path separators); pass --name")
+    return name
+
+
+def check_labels(raw: str) -> list[str]:
+    try:
+        labels = json.loads(raw)
+    except ValueError:
+        labels = None
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise VggExportError("the ONNX metadata's class_names is not a list of strings; re-export the model")
+    if any("\n" in x or "\r" in x for x in labels):
+        raise VggExportError("a class name contains a line break; labels.txt needs one label per line")
+    return labels
+
+
+def preferred_batch_sizes(max_batch_size: int) -> list[int]:
+    sizes = [s for s in (4, 8, 16, 32, 64, 128, 256) if s <= max_batch_size]
+    return (sizes[-3:] if sizes else []) or [max_batch_size]
+
+
+Tensor = tuple[str, str, list[int]]  # (name, KServe v2 datatype, dims with the batch dimension first)
+
+
+@dataclass(frozen=True)
+class ConfigFields:
+    """What a ModelConfig says about one served ONNX, from its graph (``vggexport triton``) or from the
+    running session (``vggexport serve``'s model configuration extension)."""
+
+    name: str
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    max_batch_size: int
+    kind: str  # "gpu" or "cpu"
+    instances: int = 1
+    batching: bool = True
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    label_filename: str | None = None
+    warmup_batch_sizes: tuple[int, ...] = ()
+    image_size: int = 0  # the side a warm-up image gets where the input's H and W are dynamic
+
+
+def build_model_config(fields: ConfigFields) -> Any:
+    """The ModelConfig message (tritonclient's generated schema); imports neither torch nor onnx."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    def data_type(datatype: str) -> int:
+        return pb.DataType.Value(f"TYPE_{datatype}")
+
+    message = pb.ModelConfig(name=fields.name, platform="onnxruntime_onnx", max_batch_size=fields.max_batch_size)
+    for name, datatype, dims in fields.inputs:
+        message.input.add(name=name, data_type=data_type(datatype), dims=dims[1:])
+    for name, datatype, dims in fields.outputs:
+        message.output.add(name=name, data_type=data_type(datatype), dims=dims[1:],
+                           label_filename=fields.label_filename or "")
+    message.instance_group.add(count=fields.instances,
+                               kind=pb.ModelInstanceGroup.Kind.Value(f"KIND_{fields.kind.upper()}"))
+    if fields.batching:
+        message.dynamic_batching.preferred_batch_size.extend(fields.preferred_batch_sizes)
+        message.dynamic_batching.max_queue_delay_microseconds = fields.max_queue_delay_us
+    (input_name, input_type, input_dims), *_ = fields.inputs
+    warm_dims = [fields.image_size if d == -1 else d for d in input_dims[1:]]
+    if all(d > 0 for d in warm_dims):
+        for size in fields.warmup_batch_sizes:
+            warmup = message.model_warmup.add(name="zeros" if size == 1 else f"zeros_batch_{size}", batch_size=size)
+            warmup.inputs[input_name].CopyFrom(pb.ModelWarmup.Input(
+                data_type=data_type(input_type), dims=warm_dims, zero_data=True))
+    return message
+
+
+def model_config(name: str, onnx_path: ModelSource, meta: dict[str, str], config: TritonConfig) -> Any:
+    """The ModelConfig message for this ONNX: only the first output (the logits) is declared."""
+    from vggexport.store.onnx_file import graph_io
+
+    inputs, outputs = graph_io(onnx_path)
+    if len(inputs) != 1 or not outputs:
+        raise VggExportError(f"{onnx_path} has {len(inputs)} inputs and {len(outputs)} outputs; expected 1 and >= 1")
+    for _, _, dims in (inputs[0], outputs[0]):
+        if not dims or dims[0] != -1:
+            raise VggExportError(f"{onnx_path} has no dynamic batch dimension; Triton batching needs one")
+    return build_model_config(ConfigFields(
+        name=name, inputs=inputs, outputs=outputs[:1], max_batch_size=config.max_batch_size, kind=config.kind,
+        instances=config.instances, max_queue_delay_us=config.max_queue_delay_us,
+        preferred_batch_sizes=tuple(preferred_batch_sizes(config.max_batch_size)), label_filename="labels.txt",
+        warmup_batch_sizes=(1,) if config.warmup else (), image_size=int(meta.get("image_size", "0") or 0)))
+
+
+def config_pbtxt(name: str, onnx_path: ModelSource, meta: dict[str, str], config: TritonConfig) -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(model_config(name, onnx_path, meta, config))
+
+
+def check_verified(artifact: ArtifactBytes, *, allow_unverified: bool = False, runs_on: str = "cpu") -> ArtifactBytes:
+    """Only bytes that parity.json records as passed, with this very sha256, on ``runs_on``'s runtime
+    (``cpu`` or ``cuda``), go into a repository."""
+    from vggexport.store.parity_record import require_verified
+
+    return require_verified(artifact, allow_unverified=allow_unverified, runs_on=runs_on)
+
+
+def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
+                     allow_unverified: bool = False) -> Path:
+    """Write ``<repository>/<name>/`` for ``onnx_path`` (model.onnx or a precision/preprocessing variant).
+
+    The file is read once: the bytes whose sha256 the gate checked are the ones described in config.pbtxt
+    and written to model.onnx (a second read of the path could copy a file swapped in after the check).
+    """
+    from vggexport.store.onnx_file import read_onnx_artifact, read_onnx_metadata
+
+    artifact = read_onnx_artifact(onnx_path)  # the one read: checked, described and written from these bytes
+    meta = read_onnx_metadata(artifact)
+    # Triton's KIND_GPU runs ONNX Runtime's CUDA provider, KIND_CPU its CPU one: the gate judges by that runtime.
+    check_verified(artifact, allow_unverified=allow_unverified, runs_on="cuda" if config.kind == "gpu" else "cpu")
+    # An empty --name is a name, and refused as one: only None means "the model's own".
+    name = check_model_name(config.name, "--name") if config.name is not None else check_model_name(
+        meta["model_name"], f"{artifact.path.name}'s metadata")
+    labels = check_labels(meta["class_names"])
+    text = config_pbtxt(name, artifact, meta, config)
+
+    def fill(folder: Path) -> None:
+        (folder / "1").mkdir()
+        (folder / "1" / "model.onnx").write_bytes(artifact.data)
+        (folder / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+        (folder / "config.pbtxt").write_text(text, encoding="utf-8")
+
+    # One move for the three files: Triton never loads a new model.onnx beside an old config.pbtxt.
+    return write_dir_atomic(repository / name, fill, replaced=("1", "labels.txt", "config.pbtxt"))

@@ -1,0 +1,219 @@
+"""torchvision's ImageNet VGGs as vggexport models: ``vggexport import`` and fine-tuning's ``--init``.
+
+torchvision's module names are ours (vggexport/model.py), so its state_dicts load
+unchanged into a VGG with 3 input channels, a 4096-wide head and 224 x 224 inputs (the
+features are then 7 x 7, which torchvision's AdaptiveAvgPool2d((7, 7)) keeps as they are).
+Labels and the evaluation preprocessing come from torchvision's weights metadata, which
+ships inside torchvision: nothing is downloaded unless ``--weights DEFAULT`` asks for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from vggexport.store import paths
+from vggexport.errors import VggExportError
+from vggexport.model import DEPTHS, VGG, ModelConfig, build_model, torchvision_name
+
+if TYPE_CHECKING:
+    from vggexport.data.load import ImageData
+    from vggexport.training import TrainConfig
+
+SOURCE_PREFIX = "torchvision:"
+DEFAULT_WEIGHTS = "DEFAULT"
+TORCHVISION_MODELS = {torchvision_name(cfg, bn): (cfg, bn) for cfg in DEPTHS for bn in (False, True)}
+TORCHVISION_HEAD = 4096
+TORCHVISION_DROPOUT = 0.5
+LAST_LAYER = "classifier.6."  # the 1000-way ImageNet layer that fine-tuning replaces
+
+
+@dataclass(frozen=True)
+class TorchvisionSource:
+    """``torchvision:vgg16_bn``: which builder, and its weights' metadata."""
+
+    model: str
+    cfg: str
+    batch_norm: bool
+
+    @classmethod
+    def parse(cls, source: str) -> TorchvisionSource:
+        model = source.removeprefix(SOURCE_PREFIX)
+        if not source.startswith(SOURCE_PREFIX) or model not in TORCHVISION_MODELS:
+            raise VggExportError(f"unknown model {source!r}: choose torchvision:NAME with NAME one of "
+                                 f"{', '.join(TORCHVISION_MODELS)}")
+        return cls(model, *TORCHVISION_MODELS[model])
+
+    def weights(self) -> Any:
+        """torchvision's ImageNet weights entry (``VGG16_BN_Weights.IMAGENET1K_V1``): metadata, no download."""
+        from torchvision.models import get_model_weights
+
+        return get_model_weights(self.model).IMAGENET1K_V1
+
+    def model_config(self, name: str | None = None) -> ModelConfig:
+        """The ModelConfig of torchvision's model: its labels and its evaluation transform recorded."""
+        weights = self.weights()
+        transform = weights.transforms()
+        interpolation = getattr(transform.interpolation, "value", str(transform.interpolation))
+        try:
+            return ModelConfig(
+                cfg=self.cfg, batch_norm=self.batch_norm, in_channels=3, num_classes=len(weights.meta["categories"]),
+                image_size=transform.crop_size[0], head=TORCHVISION_HEAD, dropout=TORCHVISION_DROPOUT, width=1.0,
+                mean=tuple(transform.mean), std=tuple(transform.std),
+                class_names=tuple(weights.meta["categories"]), dataset="imagenet",
+                flip_average=False,  # torchvision's outputs, not the paper's test-time flip
+                model_name=name or self.model, resize_size=transform.resize_size[0], interpolation=interpolation,
+            )
+        except ValueError as exc:
+            raise VggExportError(str(exc)) from None
+
+
+def read_state_dict(weights: str | os.PathLike[str], source: TorchvisionSource) -> dict[str, torch.Tensor]:
+    """A state_dict as torchvision distributes it (a ``.pth``), loaded with ``weights_only``."""
+    if str(weights) == DEFAULT_WEIGHTS:
+        return download_state_dict(source)
+    path = Path(weights)
+    if not path.is_file():
+        raise VggExportError(f"no weights file at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise VggExportError(f"{path} is not a state_dict: it pickles objects other than tensors, which "
+                             f"weights_only loading refuses to run") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, TypeError,
+            ImportError) as exc:
+        reason = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else type(exc).__name__
+        raise VggExportError(f"{path} is truncated or not a PyTorch file ({reason})") from None
+    return checked_state_dict(state, str(path))
+
+
+def download_state_dict(source: TorchvisionSource) -> dict[str, torch.Tensor]:
+    from vggexport.data.load import download_allowed
+
+    if not download_allowed():
+        raise VggExportError(f"--weights {DEFAULT_WEIGHTS} downloads {source.model}'s weights, but downloads are "
+                             f"off (VGGEXPORT_OFFLINE); pass --weights FILE")
+    try:
+        state = source.weights().get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # urllib, hash and unpickling errors all mean "no weights"
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise VggExportError(f"could not download {source.model}'s weights ({reason}); pass --weights FILE") from None
+    return checked_state_dict(state, f"torchvision's {source.model} weights")
+
+
+def checked_state_dict(state: Any, origin: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise VggExportError(f"{origin} is not a state_dict (a dict of tensors, as torch.save(model.state_dict()) "
+                             f"writes)")
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise VggExportError(f"{origin}: {key} holds NaN or infinity")
+    return dict(state)
+
+
+def load_weights(model: VGG, state: dict[str, torch.Tensor], origin: str, source: TorchvisionSource, *,
+                 skip: str | None = None) -> None:
+    """Copy ``state`` into ``model``, refusing any key or shape that is not torchvision's ``source.model``.
+
+    ``skip``: a key prefix taken from neither side (the layer fine-tuning replaces).
+    """
+    expected = {k: v for k, v in model.state_dict().items() if not (skip and k.startswith(skip))}
+    given = {k: v for k, v in state.items() if not (skip and k.startswith(skip))}
+    # torchvision's own files predate batch norm's step counter; load_state_dict fills it in, as for torchvision.
+    missing = [k for k in expected if k not in given and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in given if k not in expected]
+    wrong = [f"{k} {tuple(given[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+             if k in given and given[k].shape != v.shape]
+    problems = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
+               ([f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []) + wrong[:2]
+    if problems:
+        other = identify(state, skip)
+        hint = f" (they are {other}'s: use torchvision:{other})" if other and other != source.model else ""
+        raise VggExportError(f"{origin} does not hold torchvision's {source.model} weights{hint}: "
+                             f"{'; '.join(problems)}")
+    model.load_state_dict(given, strict=skip is None)
+
+
+def identify(state: dict[str, torch.Tensor], skip: str | None = None) -> str | None:
+    """Which of torchvision's VGGs ``state`` is (names and shapes), built on the meta device: no memory, no time."""
+    shapes = {k: tuple(v.shape) for k, v in state.items() if not (skip and k.startswith(skip))}
+    for name, (cfg, batch_norm) in TORCHVISION_MODELS.items():
+        with torch.device("meta"):
+            model = build_model(ModelConfig(cfg=cfg, batch_norm=batch_norm, in_channels=3, num_classes=1000,
+                                            image_size=224, head=TORCHVISION_HEAD, mean=(0.0,) * 3, std=(1.0,) * 3))
+        if shapes == {k: tuple(v.shape) for k, v in model.state_dict().items() if not (skip and k.startswith(skip))}:
+            return name
+    return None
+
+
+def import_torchvision(source_name: str, weights: str | os.PathLike[str], *, name: str | None = None,
+                       artifacts: str | os.PathLike[str] = paths.DEFAULT_ARTIFACTS) -> Path:
+    """Write ``<artifacts>/<name>/best.pt`` from torchvision's weights; every check runs before anything is written."""
+    from vggexport.checkpoint import save_checkpoint
+    from vggexport.store.fileio import ensure_writable_dir
+    from vggexport.store.manifest import environment, update_manifest
+
+    source = TorchvisionSource.parse(source_name)
+    config = source.model_config(name)
+    state = read_state_dict(weights, source)
+    model = build_model(config)
+    load_weights(model, state, str(weights), source)
+    folder = ensure_writable_dir(paths.model_dir(artifacts, config.name))
+    origin = {"source": f"{SOURCE_PREFIX}{source.model}", "weights": str(weights)}
+    written = save_checkpoint(folder / paths.BEST, model_config=config,
+                              state={"model": model.state_dict(), "metrics": {}, "imported": origin})
+    update_manifest(folder, [written], model_config=config.to_dict(), imported=origin, environment=environment())
+    return written
+
+
+# Fine-tuning: the few calls the trainer makes (vggexport train --init torchvision:NAME --weights FILE).
+
+def resolve_train_config(config: TrainConfig) -> TrainConfig:
+    """With ``--init``: torchvision's architecture (cfg, batch norm, full width, 4096 head, 224 x 224)."""
+    if config.init is None:
+        if config.weights is not None or config.freeze_features:
+            raise VggExportError("--weights and --freeze-features need --init torchvision:NAME")
+        return config
+    source = TorchvisionSource.parse(config.init)
+    if config.weights is None:
+        raise VggExportError(f"--init {config.init} needs --weights FILE (or --weights {DEFAULT_WEIGHTS})")
+    size = source.model_config().image_size
+    if config.image_size not in (None, size) or config.width not in (None, 1.0):
+        raise VggExportError(f"--init {config.init} fixes --image-size {size} and --width 1.0 (the weights' "
+                             f"classifier expects {size // 32}x{size // 32} features of 512 channels)")
+    return dataclasses.replace(config, cfg=source.cfg, batch_norm=source.batch_norm, image_size=size, width=1.0,
+                               head=TORCHVISION_HEAD)
+
+
+def resolve_model_config(config: TrainConfig, model_config: ModelConfig, data: ImageData) -> ModelConfig:
+    """The trained model's name, the resize policy its data was decoded with, and ``--init``'s normalization."""
+    changes: dict[str, Any] = {"model_name": config.name or "", "resize_size": data.resize_size}
+    if config.init is not None:
+        if data.in_channels != 3:
+            raise VggExportError(f"--init {config.init} needs RGB images; {data.name} has {data.in_channels} channel(s)")
+        pretrained = TorchvisionSource.parse(config.init).model_config()
+        # The imported features expect ImageNet's normalization, not this folder's statistics.
+        changes.update(mean=pretrained.mean, std=pretrained.std)
+    try:
+        return dataclasses.replace(model_config, **changes)
+    except ValueError as exc:
+        raise VggExportError(str(exc)) from None
+
+
+def initialize(model: VGG, config: TrainConfig) -> None:
+    """``--init``: torchvision's weights everywhere but the last layer, which keeps its fresh init for the classes."""
+    if config.init is None:
+        return
+    source = TorchvisionSource.parse(config.init)
+    assert config.weights is not None  # resolve_train_config refused it
+    state = read_state_dict(config.weights, source)
+    load_weights(model, state, str(config.weights), source, skip=LAST_LAYER)
+    if config.freeze_features:
+        model.features.requires_grad_(False)
