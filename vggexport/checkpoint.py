@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from vggexport import __version__
-from vggexport.errors import VggExportError
+from vggexport.errors import VggExportError, first_line
 from vggexport.store.fileio import write_atomic
 from vggexport.store.manifest import read_checked
 from vggexport.model import VGG, ModelConfig, build_model
@@ -49,7 +49,7 @@ class Checkpoint:
         try:
             model.load_state_dict(self.payload["model"])
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
+            first = first_line(exc)
             raise VggExportError(f"{self.path}: weights do not match its model config ({first})") from None
         return model.to(device).eval()
 
@@ -72,7 +72,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         payload = torch.load(io.BytesIO(artifact.data), map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise VggExportError(f"{path} is not a readable checkpoint ({reason[:120]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise VggExportError(f"{path} is not a vggexport checkpoint (no '{FORMAT}' marker)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from vggexport.errors import VggExportError
+from vggexport.errors import VggExportError, first_line
 from vggexport.names import PRECISIONS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -141,7 +141,7 @@ def batch_must_fit(batch_size: int, device: torch.device) -> Iterator[None]:
     except (RuntimeError, MemoryError) as exc:
         if not is_out_of_memory(exc):
             raise
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 160)
         smaller = max(1, batch_size // 2)
         raise VggExportError(f"a training batch of {batch_size} images does not fit in {device.type} memory "
                              f"({first}); use a smaller --batch-size, e.g. {smaller}") from None

@@ -26,9 +26,10 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def check_model_name(name: str) -> str:
-    if not NAME_PATTERN.fullmatch(name):
+    """``name`` if it is safe as a folder, a URL segment and a Triton model name; ValueError saying why if not."""
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise ValueError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (start with a letter "
-                         f"or digit, at most 100 characters)")
+                         f"or digit, no '..', at most 100 characters)")
     return name
 
 

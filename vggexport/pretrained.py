@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vggexport.store import paths
-from vggexport.errors import VggExportError
+from vggexport.errors import VggExportError, first_line
 from vggexport.model import DEPTHS, VGG, ModelConfig, build_model, torchvision_name
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def read_state_dict(weights: str | os.PathLike[str], source: TorchvisionSource) 
                              f"weights_only loading refuses to run") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, TypeError,
             ImportError) as exc:
-        reason = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc, 80)
         raise VggExportError(f"{path} is truncated or not a PyTorch file ({reason})") from None
     return checked_state_dict(state, str(path))
 
@@ -103,7 +103,7 @@ def download_state_dict(source: TorchvisionSource) -> dict[str, torch.Tensor]:
     try:
         state = source.weights().get_state_dict(progress=False, check_hash=True)
     except Exception as exc:  # urllib, hash and unpickling errors all mean "no weights"
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc, 120)
         raise VggExportError(f"could not download {source.model}'s weights ({reason}); pass --weights FILE") from None
     return checked_state_dict(state, f"torchvision's {source.model} weights")
 

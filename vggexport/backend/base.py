@@ -66,3 +66,10 @@ class Runner(ABC):
 
 def source_path(source: ModelSource) -> Path:
     return source.path if isinstance(source, ArtifactBytes) else Path(source)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities of a (N, classes) batch of logits, float32, computed in float64 so no row overflows."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)

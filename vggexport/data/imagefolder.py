@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vggexport.data.load import ImageData, channel_stats
-from vggexport.errors import DataNotFoundError, VggExportError
+from vggexport.errors import DataNotFoundError, VggExportError, first_line
 
 if TYPE_CHECKING:
     from vggexport.model import ModelConfig
@@ -72,7 +72,7 @@ def read_photos(paths: list[Path], *, image_size: int, resize_size: int, mode: s
             fitted.append(fit_to_model(decode_photo(path, mode), image_size=image_size, resize_size=resize_size))
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
                 Image.DecompressionBombWarning) as exc:
-            broken.append(f"{path} ({str(exc).strip().splitlines()[0][:80] if str(exc).strip() else type(exc).__name__})")
+            broken.append(f"{path} ({first_line(exc, 80)})")
     if broken:
         more = f" and {len(broken) - MAX_LISTED} more" if len(broken) > MAX_LISTED else ""
         raise VggExportError(f"{len(broken)} unreadable image file(s): {'; '.join(broken[:MAX_LISTED])}{more}; "

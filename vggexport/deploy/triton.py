@@ -19,11 +19,9 @@ from typing import Any
 
 from vggexport.errors import VggExportError
 from vggexport.store.fileio import ArtifactBytes, ModelSource, write_dir_atomic
-from vggexport.names import NAME_PATTERN
+from vggexport.names import check_model_name
 
 KINDS = ("gpu", "cpu")
-# Triton names a folder after the model: no separators, no "..", nothing a shell or URL would mangle.
-MODEL_NAME = NAME_PATTERN
 
 
 @dataclass(frozen=True)
@@ -44,11 +42,13 @@ class TritonConfig:
             raise VggExportError("--max-queue-delay-us must be >= 0")
 
 
-def check_model_name(name: str, source: str) -> str:
-    if not MODEL_NAME.fullmatch(name) or ".." in name:
+def triton_model_name(name: str, source: str) -> str:
+    """Triton names a folder after the model: the project's one model-name rule, said in Triton's terms."""
+    try:
+        return check_model_name(name)
+    except ValueError:
         raise VggExportError(f"model name {name[:60]!r} from {source} is not a safe Triton model name "
-                             "(letters, digits, _ . -; no path separators); pass --name")
-    return name
+                             "(letters, digits, _ . -; no path separators, no '..'); pass --name") from None
 
 
 def check_labels(raw: str) -> list[str]:
@@ -163,7 +163,7 @@ def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
     # Triton's KIND_GPU runs ONNX Runtime's CUDA provider, KIND_CPU its CPU one: the gate judges by that runtime.
     check_verified(artifact, allow_unverified=allow_unverified, runs_on="cuda" if config.kind == "gpu" else "cpu")
     # An empty --name is a name, and refused as one: only None means "the model's own".
-    name = check_model_name(config.name, "--name") if config.name is not None else check_model_name(
+    name = triton_model_name(config.name, "--name") if config.name is not None else triton_model_name(
         meta["model_name"], f"{artifact.path.name}'s metadata")
     labels = check_labels(meta["class_names"])
     text = config_pbtxt(name, artifact, meta, config)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from vggexport.checkpoint import Checkpoint
-from vggexport.errors import VggExportError
+from vggexport.errors import VggExportError, first_line
 from vggexport.export.metadata import TORCHSCRIPT_CONFIG, TORCHSCRIPT_METADATA, export_metadata
 from vggexport.model import example_input
 from vggexport.store.fileio import ModelSource, write_atomic
@@ -65,8 +65,8 @@ def load_exported_program(source: ModelSource) -> tuple[torch.export.ExportedPro
             warnings.simplefilter("ignore")
             program = torch.export.load(io.BytesIO(artifact.data), extra_files=extra)
     except Exception as exc:  # zipfile, pickle, JSON and torch's own errors all mean "not a readable .pt2"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise VggExportError(f"{path} is not a readable torch.export program ({type(exc).__name__}: {first[:120]})") \
+        first = first_line(exc, 120)
+        raise VggExportError(f"{path} is not a readable torch.export program ({type(exc).__name__}: {first})") \
             from None
     if not extra[TORCHSCRIPT_METADATA]:
         raise VggExportError(f"{path} is a torch.export program but not a vggexport export (no {TORCHSCRIPT_METADATA})")

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from vggexport.checkpoint import Checkpoint
-from vggexport.errors import VggExportError
+from vggexport.errors import VggExportError, first_line
 from vggexport.export.metadata import TORCHSCRIPT_CONFIG, TORCHSCRIPT_METADATA, export_metadata
 from vggexport.model import example_input
 from vggexport.store.fileio import ModelSource, write_atomic
@@ -42,8 +42,8 @@ def load_torchscript(source: ModelSource, device: torch.device | str = "cpu") ->
             warnings.simplefilter("ignore")
             module = torch.jit.load(io.BytesIO(artifact.data), map_location=device, _extra_files=extra)
     except (RuntimeError, ValueError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise VggExportError(f"{artifact.path} is not a readable TorchScript model ({first[:120]})") from None
+        first = first_line(exc, 120)
+        raise VggExportError(f"{artifact.path} is not a readable TorchScript model ({first})") from None
     if not extra[TORCHSCRIPT_METADATA]:
         raise VggExportError(f"{artifact.path} is TorchScript but not a vggexport export (no {TORCHSCRIPT_METADATA})")
     return module.eval(), json.loads(extra[TORCHSCRIPT_METADATA])

@@ -18,7 +18,7 @@ import numpy as np
 
 from vggexport.store import paths
 from vggexport.checkpoint import Checkpoint
-from vggexport.errors import VggExportError
+from vggexport.errors import VggExportError, first_line
 from vggexport.report.figures import throughput_figure
 from vggexport.report.html import Section, esc, figure, note, table
 from vggexport.backend.base import Runner
@@ -111,7 +111,7 @@ def measure_candidate(candidate: Candidate, shape: tuple[int, int, int], seconds
                 timings.append(Timing(runtime, file, provider, batch, statistics.median(times), p90, len(times)))
             return timings
     except (VggExportError, RuntimeError, ValueError, OSError) as exc:
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        message = first_line(exc)
         return [Timing(runtime, file, "", batch, error=message) for batch in BATCHES]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from vggexport.backend.base import softmax
 from vggexport.checkpoint import Checkpoint
 from vggexport.errors import VggExportError
 
@@ -70,11 +71,6 @@ def to_pixels(batch: np.ndarray, mean: Any, std: Any) -> np.ndarray:
     unit = np.clip(batch * std_a + mean_a, 0.0, 1.0)
     return np.round(unit * 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def test_split(ckpt: Checkpoint, data_dir: str | None, samples: int | None,

@@ -21,7 +21,8 @@ from vggexport import __version__
 from vggexport.serve.errors import NotFoundError, ProtocolError, UnavailableError
 from vggexport.serve.images import decode_image, png_data_url
 from vggexport.serve.model_config import served_model_config
-from vggexport.serve.service import OUTPUT, OUTPUTS, ModelService, softmax
+from vggexport.backend.base import softmax
+from vggexport.serve.service import OUTPUT, OUTPUTS, ModelService
 
 SERVER_NAME = "vggexport"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]

@@ -18,18 +18,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from vggexport.names import V2_TO_NUMPY
 from vggexport.serve.dataplane import InferCall, InferResult, OutputRequest
 from vggexport.serve.errors import ProtocolError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES = "BYTES"
-DATATYPES: dict[str, np.dtype[Any]] = {
-    "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64), "FP16": np.dtype(np.float16),
-    "UINT8": np.dtype(np.uint8), "INT8": np.dtype(np.int8), "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64), "BOOL": np.dtype(np.bool_),
-    "UINT16": np.dtype(np.uint16), "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64),
-    BYTES: np.dtype(np.object_),
-}
+DATATYPES: dict[str, np.dtype[Any]] = {v2: np.dtype(numpy) for v2, numpy in V2_TO_NUMPY.items()}
 INT64_MAX = 2**63 - 1
 MAX_ELEMENTS = 1 << 28  # far above any real request here; a guard against allocating a crafted shape
 

@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from vggexport.names import ORT_TO_V2
 from vggexport.store.fileio import ArtifactBytes, ModelSource
 from vggexport.backend.onnxrt import CUDA_EP
 from vggexport.backend.onnxrt import OnnxRuntimeRunner
 
-ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(uint8)": "UINT8", "tensor(float16)": "FP16",
-             "tensor(double)": "FP64", "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int8)": "INT8"}
 
 
 class ServingRunner(OnnxRuntimeRunner):

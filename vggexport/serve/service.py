@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vggexport.errors import VggExportError
+from vggexport.errors import VggExportError, first_line
 from vggexport.store.fileio import ArtifactBytes
 from vggexport.store.manifest import read_checked
+from vggexport.backend.base import softmax
 from vggexport.backend.onnxrt import resolve_provider
 from vggexport.serve.batcher import DynamicBatcher
+from vggexport.names import V2_TO_NUMPY
 from vggexport.serve.runner import ServingRunner
 from vggexport.serve.errors import InternalError, NotFoundError, PayloadTooLargeError, ProtocolError
 from vggexport.serve.metrics import ServerMetrics
@@ -35,7 +37,6 @@ log = logging.getLogger("vggexport.serve")
 OUTPUT, PROBABILITIES = "logits", "probabilities"
 OUTPUTS = (OUTPUT, PROBABILITIES)
 PREPROCESSING_FILE = "model.preprocessing.onnx"
-V2_TO_NUMPY = {"FP32": np.float32, "UINT8": np.uint8, "FP16": np.float16, "FP64": np.float64}
 # refuse: serve only what parity.json passed (the CLI); warn: --allow-unverified; off: an embedder's own call.
 GATES = ("refuse", "warn", "off")
 
@@ -100,7 +101,7 @@ class Engine:
                 self.runner.infer_all(np.zeros((rows, *shape), dtype))
             except Exception as exc:
                 raise VggExportError(f"warm-up inference failed on {self.runner.provider}: "
-                                     f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}") from None
+                                     f"{first_line(exc)}") from None
 
     @property
     def image_size(self) -> int:
@@ -192,7 +193,7 @@ class ModelService:
     def check_input(self, name: str, array: np.ndarray) -> np.ndarray:
         if name != self.input_name:
             raise ProtocolError(f"unknown input {name[:40]!r}: this model takes {self.input_name!r}")
-        if array.dtype != V2_TO_NUMPY.get(self.input_datatype):
+        if array.dtype != np.dtype(V2_TO_NUMPY.get(self.input_datatype, "object")):
             raise ProtocolError(f"input {name!r} must be {self.input_datatype}")
         return self.check_batch(array, self.engine)
 
@@ -241,8 +242,3 @@ class ModelService:
         for engine in self.engines:
             await engine.batcher.stop()
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -18,7 +18,7 @@ from typing import Any
 
 from vggexport.store import paths
 from vggexport.checkpoint import Checkpoint
-from vggexport.errors import VggExportError
+from vggexport.errors import VggExportError, first_line
 from vggexport.store.fileio import ArtifactBytes, read_artifact
 from vggexport.verify.metadata import check_file_metadata, check_torchscript_config
 from vggexport.names import ONNX_PRECISIONS
@@ -173,7 +173,7 @@ def inspect(path: Path, ckpt: Checkpoint, spec: ExportSpec) -> Inspected:
             problems += check_torchscript_config(extra.get("model_config.json", ""), ckpt)
         found.problems = tuple(problems)
     except (VggExportError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
-        found.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        found.error = first_line(exc)
     return found
 
 
