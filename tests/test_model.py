@@ -5,7 +5,8 @@ import torch
 import torchvision
 
 from tests.conftest import tiny_config
-from vggexport.model import CFGS, VGG, ModelConfig, build_model, torchvision_name, vgg11, vgg13, vgg16, vgg19
+from vggexport.model import CFGS, VGG, ModelConfig, build_model, vgg11, vgg13, vgg16, vgg19
+from vggexport.names import torchvision_name
 
 CONV_COUNTS = {"A": 8, "B": 10, "D": 13, "E": 16}
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vggexport.names import DEPTHS, check_model_name, torchvision_name  # noqa: F401 - re-exported
+from vggexport.names import check_model_name, model_folder_name
 
 # Numbers are conv output channels, "M" a 2x2 max-pool (the paper's Table 1).
 CFGS: dict[str, list[int | str]] = {
@@ -75,7 +75,7 @@ class ModelConfig:
 
     @property
     def name(self) -> str:
-        return self.model_name or torchvision_name(self.cfg, self.batch_norm)
+        return model_folder_name(self.model_name, self.cfg, self.batch_norm)
 
     @property
     def color_mode(self) -> str:

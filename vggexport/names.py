@@ -21,6 +21,11 @@ def torchvision_name(cfg: str, batch_norm: bool) -> str:
     """``vgg11``, ``vgg11_bn``, ... ``vgg19_bn``: torchvision's builder names (torch-free, for the server)."""
     return f"vgg{DEPTHS[cfg]}{'_bn' if batch_norm else ''}"
 
+
+def model_folder_name(name: str | None, cfg: str, batch_norm: bool) -> str:
+    """A model's folder and served name: the ``--name`` given, else torchvision's builder name (torch-free)."""
+    return name or torchvision_name(cfg, batch_norm)
+
 # A model name is a folder name, a URL path segment and a Triton model name.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 

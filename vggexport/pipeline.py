@@ -16,6 +16,7 @@ from typing import Any
 
 from vggexport.store import paths
 from vggexport.errors import VggExportError
+from vggexport.names import model_folder_name
 from vggexport.store.manifest import check_artifact, read_manifest, update_manifest
 from vggexport.training.progress import console
 from vggexport.training import TrainConfig
@@ -44,11 +45,9 @@ def recorded_sha(folder: Path, name: str) -> str | None:
 
 class Pipeline:
     def __init__(self, config: PipelineConfig) -> None:
-        from vggexport.model import torchvision_name
-
         self.config = config
-        self.folder = paths.model_dir(config.train.artifacts,
-                                      config.train.name or torchvision_name(config.train.cfg, config.train.batch_norm))
+        train = config.train
+        self.folder = paths.model_dir(train.artifacts, model_folder_name(train.name, train.cfg, train.batch_norm))
 
     def up_to_date(self, stage: str, inputs: str, outputs: list[str]) -> bool:
         if self.config.force:

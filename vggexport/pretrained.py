@@ -21,7 +21,8 @@ import torch
 
 from vggexport.store import paths
 from vggexport.errors import VggExportError, first_line
-from vggexport.model import DEPTHS, VGG, ModelConfig, build_model, torchvision_name
+from vggexport.model import VGG, ModelConfig, build_model
+from vggexport.names import DEPTHS, torchvision_name
 
 if TYPE_CHECKING:
     from vggexport.data.load import ImageData

@@ -218,11 +218,10 @@ server_options = compose(
 
 def served_model_dir(cfg: str, batch_norm: bool, artifacts: str) -> Any:
     """<artifacts>/<name>/ without importing torch (the serving process never loads it)."""
-    from pathlib import Path
+    from vggexport.names import model_folder_name
+    from vggexport.store.paths import model_dir
 
-    from vggexport.names import torchvision_name
-
-    return Path(artifacts) / (model_name() or torchvision_name(cfg, batch_norm))
+    return model_dir(artifacts, model_folder_name(model_name(), cfg, batch_norm))
 
 
 def onnx_file(folder: Any, model_path: str | None, precision: str) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from vggexport.store import paths
 from vggexport.checkpoint import Checkpoint, load_checkpoint
 from vggexport.errors import VggExportError
+from vggexport.names import model_folder_name
 from vggexport.export.spec import ExportSpec
 
 if TYPE_CHECKING:
@@ -28,9 +29,7 @@ class ModelSelection:
 
     @property
     def name(self) -> str:
-        from vggexport.model import torchvision_name
-
-        return self.model_name or torchvision_name(self.cfg, self.batch_norm)
+        return model_folder_name(self.model_name, self.cfg, self.batch_norm)
 
     @property
     def model_dir(self) -> Path:

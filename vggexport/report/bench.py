@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from vggexport.store import paths
 from vggexport.checkpoint import Checkpoint
 from vggexport.errors import VggExportError, first_line
 from vggexport.report.figures import throughput_figure
@@ -46,36 +45,27 @@ Candidate = tuple[str, str, Callable[[], Runner]]
 
 
 def candidates(folder: Path, ckpt: Checkpoint, cuda: bool) -> list[Candidate]:
-    """(runtime, file, make runner) for each runtime that can run something in ``folder``."""
-    from vggexport.backend.onnxrt import OnnxRuntimeRunner
-    from vggexport.backend.pytorch import TorchRunner, TorchScriptRunner
+    """(runtime, file, make runner) for each runtime that can run something in ``folder``, by device.
 
-    devices = ["cpu", "cuda"] if cuda else ["cpu"]
+    PyTorch eager runs the checkpoint; every file runtime comes from ``make_runner``, the one runtime table.
+    """
+    from vggexport.backend.pytorch import TorchRunner
+    from vggexport.backend.registry import ARTIFACT_KINDS, artifact_kind, make_runner, runtimes_for
+
+    order = ("torchscript", "torch-export", "onnx")
+    kinds = {path: artifact_kind(path) for path in folder.iterdir() if path.is_file()}
+    files = sorted((p for p, kind in kinds.items() if kind in ARTIFACT_KINDS),
+                   key=lambda p: (order.index(str(kinds[p])), p.name))
     found: list[Candidate] = []
-    for device in devices:
-        suffix = "" if device == "cpu" else "-cuda"
-        found.append((f"pytorch{suffix}", ckpt.path.name,
+    for device in ["cpu", "cuda"] if cuda else ["cpu"]:
+        on_cuda = device == "cuda"
+        found.append(("pytorch-cuda" if on_cuda else "pytorch", ckpt.path.name,
                       lambda d=device: TorchRunner(ckpt.build_model("cpu"), device=d)))
-        if (folder / paths.TORCHSCRIPT).is_file():
-            found.append((f"torchscript{suffix}", paths.TORCHSCRIPT,
-                          lambda d=device: TorchScriptRunner(folder / paths.TORCHSCRIPT, device=d)))
-        if (folder / paths.EXPORTED_PROGRAM).is_file():
-            found.append((f"torch-export{suffix}", paths.EXPORTED_PROGRAM,
-                          lambda d=device: exported_program_runner(folder / paths.EXPORTED_PROGRAM, d)))
-        for onnx in sorted(folder.glob("*.onnx")):
-            provider = "cpu" if device == "cpu" else "cuda"
-            found.append((f"onnxruntime-{provider}", onnx.name,
-                          lambda p=onnx, pr=provider: OnnxRuntimeRunner(p, provider=pr)))
+        for path in files:
+            for runtime in runtimes_for(str(kinds[path]), cuda=cuda):
+                if runtime.endswith("-cuda") == on_cuda:
+                    found.append((runtime, path.name, lambda r=runtime, p=path: make_runner(r, p)))
     return found
-
-
-def exported_program_runner(path: Path, device: str) -> Runner:
-    from vggexport import runners
-
-    runner_type = getattr(runners, "ExportedProgramRunner", None)
-    if runner_type is None:
-        raise VggExportError("this vggexport has no runner for .pt2 files")
-    return runner_type(path, device=device)
 
 
 def example_batch(runner: Runner, shape: tuple[int, int, int], batch: int) -> np.ndarray:
