@@ -299,16 +299,15 @@ def test_fine_tune_two_steps_then_export(torchvision_vgg: tuple[Path, torch.nn.M
 
 
 def test_init_loads_all_but_the_last_layer(torchvision_vgg: tuple[Path, torch.nn.Module]) -> None:
-    from vggexport import pretrained as importer
     from vggexport.model import ModelConfig, build_model
-    from vggexport.training import TrainConfig
+    from vggexport.training import TrainConfig, finetune
 
-    config = importer.resolve_train_config(TrainConfig(init="torchvision:vgg11_bn", weights=str(torchvision_vgg[0])))
+    config = finetune.resolve_train_config(TrainConfig(init="torchvision:vgg11_bn", weights=str(torchvision_vgg[0])))
     assert (config.cfg, config.batch_norm, config.image_size, config.width, config.head) == ("A", True, 224, 1.0, 4096)
     model = build_model(ModelConfig(in_channels=3, num_classes=3, image_size=224, head=4096, mean=(0.5,) * 3,
                                     std=(0.5,) * 3))
     fresh_last = model.classifier[6].weight.clone()
-    importer.initialize(model, config)
+    finetune.initialize(model, config)
     for key, value in torchvision_vgg[1].state_dict().items():
         if not key.startswith("classifier.6."):
             assert torch.equal(model.state_dict()[key], value), key

@@ -70,6 +70,14 @@ class Checkpointer:
             write_metrics(self.out_dir / paths.METRICS, records)
             plot_curves(self.out_dir / paths.CURVES, records, title)
 
+    def write_sample(self, folder: Path, model: Any, optimizer: Any) -> None:
+        """One checkpoint, metrics file and curves of the size this run writes, into ``folder`` (the budget times it)."""
+        save_checkpoint(folder / "timing.pt", model_config=self.model_config,
+                        state={"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        records = [{"record": "epoch", "epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5}]
+        write_metrics(folder / "metrics.jsonl", records)
+        plot_curves(folder / "curves.png", records, "timing")
+
     def update_manifest(self, final: dict[str, Any], dataset: dict[str, Any]) -> None:
         if self.is_main:
             written = [p for p in (self.last, self.best, self.out_dir / paths.METRICS, self.out_dir / paths.CURVES)

@@ -6,6 +6,7 @@ import gc
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -13,8 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vggexport.store import paths
-from vggexport import pretrained as importer
-from vggexport.training import distributed
+from vggexport.training import distributed, finetune
 from vggexport.data.load import ImageData, load_dataset
 from vggexport.errors import VggExportError
 from vggexport.store.fileio import ensure_writable_dir
@@ -30,8 +30,9 @@ from vggexport.hardware import (
 from vggexport.store.manifest import dataset_identity
 from vggexport.model import VGG, ModelConfig, build_model
 from vggexport.training.progress import console, epoch_line, epoch_progress, shipped_line
-from vggexport.training.batches import Augmentation, BatchSource, Splits, make_splits, stream_seed
-from vggexport.training.budget import calibrate, out_of_time, process_age
+from vggexport.training.batches import Augmentation, BatchSource, Split, Splits, make_splits, stream_seed
+from vggexport.training import budget
+from vggexport.training.budget import out_of_time, process_age
 from vggexport.training.checkpointer import Checkpointer
 from vggexport.training.config import TrainConfig, resolve
 from vggexport.training.evaluator import Evaluator, soft_cross_entropy
@@ -66,7 +67,7 @@ def build_training_model(config: TrainConfig, model_config: ModelConfig, device:
                          memory_format: torch.memory_format) -> VGG:
     """The one place the trained model is built (fine-tuning hooks that load or freeze weights go here)."""
     model = build_model(model_config)
-    importer.initialize(model, config)  # --init: torchvision's weights, the last layer fresh for the classes
+    finetune.initialize(model, config)  # --init: torchvision's weights, the last layer fresh for the classes
     # Training inputs always have the configured size, where adaptive pooling is an identity; its CUDA
     # backward has no deterministic kernel, so train through a plain identity (no parameters, same state_dict).
     model.avgpool = torch.nn.Identity()
@@ -93,11 +94,11 @@ class Trainer:
         self.dist = distributed.setup(config.device)
         self.device = self.dist.device
         # --init fixes torchvision's architecture before the recipe fills in the rest.
-        self.config = config = resolve(importer.resolve_train_config(config), self.device)
+        self.config = config = resolve(finetune.resolve_train_config(config), self.device)
         self.precision = resolve_precision(config.precision, self.device)
         configure_determinism(config.deterministic, self.device)
         data, self.splits = self.load_data()
-        self.model_config = importer.resolve_model_config(config, model_config_for(config, data), data)
+        self.model_config = finetune.resolve_model_config(config, model_config_for(config, data), data)
         self.dataset = dataset_identity(data.name, data.files)
         self.memory_format = (torch.channels_last if prefers_channels_last(self.device, self.model_config.width)
                               else torch.contiguous_format)
@@ -188,10 +189,52 @@ class Trainer:
     def plan_run(self) -> None:
         """Fix the number of epochs (measured against the time budget, if one is set) and the schedule."""
         if self.config.time_budget is not None:
-            self.plan = calibrate(self)
+            self.plan, self.timings = self.measure_budget(float(self.config.time_budget))
             self.epochs = self.plan.epochs
             self.say(self.plan.describe())
         self.scheduler = warmup_cosine(self.optimizer, self.epochs * self.steps_per_epoch, self.config.warmup)
+
+    def measure_budget(self, budget_s: float) -> tuple[BudgetPlan, Timings]:
+        """Time steps, an evaluation and a save on the real model and data, then put every state back."""
+        parts = {"model": self.model, "optimizer": self.optimizer, "scaler": self.scaler,
+                 **({"ema": self.ema} if self.ema is not None else {})}
+        saved = budget.snapshot(parts)
+        self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
+        val, test = self.splits.val, self.splits.test
+        held_out = val if val is not None else test
+
+        def steps() -> Iterator[None]:
+            self.forward.train()
+            for x, labels in self.source.epoch(0):
+                self.train_step(x, labels)
+                yield
+
+        def evaluate(images: int) -> int:
+            size = self.evaluator.batch_size
+            sample = held_out.first(min(len(held_out), max(images, size))) if images else \
+                Split(held_out.images[:size], held_out.labels[:size])
+            self.evaluator(self.eval_model, sample, "timing")
+            return len(sample)
+
+        def broadcast(epochs: int) -> int:
+            chosen = torch.tensor(epochs, device=self.device)
+            if self.dist.enabled:
+                torch.distributed.broadcast(chosen, src=0)
+            return int(chosen.item())
+
+        probes = budget.Probes(
+            steps=steps, evaluate=evaluate, broadcast=broadcast,
+            save=lambda folder: self.checkpointer.write_sample(folder, self.model, self.optimizer),
+            scratch_dir=self.checkpointer.out_dir if self.dist.is_main else None,
+            agree=lambda keep_going: distributed.rank0_decides(keep_going, self.dist, self.device),
+            sync=lambda: torch.cuda.synchronize(self.device) if self.device.type == "cuda" else None)
+        result = budget.calibrate(
+            probes, budget_s, lambda: time.perf_counter() - self.started, steps_per_epoch=self.steps_per_epoch,
+            val_images=len(val.first(self.config.eval_samples)) if val is not None else 0,
+            test_images=len(test.first(self.config.eval_samples)))
+        budget.put_back(parts, saved)
+        self.step = 0
+        return result
 
     def announce(self) -> None:
         mc, config = self.model_config, self.config
