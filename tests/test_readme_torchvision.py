@@ -25,9 +25,9 @@ RANDOM_WEIGHTS = ("python -c \"import torch, torchvision; torch.manual_seed(0); 
 
 
 def section_blocks() -> list[list[str]]:
-    text = (ROOT / "README.md").read_text()
-    section = re.search(r"## Deploy torchvision's VGG16\n(.*?)\n## ", text, re.DOTALL)
-    assert section, "README has no \"Deploy torchvision's VGG16\" section"
+    text = (ROOT / "docs" / "torchvision.md").read_text()
+    section = re.search(r"^# Deploy torchvision's VGG16\n(.*)", text, re.DOTALL)
+    assert section, "docs/torchvision.md has no \"Deploy torchvision's VGG16\" page"
     blocks = re.findall(r"```bash\n(.*?)```", section.group(1), re.DOTALL)
     return [[line.split("  #")[0].strip() for line in block.splitlines() if line.strip()] for block in blocks]
 

@@ -2,7 +2,7 @@
 
     python -m tests.browser.screenshots artifacts/vgg11_bn --data-dir ../shared/data --out docs
 
-The README shows these; they are palette PNGs, well under 200 KB each.
+docs/report.md and docs/serving.md show these; they are palette PNGs, well under 200 KB each.
 """
 
 from __future__ import annotations
