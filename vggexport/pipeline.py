@@ -18,7 +18,7 @@ from vggexport.store import paths
 from vggexport.errors import VggExportError
 from vggexport.names import model_folder_name
 from vggexport.store.manifest import check_artifact, read_manifest, update_manifest
-from vggexport.training.progress import console
+from vggexport.console import console
 from vggexport.training import TrainConfig
 
 STAGES = ("train", "export", "verify", "report", "serve")
@@ -97,7 +97,7 @@ class Pipeline:
         exports = [recorded_sha(self.folder, n) for n in (paths.BEST, *exported)]
 
         def run_verify() -> None:
-            from vggexport.training.progress import print_parity
+            from vggexport.verify.table import print_parity
 
             options = VerifyOptions(data_dir=self.config.train.data_dir)
             report = verify(self.folder / paths.BEST, self.folder, spec, options)

@@ -56,7 +56,7 @@ def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, m
     """
     from pathlib import Path
 
-    from vggexport.training.progress import print_parity
+    from vggexport.verify.table import print_parity
     from vggexport.verify.command import UsageError, VerifyOptions
     from vggexport.verify.command import verify as run_verify
 

@@ -29,7 +29,8 @@ from vggexport.hardware import (
 )
 from vggexport.store.manifest import dataset_identity
 from vggexport.model import VGG, ModelConfig, build_model
-from vggexport.training.progress import console, epoch_line, epoch_progress, shipped_line
+from vggexport.console import console
+from vggexport.training.progress import epoch_line, epoch_progress, shipped_line
 from vggexport.training.batches import Augmentation, BatchSource, Split, Splits, make_splits, stream_seed
 from vggexport.training import budget
 from vggexport.training.budget import out_of_time, process_age
