@@ -140,6 +140,32 @@ def test_name_must_be_a_plain_folder(run_cli: Cli, tmp_path: Path, name: str) ->
     assert result.exit_code != 0 and "--name" in result.output and result.output.count("\n") == 1
 
 
+def test_card_says_which_epoch_the_shipped_weights_are_from(report: Path, verified_folder: Path) -> None:
+    from vggexport.checkpoint import load_checkpoint
+
+    payload = load_checkpoint(verified_folder / "best.pt").payload
+    html = report.read_text()
+    assert payload["selected_epoch"] == 1  # best.pt records the shipped weights' epoch as selected_epoch
+    assert f"best.pt, saved after epoch 1, step {payload['selected_step']}</td>" in html and "epoch ?" not in html
+
+
+def test_card_leaves_an_unknown_epoch_out(tmp_path: Path) -> None:
+    """A checkpoint that records no epoch or step (an import, an old file): its name alone, no "?"."""
+    from tests.conftest import tiny_config
+    from vggexport.checkpoint import load_checkpoint, save_checkpoint
+    from vggexport.model import VGG
+    from vggexport.report.card import card_section
+
+    config = tiny_config()
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "best.pt", model_config=config,
+                                           state={"model": VGG(config).state_dict()}))
+    html = card_section(ckpt, {}, [], parameters=1, test_accuracy=None).body
+    assert "<th>Checkpoint</th><td>best.pt</td>" in html and "saved after" not in html and "?" not in html
+    last = load_checkpoint(save_checkpoint(tmp_path / "last.pt", model_config=config,
+                                           state={"model": VGG(config).state_dict(), "epoch": 3, "step": 96}))
+    assert "<td>last.pt, saved after epoch 3, step 96</td>" in card_section(last, {}, [], 1, None).body
+
+
 def test_missing_pieces_become_notes(verified_folder: Path, tmp_path: Path) -> None:
     folder = tmp_path / "bare"
     folder.mkdir()
