@@ -99,7 +99,7 @@ def test_cli_report_without_bench(run_cli: Cli, verified_folder: Path, tmp_path:
     out = tmp_path / "r.html"
     result = run_cli("report", "--artifacts", verified_folder.parent, "--samples", 32, "--no-bench", "--out", out)
     assert result.exit_code == 0, result.output
-    assert f"wrote {out}" in result.output
+    assert f"wrote {out}" in result.output and "data: synthetic data (generated)\n" in result.output
     html = out.read_text()
     assert "Not measured (--no-bench)" in html and "of 32)" in html
 
