@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,62 @@ def test_missing_data_exit_code_2(run_cli: Cli, tmp_path: Path, monkeypatch: pyt
     result = run_cli("train", "--data-dir", tmp_path / "empty", "--artifacts", tmp_path / "out")
     assert result.exit_code == 2
     assert "fashion-mnist not found" in one_line_error(result)
+
+
+# A tiny run on a generated IDX root: 120 training images, batch 16, 2 steps.
+IDX_TRAIN_ARGS = (*TINY_TRAIN_ARGS, "--dataset", "fashion-mnist", "--batch-size", "16", "--max-steps", "2")
+
+
+def idx_root(root: Path) -> Path:
+    from tests.test_data import make_idx_root
+
+    return make_idx_root(root, compress=False, n_train=120, n_test=40)
+
+
+def test_data_dir_typo_is_an_error_not_another_dataset(run_cli: Cli, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data is under $VGGEXPORT_DATA_DIR, but --data-dir names a folder that does not exist: exit 2, no run."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VGGEXPORT_OFFLINE", "1")
+    monkeypatch.setenv("VGGEXPORT_DATA_DIR", str(idx_root(tmp_path / "data")))
+    result = run_cli("train", *IDX_TRAIN_ARGS, "--data-dir", "nowhere-xyz", "--artifacts", tmp_path / "out")
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert f"not found in {tmp_path / 'nowhere-xyz'} (--data-dir)" in line and "VGGEXPORT_OFFLINE" in line
+    assert not (tmp_path / "out").exists() and not (tmp_path / "nowhere-xyz").exists()
+
+
+def test_environment_root_is_used_and_printed(run_cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VGGEXPORT_DATA_DIR", str(idx_root(tmp_path / "data")))
+    result = run_cli("train", *IDX_TRAIN_ARGS, "--artifacts", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    assert f"data: Fashion-MNIST train and test splits from {raw} (found)\n" in result.output
+
+
+def test_environment_root_without_data_is_exit_2(run_cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VGGEXPORT_OFFLINE", "1")
+    monkeypatch.setenv("VGGEXPORT_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(idx_root(tmp_path / "cache" / "vggexport" / "data").parents[1]))
+    result = run_cli("train", *IDX_TRAIN_ARGS, "--artifacts", tmp_path / "out")
+    assert result.exit_code == 2
+    assert f"not found in {tmp_path / 'empty'} ($VGGEXPORT_DATA_DIR)" in one_line_error(result)
+    assert not (tmp_path / "out").exists()
+
+
+def test_found_data_dir_is_used_and_printed(run_cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--data-dir wins over $VGGEXPORT_DATA_DIR: the run reads its files, and says where they are."""
+    from tests.test_data import make_idx_root
+
+    monkeypatch.setenv("VGGEXPORT_DATA_DIR", str(make_idx_root(tmp_path / "env", compress=True, n_train=100)))
+    chosen = idx_root(tmp_path / "chosen")
+    result = run_cli("train", *IDX_TRAIN_ARGS, "--data-dir", chosen, "--artifacts", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    raw = chosen / "FashionMNIST" / "raw"
+    assert f"data: Fashion-MNIST train and test splits from {raw} (found)\n" in result.output
+    assert "on fashion-mnist" in result.output and str(tmp_path / "env") not in result.output
+    manifest = json.loads((tmp_path / "out" / "vgg11_bn" / "manifest.json").read_text())
+    assert sorted(manifest["dataset"]["files"]) == sorted(p.name for p in raw.iterdir())
 
 
 def test_unwritable_artifacts(run_cli: Cli, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 from vggexport.data.load import (
     FASHION_CLASSES,
     batch_indices,
+    describe,
     load_dataset,
     make_synthetic,
     read_idx,
@@ -48,7 +49,62 @@ def test_loads_generated_idx(tmp_path: Path, compress: bool) -> None:
 
 def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VGGEXPORT_DATA_DIR", str(make_idx_root(tmp_path, compress=True)))
-    assert len(load_dataset("fashion-mnist").train_labels) == 50
+    data = load_dataset("fashion-mnist")
+    assert len(data.train_labels) == 50
+    assert describe(data, "test split") == (f"data: Fashion-MNIST test split from {tmp_path / 'FashionMNIST' / 'raw'} "
+                                            "(found)")
+
+
+def test_data_dir_is_the_root_never_a_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --data-dir without the data is an error even when $VGGEXPORT_DATA_DIR and the cache hold it."""
+    monkeypatch.setenv("VGGEXPORT_DATA_DIR", str(make_idx_root(tmp_path / "env", compress=False)))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_idx_root(tmp_path / "cache" / "vggexport" / "data", compress=False)
+    with pytest.raises(DataNotFoundError, match=r"not found in .*typo \(--data-dir\) and downloads are off") as info:
+        load_dataset("fashion-mnist", tmp_path / "typo")
+    assert str(tmp_path / "env") not in str(info.value) and "cache" not in str(info.value)
+    assert info.value.exit_code == 2 and not (tmp_path / "typo").exists()
+
+
+def test_environment_root_without_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$VGGEXPORT_DATA_DIR is the root when no --data-dir is given: the cache is not consulted either."""
+    monkeypatch.setenv("VGGEXPORT_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_idx_root(tmp_path / "cache" / "vggexport" / "data", compress=False)
+    with pytest.raises(DataNotFoundError, match=r"empty \(\$VGGEXPORT_DATA_DIR\)"):
+        load_dataset("fashion-mnist")
+
+
+def test_cache_is_the_root_without_data_dir_or_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VGGEXPORT_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = make_idx_root(tmp_path / "cache" / "vggexport" / "data", compress=True)
+    data = load_dataset("fashion-mnist")
+    assert data.folder == cache / "FashionMNIST" / "raw" and data.origin == "found"
+
+
+def test_failed_download_into_the_root_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downloads go into the root itself: one that cannot hold folders fails before any network access."""
+    monkeypatch.setenv("VGGEXPORT_OFFLINE", "0")
+    monkeypatch.setenv("VGGEXPORT_DATA_DIR", str(make_idx_root(tmp_path / "env", compress=False)))
+    root = tmp_path / "a-file"
+    root.write_text("not a folder")
+    with pytest.raises(DataNotFoundError, match=r"a-file \(--data-dir\) and downloading it there failed"):
+        load_dataset("fashion-mnist", root)
+
+
+def test_cifar10_root_is_the_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "env" / "cifar-10-batches-py").mkdir(parents=True)
+    monkeypatch.setenv("VGGEXPORT_DATA_DIR", str(tmp_path / "env"))
+    with pytest.raises(DataNotFoundError, match=r"cifar10 not found in .*nowhere \(--data-dir\)"):
+        load_dataset("cifar10", tmp_path / "nowhere")
+    # The batches folder is there but empty: one line naming the root, not torchvision's traceback.
+    with pytest.raises(DataNotFoundError, match=r"env \(\$VGGEXPORT_DATA_DIR\) and its batches are unreadable"):
+        load_dataset("cifar10")
+
+
+def test_generated_data_says_so() -> None:
+    assert describe(make_synthetic(train=8, test=8), "test split") == "data: synthetic data (generated)"
 
 
 def test_missing_data_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,6 +173,7 @@ def test_image_folder(tmp_path: Path) -> None:
             (folder / "notes.txt").write_text("not an image")
     data = load_dataset("imagefolder", tmp_path, image_size=32, channels=3)
     assert data.class_names == ("dark", "light") and data.resize_size == 37
+    assert describe(data, "test split") == f"data: image folder test split from {tmp_path} (found)"
     assert data.train_images.shape == (6, 3, 32, 32) and len(data.test_labels) == 6
     for images, labels, first in ((data.train_images, data.train_labels, 0), (data.test_images, data.test_labels, 3)):
         for image, label in zip(images.numpy(), labels.tolist()):

@@ -99,7 +99,7 @@ def test_cli_report_without_bench(run_cli: Cli, verified_folder: Path, tmp_path:
     out = tmp_path / "r.html"
     result = run_cli("report", "--artifacts", verified_folder.parent, "--samples", 32, "--no-bench", "--out", out)
     assert result.exit_code == 0, result.output
-    assert f"wrote {out}" in result.output
+    assert f"wrote {out}" in result.output and "data: synthetic data (generated)\n" in result.output
     html = out.read_text()
     assert "Not measured (--no-bench)" in html and "of 32)" in html
 
@@ -138,6 +138,32 @@ def test_more_samples_than_the_test_split_uses_all_of_it(verified_folder: Path, 
 def test_name_must_be_a_plain_folder(run_cli: Cli, tmp_path: Path, name: str) -> None:
     result = run_cli("report", "--artifacts", tmp_path, "--name", name)
     assert result.exit_code != 0 and "--name" in result.output and result.output.count("\n") == 1
+
+
+def test_card_says_which_epoch_the_shipped_weights_are_from(report: Path, verified_folder: Path) -> None:
+    from vggexport.checkpoint import load_checkpoint
+
+    payload = load_checkpoint(verified_folder / "best.pt").payload
+    html = report.read_text()
+    assert payload["selected_epoch"] == 1  # best.pt records the shipped weights' epoch as selected_epoch
+    assert f"best.pt, saved after epoch 1, step {payload['selected_step']}</td>" in html and "epoch ?" not in html
+
+
+def test_card_leaves_an_unknown_epoch_out(tmp_path: Path) -> None:
+    """A checkpoint that records no epoch or step (an import, an old file): its name alone, no "?"."""
+    from tests.conftest import tiny_config
+    from vggexport.checkpoint import load_checkpoint, save_checkpoint
+    from vggexport.model import VGG
+    from vggexport.report.card import card_section
+
+    config = tiny_config()
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "best.pt", model_config=config,
+                                           state={"model": VGG(config).state_dict()}))
+    html = card_section(ckpt, {}, [], parameters=1, test_accuracy=None).body
+    assert "<th>Checkpoint</th><td>best.pt</td>" in html and "saved after" not in html and "?" not in html
+    last = load_checkpoint(save_checkpoint(tmp_path / "last.pt", model_config=config,
+                                           state={"model": VGG(config).state_dict(), "epoch": 3, "step": 96}))
+    assert "<td>last.pt, saved after epoch 3, step 96</td>" in card_section(last, {}, [], 1, None).body
 
 
 def test_missing_pieces_become_notes(verified_folder: Path, tmp_path: Path) -> None:

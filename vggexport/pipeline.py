@@ -73,12 +73,13 @@ class Pipeline:
         self.record(name, inputs)
 
     def train_inputs(self) -> str:
-        from vggexport.data.load import load_dataset
+        from vggexport.data.load import announce, load_dataset
         from vggexport.store.manifest import dataset_identity
 
         options = {k: v for k, v in asdict(self.config.train).items() if k not in ("artifacts", "resume")}
         data = load_dataset(self.config.train.dataset, self.config.train.data_dir,
                             image_size=self.config.train.image_size or 32)
+        announce(data, "train and test splits")
         return fingerprint(options, dataset_identity(data.name, data.files))
 
     def run(self) -> None:

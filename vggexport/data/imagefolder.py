@@ -127,7 +127,7 @@ def load_image_folder(data_dir: str | os.PathLike[str] | None, *, image_size: in
         images, labels = images[order[cut:]], labels[order[cut:]]
     mean, std = channel_stats(images)
     return ImageData("imagefolder", images, labels, test_images, test_labels, tuple(classes), mean, std,
-                     resize_size=resize)
+                     resize_size=resize, folder=Path(data_dir), origin="found")
 
 
 def photo_batches(config: ModelConfig, folder: str | os.PathLike[str],

@@ -52,6 +52,8 @@ class ImageData:
     std: tuple[float, ...]
     files: tuple[Path, ...] = ()
     resize_size: int = 0  # the policy photos were decoded with (ModelConfig.resize_size); 0: none
+    folder: Path | None = None  # where the files were read from; None: generated
+    origin: str = "generated"  # "found" there, "downloaded" there by this call, or "generated"
 
     @property
     def in_channels(self) -> int:
@@ -73,10 +75,42 @@ def default_cache_dir() -> Path:
     return Path(base) / "vggexport" / "data"
 
 
-def candidate_roots(data_dir: str | os.PathLike[str] | None) -> list[Path]:
-    """Where to look, in order: --data-dir, $VGGEXPORT_DATA_DIR, the user cache dir."""
-    roots = [Path(p) for p in (data_dir, os.environ.get("VGGEXPORT_DATA_DIR")) if p]
-    return [*roots, default_cache_dir()]
+DISPLAY_NAMES = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10",
+                 "imagefolder": "image folder", "synthetic": "synthetic data"}
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    """The one folder a downloadable dataset is read from (and downloaded into), and who chose it."""
+
+    path: Path
+    source: str  # "--data-dir", "$VGGEXPORT_DATA_DIR" or "the user cache"
+
+
+def data_root(data_dir: str | os.PathLike[str] | None) -> DataRoot:
+    """--data-dir, else $VGGEXPORT_DATA_DIR, else the user cache: the first one set is the root, as
+    torchvision's ``root`` is; the others are never consulted."""
+    if data_dir:
+        return DataRoot(Path(data_dir), "--data-dir")
+    if os.environ.get("VGGEXPORT_DATA_DIR"):
+        return DataRoot(Path(os.environ["VGGEXPORT_DATA_DIR"]), "$VGGEXPORT_DATA_DIR")
+    return DataRoot(default_cache_dir(), "the user cache")
+
+
+def describe(data: ImageData, splits: str) -> str:
+    """One line for a person: which data, which splits, from where, e.g.
+    ``data: Fashion-MNIST test split from /data/FashionMNIST/raw (found)``."""
+    name = DISPLAY_NAMES.get(data.name, data.name)
+    if data.folder is None:
+        return f"data: {name} ({data.origin})"
+    return f"data: {name} {splits} from {data.folder.absolute()} ({data.origin})"
+
+
+def announce(data: ImageData, splits: str) -> None:
+    """Print ``describe``'s line with the other info lines (stderr: stdout stays for results)."""
+    from vggexport.console import console, escape
+
+    console.print(escape(describe(data, splits)))
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -110,13 +144,12 @@ def idx_folders(root: Path, dataset: str) -> list[Path]:
     return [root / sub / "raw", root / sub, root / "raw", root]
 
 
-def locate_idx(dataset: str, roots: list[Path]) -> dict[str, Path] | None:
-    for root in roots:
-        for folder in idx_folders(root, dataset):
-            found = {f"{split}_{kind}": find_idx_file(folder, stem)
-                     for split, stems in IDX_FILES.items() for kind, stem in zip(("images", "labels"), stems)}
-            if all(found.values()):
-                return found  # type: ignore[return-value]
+def locate_idx(dataset: str, root: Path) -> dict[str, Path] | None:
+    for folder in idx_folders(root, dataset):
+        found = {f"{split}_{kind}": find_idx_file(folder, stem)
+                 for split, stems in IDX_FILES.items() for kind, stem in zip(("images", "labels"), stems)}
+        if all(found.values()):
+            return found  # type: ignore[return-value]
     return None
 
 
@@ -125,7 +158,7 @@ def download_allowed() -> bool:
 
 
 def download_torchvision(dataset: str, target: Path) -> None:
-    """Download into the user cache (never into --data-dir, which may be read-only)."""
+    """Download into ``target``, the dataset's root, in torchvision's layout."""
     from torchvision import datasets
 
     cls = {"fashion-mnist": datasets.FashionMNIST, "mnist": datasets.MNIST, "cifar10": datasets.CIFAR10}[dataset]
@@ -133,27 +166,33 @@ def download_torchvision(dataset: str, target: Path) -> None:
         cls(str(target), train=train, download=True)
 
 
-def not_found(dataset: str, roots: list[Path], reason: str) -> DataNotFoundError:
-    where = ", ".join(str(r) for r in roots)
+def not_found(dataset: str, root: DataRoot, reason: str) -> DataNotFoundError:
+    layout = "cifar-10-batches-py/" if dataset == "cifar10" else f"{IDX_FOLDERS.get(dataset, dataset)}/raw/"
     return DataNotFoundError(
-        f"{dataset} not found (looked in {where}; {reason}); pass --data-dir pointing at a folder "
-        f"with {IDX_FOLDERS.get(dataset, dataset)}/raw/ or set VGGEXPORT_DATA_DIR"
+        f"{dataset} not found in {root.path.absolute()} ({root.source}) and {reason}; point --data-dir "
+        f"(or, without it, $VGGEXPORT_DATA_DIR) at a folder holding {layout}"
     )
 
 
+def download_into(dataset: str, root: DataRoot) -> None:
+    """The dataset is absent from its root: download it there, or say why not (exit code 2)."""
+    if not download_allowed():
+        raise not_found(dataset, root, "downloads are off (VGGEXPORT_OFFLINE=1)")
+    try:
+        download_torchvision(dataset, root.path)
+    except Exception as exc:  # torchvision raises many kinds when offline or when the root is read-only
+        raise not_found(dataset, root, f"downloading it there failed ({type(exc).__name__})") from None
+
+
 def load_idx_dataset(dataset: str, data_dir: str | os.PathLike[str] | None) -> ImageData:
-    roots = candidate_roots(data_dir)
-    found = locate_idx(dataset, roots)
+    root = data_root(data_dir)
+    found = locate_idx(dataset, root.path)
+    origin = "found"
     if found is None:
-        if not download_allowed():
-            raise not_found(dataset, roots, "downloads are off (VGGEXPORT_OFFLINE)")
-        try:
-            download_torchvision(dataset, default_cache_dir())
-        except Exception as exc:  # torchvision raises many kinds when offline
-            raise not_found(dataset, roots, f"download failed: {type(exc).__name__}") from None
-        found = locate_idx(dataset, roots)
+        download_into(dataset, root)
+        found, origin = locate_idx(dataset, root.path), "downloaded"
         if found is None:
-            raise not_found(dataset, roots, "download left no IDX files")
+            raise not_found(dataset, root, "the download left no IDX files there")
     arrays = {key: read_idx(path) for key, path in found.items()}
     images = {s: torch.from_numpy(arrays[f"{s}_images"].copy()).unsqueeze(1) for s in IDX_FILES}
     labels = {s: torch.from_numpy(arrays[f"{s}_labels"].astype(np.int64)) for s in IDX_FILES}
@@ -163,7 +202,8 @@ def load_idx_dataset(dataset: str, data_dir: str | os.PathLike[str] | None) -> I
     classes = FASHION_CLASSES if dataset == "fashion-mnist" else tuple(str(i) for i in range(10))
     mean, std = KNOWN_STATS[dataset]
     return ImageData(dataset, images["train"], labels["train"], images["test"], labels["test"],
-                     classes, mean, std, tuple(sorted(found.values())))
+                     classes, mean, std, tuple(sorted(found.values())),
+                     folder=found["train_images"].parent, origin=origin)
 
 
 def batch_indices(
@@ -211,22 +251,21 @@ def make_synthetic(*, num_classes: int = 10, size: int = 28, train: int = 2048, 
 def load_cifar10(data_dir: str | os.PathLike[str] | None) -> ImageData:
     from torchvision import datasets
 
-    roots = candidate_roots(data_dir)
-    root = next((r for r in roots if (r / "cifar-10-batches-py").is_dir()), None)
-    if root is None:
-        if not download_allowed():
-            raise not_found("cifar10", roots, "downloads are off (VGGEXPORT_OFFLINE)")
-        root = default_cache_dir()
-        try:
-            download_torchvision("cifar10", root)
-        except Exception as exc:
-            raise not_found("cifar10", roots, f"download failed: {type(exc).__name__}") from None
+    root = data_root(data_dir)
+    origin = "found"
+    if not (root.path / "cifar-10-batches-py").is_dir():
+        download_into("cifar10", root)
+        origin = "downloaded"
     splits = {}
     for train in (True, False):
-        ds = datasets.CIFAR10(str(root), train=train, download=False)
+        try:
+            ds = datasets.CIFAR10(str(root.path), train=train, download=False)
+        except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+            raise not_found("cifar10", root, f"its batches are unreadable ({exc})") from None
         splits[train] = (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
     mean, std = KNOWN_STATS["cifar10"]
-    return ImageData("cifar10", *splits[True], *splits[False], CIFAR10_CLASSES, mean, std)
+    return ImageData("cifar10", *splits[True], *splits[False], CIFAR10_CLASSES, mean, std,
+                     folder=root.path / "cifar-10-batches-py", origin=origin)
 
 
 def load_dataset(

@@ -46,6 +46,18 @@ def recorded_accuracy(saved: dict[str, Any], precision: str | None) -> str:
     return f"{found} (evaluated in {precision})" if found and precision else found
 
 
+def saved_at(ckpt: Checkpoint) -> str:
+    """best.pt records the epoch and step its weights come from as selected_*: its "step" is where the run
+    ended, later than the weights when they were picked on the validation split; last.pt records epoch and step."""
+    payload = ckpt.payload
+    epoch = payload.get("selected_epoch", payload.get("epoch"))
+    step = payload.get("selected_step", payload.get("step"))
+    where = [f"epoch {epoch}" if isinstance(epoch, int) and epoch > 0 else "",
+             f"step {step}" if isinstance(step, int) and step > 0 else ""]
+    when = ", ".join(w for w in where if w)
+    return f"{ckpt.path.name}, saved after {when}" if when else ckpt.path.name
+
+
 def card_section(ckpt: Checkpoint, manifest: dict[str, Any], records: list[dict[str, Any]],
                  parameters: int, test_accuracy: float | None) -> Section:
     config, payload = ckpt.model_config, ckpt.payload
@@ -63,8 +75,7 @@ def card_section(ckpt: Checkpoint, manifest: dict[str, Any], records: list[dict[
         ("Classes", classes),
         ("Test-time flip average", "on" if config.flip_average else "off"),
         ("Dataset", dataset.get("name") or config.dataset),
-        ("Checkpoint", f"{ckpt.path.name}, saved after epoch {payload.get('epoch', '?')}, step "
-                       f"{payload.get('step', '?')}"),
+        ("Checkpoint", saved_at(ckpt)),
         ("Accuracy recorded in training", recorded_accuracy(saved, payload.get("precision"))),
         ("Test accuracy measured by this report (fp32)",
          f"{test_accuracy:.4f}" if test_accuracy is not None else ""),

@@ -78,13 +78,14 @@ def test_split(ckpt: Checkpoint, data_dir: str | None, samples: int | None,
     """The test split the model was trained against, preprocessed as training evaluated it, batch by batch."""
     import torch
 
-    from vggexport.data.load import load_dataset
+    from vggexport.data.load import announce, load_dataset
     from vggexport.transforms import preprocess
 
     config = ckpt.model_config
     # By default the data the model was trained on, as `verify` does: no --data-dir to repeat.
     root = data_dir or (ckpt.payload.get("train_config") or {}).get("data_dir")
     data = load_dataset(config.dataset, root, image_size=config.image_size, channels=config.in_channels)
+    announce(data, "test split")
     images, labels = data.test_images[:samples], data.test_labels[:samples].numpy()
     for start in range(0, len(images), batch_size):
         with torch.no_grad():

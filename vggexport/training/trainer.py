@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vggexport.store import paths
 from vggexport.training import distributed, finetune
-from vggexport.data.load import ImageData, load_dataset
+from vggexport.data.load import ImageData, describe, load_dataset
 from vggexport.errors import VggExportError
 from vggexport.store.fileio import ensure_writable_dir
 from vggexport.hardware import (
@@ -29,7 +29,7 @@ from vggexport.hardware import (
 )
 from vggexport.store.manifest import dataset_identity
 from vggexport.model import VGG, ModelConfig, build_model
-from vggexport.console import console
+from vggexport.console import console, escape
 from vggexport.training.progress import epoch_line, epoch_progress, shipped_line
 from vggexport.training.batches import Augmentation, BatchSource, Split, Splits, make_splits, stream_seed
 from vggexport.training import budget
@@ -101,6 +101,7 @@ class Trainer:
         data, self.splits = self.load_data()
         self.model_config = finetune.resolve_model_config(config, model_config_for(config, data), data)
         self.dataset = dataset_identity(data.name, data.files)
+        self.data_line = describe(data, "train and test splits")
         self.memory_format = (torch.channels_last if prefers_channels_last(self.device, self.model_config.width)
                               else torch.contiguous_format)
         torch.manual_seed(config.seed)  # the initial weights: the same on every rank
@@ -241,6 +242,7 @@ class Trainer:
         mc, config = self.model_config, self.config
         processes = f", {self.dist.world_size} processes (DDP)" if self.dist.enabled else ""
         val = f", {len(self.splits.val)} training images held out for validation" if self.splits.val else ""
+        self.say(escape(self.data_line))
         self.say(
             f"training {mc.name} (width {mc.width}, head {mc.head}) on {self.dataset['name']} at "
             f"{mc.image_size}x{mc.image_size}, {describe_device(self.device)}, precision {self.precision}, "

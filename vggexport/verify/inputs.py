@@ -70,10 +70,11 @@ def dataset_batches(ckpt: Checkpoint, data_dir: str | None, samples: int | None,
     """The test split the model was trained against, in batches sized for any device."""
     import torch
 
-    from vggexport.data.load import load_dataset
+    from vggexport.data.load import announce, load_dataset
 
     config = ckpt.model_config
     data = load_dataset(config.dataset, data_dir, image_size=config.image_size, channels=config.in_channels)
+    announce(data, "test split")
     images, labels = data.test_images[:samples], data.test_labels[:samples].numpy()
     batch_size = spec.real_batch_size(image_size=config.image_size, width=config.width,
                                       views=2 if config.flip_average else 1)
@@ -134,11 +135,11 @@ def real_checks(ckpt: Checkpoint, data_dir: str | None, samples: int | None, spe
         # By default the data the model was trained on: `verify --model FILE` needs no --data-dir repeated.
         root = data_dir or trained_on
         stretch = config.resize_size == 0  # then preprocess and the graph's policy are one computation
+        if need_pixels and not stretch and root is None:  # before the data is read (and its line printed)
+            raise DataNotFoundError(f"{config.dataset} needs --data-dir to show the uint8 graph its photos")
         checks = {"real": Check(dataset_batches(ckpt, root, samples, spec, with_pixels=stretch),
                                 has_pixels=stretch, judge_top1=True)}
         if need_pixels and not stretch:
-            if root is None:
-                raise DataNotFoundError(f"{config.dataset} needs --data-dir to show the uint8 graph its photos")
             checks["real-photos"] = Check(raw_photo_batches(config, root, samples), has_pixels=True,
                                           pixels_only=True, judge_top1=True)
         return checks

@@ -77,13 +77,14 @@ def calibration_images(config: ModelConfig, calibration: CalibrationConfig) -> n
 
     generator = torch.Generator().manual_seed(calibration.seed)
     if calibration.images == "train":
-        from vggexport.data.load import load_dataset
+        from vggexport.data.load import announce, load_dataset
 
         data = load_dataset(config.dataset, calibration.data_dir, image_size=config.image_size,
                             channels=config.in_channels)
         count = len(data.train_images)
         if calibration.samples > count:
             raise VggExportError(f"{calibration.samples} calibration samples asked for; the training set has {count}")
+        announce(data, "train split")
         pixels = data.train_images[torch.randperm(count, generator=generator)[: calibration.samples]]
     else:
         shape = (calibration.samples, config.in_channels, config.image_size, config.image_size)
