@@ -7,14 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from vggexport.data.load import (
-    FASHION_CLASSES,
-    batch_indices,
-    describe,
-    load_dataset,
-    make_synthetic,
-    read_idx,
-)
+from vggexport.data.dataset import batch_indices, describe
+from vggexport.data.idx import FASHION_CLASSES, read_idx
+from vggexport.data.load import load_dataset
+from vggexport.data.synthetic import make_synthetic
 from vggexport.errors import DataNotFoundError, VggExportError
 from vggexport.transforms import augment, preprocess, random_crop, random_erase
 

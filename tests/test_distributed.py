@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vggexport.checkpoint import load_checkpoint
-from vggexport.data.load import make_synthetic
+from vggexport.data.synthetic import make_synthetic
 from vggexport.training.batches import Split
 from vggexport.training.evaluator import Evaluator
 

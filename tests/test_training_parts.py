@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import tiny_config
-from vggexport.data.load import make_synthetic
+from vggexport.data.synthetic import make_synthetic
 from vggexport.errors import VggExportError
 from vggexport.model import ModelConfig, build_model
 from vggexport.training.batches import Augmentation, BatchSource, Split, make_splits, stratified_holdout

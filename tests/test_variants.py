@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import VARIANT_CALIBRATION as SAMPLES
 from tests.conftest import Cli
 from vggexport.checkpoint import load_checkpoint, save_checkpoint
-from vggexport.data.load import make_synthetic
+from vggexport.data.synthetic import make_synthetic
 from vggexport.errors import VggExportError
 from vggexport.export.onnx import export_onnx
 from vggexport.store.onnx_file import read_onnx_metadata

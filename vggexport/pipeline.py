@@ -73,7 +73,8 @@ class Pipeline:
         self.record(name, inputs)
 
     def train_inputs(self) -> str:
-        from vggexport.data.load import announce, load_dataset
+        from vggexport.data.dataset import announce
+        from vggexport.data.load import load_dataset
         from vggexport.store.manifest import dataset_identity
 
         options = {k: v for k, v in asdict(self.config.train).items() if k not in ("artifacts", "resume")}

@@ -91,7 +91,7 @@ def read_state_dict(weights: str | os.PathLike[str], source: TorchvisionSource) 
 
 
 def download_state_dict(source: TorchvisionSource) -> dict[str, torch.Tensor]:
-    from vggexport.data.load import download_allowed
+    from vggexport.data.root import download_allowed
 
     if not download_allowed():
         raise VggExportError(f"--weights {DEFAULT_WEIGHTS} downloads {source.model}'s weights, but downloads are "

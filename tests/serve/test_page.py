@@ -68,7 +68,7 @@ def sample_png(tmp_path: Path, index: int) -> Path:
     """A real test-split image of the synthetic data the tiny model was trained on, as a PNG file."""
     from PIL import Image
 
-    from vggexport.data.load import make_synthetic
+    from vggexport.data.synthetic import make_synthetic
 
     pixels = make_synthetic().test_images[index, 0].numpy()
     path = tmp_path / f"sample{index}.png"

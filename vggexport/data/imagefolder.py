@@ -9,16 +9,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from vggexport.data.load import ImageData, channel_stats
+from vggexport.data.dataset import ImageData, channel_stats
 from vggexport.errors import DataNotFoundError, VggExportError, first_line
 
-if TYPE_CHECKING:
-    from vggexport.model import ModelConfig
+class PhotoInput(Protocol):
+    """What decoding photos for a model needs to know of it (a ModelConfig is one; data imports no model)."""
+
+    class_names: tuple[str, ...]
+    in_channels: int
+    image_size: int
+    resize_size: int
+
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
 # torchvision's ImageNet evaluation policy: the shorter side to 256, then the centre 224 x 224.
@@ -130,7 +136,7 @@ def load_image_folder(data_dir: str | os.PathLike[str] | None, *, image_size: in
                      resize_size=resize, folder=Path(data_dir), origin="found")
 
 
-def photo_batches(config: ModelConfig, folder: str | os.PathLike[str],
+def photo_batches(config: PhotoInput, folder: str | os.PathLike[str],
                   batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Photos of a folder as the model sees them: uint8 (N, C, image_size, image_size) and labels or None.
 
@@ -150,7 +156,7 @@ def photo_batches(config: ModelConfig, folder: str | os.PathLike[str],
         yield images, None if labels is None else labels[start : start + batch_size]
 
 
-def raw_photos(config: ModelConfig, folder: str | os.PathLike[str]) -> Iterator[tuple[np.ndarray, int | None]]:
+def raw_photos(config: PhotoInput, folder: str | os.PathLike[str]) -> Iterator[tuple[np.ndarray, int | None]]:
     """Each photo as decoded, before any resize: uint8 (1, C, H, W) and its label or None.
 
     For the uint8 ONNX graph, which must do the resize and crop itself; same folder layouts as

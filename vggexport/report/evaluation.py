@@ -78,7 +78,8 @@ def test_split(ckpt: Checkpoint, data_dir: str | None, samples: int | None,
     """The test split the model was trained against, preprocessed as training evaluated it, batch by batch."""
     import torch
 
-    from vggexport.data.load import announce, load_dataset
+    from vggexport.data.dataset import announce
+    from vggexport.data.load import load_dataset
     from vggexport.transforms import preprocess
 
     config = ckpt.model_config

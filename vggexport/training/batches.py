@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vggexport.data.load import ImageData
+from vggexport.data.dataset import ImageData
 from vggexport.errors import VggExportError
 from vggexport.transforms import augment, normalize, random_erase, to_unit
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from vggexport.data.load import ImageData
+from vggexport.data.dataset import ImageData
 from vggexport.errors import VggExportError
 from vggexport.model import VGG, ModelConfig
 from vggexport.pretrained import (DEFAULT_WEIGHTS, LAST_LAYER, TORCHVISION_HEAD, TorchvisionSource, load_weights,

@@ -15,7 +15,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vggexport.store import paths
 from vggexport.training import distributed, finetune
-from vggexport.data.load import ImageData, describe, load_dataset
+from vggexport.data.dataset import ImageData, describe
+from vggexport.data.load import load_dataset
 from vggexport.errors import VggExportError
 from vggexport.store.fileio import ensure_writable_dir
 from vggexport.hardware import (

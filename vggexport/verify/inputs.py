@@ -70,7 +70,8 @@ def dataset_batches(ckpt: Checkpoint, data_dir: str | None, samples: int | None,
     """The test split the model was trained against, in batches sized for any device."""
     import torch
 
-    from vggexport.data.load import announce, load_dataset
+    from vggexport.data.dataset import announce
+    from vggexport.data.load import load_dataset
 
     config = ckpt.model_config
     data = load_dataset(config.dataset, data_dir, image_size=config.image_size, channels=config.in_channels)

@@ -77,7 +77,8 @@ def calibration_images(config: ModelConfig, calibration: CalibrationConfig) -> n
 
     generator = torch.Generator().manual_seed(calibration.seed)
     if calibration.images == "train":
-        from vggexport.data.load import announce, load_dataset
+        from vggexport.data.dataset import announce
+        from vggexport.data.load import load_dataset
 
         data = load_dataset(config.dataset, calibration.data_dir, image_size=config.image_size,
                             channels=config.in_channels)
