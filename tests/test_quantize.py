@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.test_variants import run_onnx
 from vggexport.store.onnx_file import read_onnx_metadata
-from vggexport.export.variants.int8 import fp32_regions, pool_before_relu
+from vggexport.export.variants.regions import fp32_regions, pool_before_relu
 
 
 def first_conv(graph: onnx.GraphProto) -> onnx.NodeProto:

@@ -20,7 +20,7 @@ from vggexport.export.onnx import export_onnx
 from vggexport.store.onnx_file import read_onnx_metadata
 from vggexport.store.fileio import sha256_file
 from vggexport.store.manifest import read_manifest
-from vggexport.export.variants.int8 import CalibrationConfig, calibration_images
+from vggexport.export.variants.calibration import CalibrationConfig, calibration_images
 from vggexport.export.spec import ExportSpec
 from vggexport.transforms import preprocess
 from vggexport.export.variants.make import make_variant

@@ -83,7 +83,7 @@ def default_checkpoint(folder: Path, args: argparse.Namespace) -> Path:
 
 
 def bench_variants(ckpt_path: Path, folder: Path, args: argparse.Namespace) -> None:
-    from vggexport.export.variants.int8 import CalibrationConfig
+    from vggexport.export.variants.calibration import CalibrationConfig
     from vggexport.export.variants.make import make_variant
 
     ckpt = load_checkpoint(ckpt_path)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from vggexport.checkpoint import load_checkpoint
-from vggexport.export.variants.int8 import CalibrationConfig
+from vggexport.export.variants.calibration import CalibrationConfig
 from vggexport.backend.onnxrt import OnnxRuntimeRunner
 from vggexport.export.spec import ExportSpec
 from vggexport.export.variants.make import make_variant

@@ -174,7 +174,7 @@ calibration_options = compose(
 
 def calibration_config(calibration_samples: int, calibration_method: str, calibration_seed: int,
                        data_dir: str | None, calibration_images: str) -> Any:
-    from vggexport.export.variants.int8 import CalibrationConfig
+    from vggexport.export.variants.calibration import CalibrationConfig
 
     return CalibrationConfig(method=calibration_method, samples=calibration_samples, seed=calibration_seed,
                              data_dir=data_dir, images=calibration_images)

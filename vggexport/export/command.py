@@ -14,7 +14,7 @@ from vggexport.names import model_folder_name
 from vggexport.export.spec import ExportSpec
 
 if TYPE_CHECKING:
-    from vggexport.export.variants.int8 import CalibrationConfig
+    from vggexport.export.variants.calibration import CalibrationConfig
 
 
 @dataclass(frozen=True)

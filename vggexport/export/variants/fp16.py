@@ -13,7 +13,7 @@ import warnings
 from importlib import metadata as importlib_metadata
 from typing import Any
 
-from vggexport.export.variants.int8 import fp32_regions
+from vggexport.export.variants.regions import fp32_regions
 
 # Besides the converter's own block list (ops without fp16 kernels in ONNX Runtime).
 FP32_OPS = ("LogSoftmax", "ReduceLogSumExp", "Softmax")

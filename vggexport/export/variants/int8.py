@@ -1,10 +1,7 @@
 """int8 ONNX by static quantization (onnxruntime.quantization: QDQ, per-channel weights).
 
-Calibration uses training images, chosen by a seeded permutation and preprocessed
-exactly as at inference (vggexport.transforms.preprocess), so the activation
-ranges are those the deployed model sees. ``CalibrationConfig.images`` can ask
-for constant or noise images instead: a deliberately bad calibration, which
-verify must refuse.
+The images that calibrate are ``vggexport.export.variants.calibration``'s; the regions kept fp32 are
+``vggexport.export.variants.regions``'. This module imports onnxruntime.quantization: only make_variant loads it.
 """
 
 from __future__ import annotations
@@ -14,153 +11,19 @@ import io
 import json
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from vggexport.errors import VggExportError
+from vggexport.export.variants.calibration import CalibrationConfig, calibration_images
+from vggexport.export.variants.regions import fp32_regions, pool_before_relu
 from vggexport.model import ModelConfig
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-CALIBRATION_IMAGES = ("train", "constant", "noise")
-# Graph regions that can stay fp32 (see fp32_regions): the first block (whatever precedes the first
-# conv, such as the flip that builds the two views, then the conv, its ReLU and its MaxPool), the last
-# linear layer, and the log-softmax/logsumexp tail of the flip average.
-FP32_REGIONS = ("first_block", "last_layer", "tail")
-# The first block stays fp32 for speed: its conv has one input channel and narrow outputs at full
-# resolution, where ORT's int8 conv is requantization-bound and 4-5x slower than its fp32 NCHWc conv
-# (BENCHMARKS.md, "Precision variants", measured on VGG-11); quantizing after the pool also quantizes 4x
-# fewer values. In VGG-13/16/19 a second conv precedes the first pool, so there the block ends at the ReLU.
-DEFAULT_FP32_REGIONS = ("first_block", "tail")
 CALIBRATION_BATCH = 64
 ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
-
-
-@dataclass(frozen=True)
-class CalibrationConfig:
-    method: str = "minmax"
-    samples: int = 512
-    seed: int = 0
-    data_dir: str | None = None
-    images: str = "train"
-    keep_fp32: tuple[str, ...] = DEFAULT_FP32_REGIONS
-    per_channel: bool = True
-    # int8 activations (S8S8): as fast as uint8 on VNNI/AMX here (BENCHMARKS.md, "Precision variants"),
-    # and free of U8S8's saturation on AVX2 CPUs without VNNI, where the file may be served too.
-    activation_type: str = "int8"
-    extra_options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        method = self.method.lower()
-        if method not in CALIBRATION_METHODS:
-            raise VggExportError(f"unknown calibration method {self.method!r}: choose {', '.join(CALIBRATION_METHODS)}")
-        object.__setattr__(self, "method", method)
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise VggExportError(f"calibration samples must be a whole number >= 1, not {self.samples!r}")
-        if self.images not in CALIBRATION_IMAGES:
-            raise VggExportError(f"unknown calibration images {self.images!r}: choose {', '.join(CALIBRATION_IMAGES)}")
-        unknown = set(self.keep_fp32) - set(FP32_REGIONS)
-        if unknown:
-            raise VggExportError(f"unknown fp32 regions {sorted(unknown)}: choose from {', '.join(FP32_REGIONS)}")
-        if self.activation_type not in ("uint8", "int8"):
-            raise VggExportError(f"activation type must be uint8 or int8, not {self.activation_type!r}")
-
-
-def calibration_images(config: ModelConfig, calibration: CalibrationConfig) -> np.ndarray:
-    """float32 (N, C, S, S), normalized as at inference; N = calibration.samples."""
-    import torch
-
-    from vggexport.transforms import preprocess
-
-    generator = torch.Generator().manual_seed(calibration.seed)
-    if calibration.images == "train":
-        from vggexport.data.dataset import announce
-        from vggexport.data.load import load_dataset
-
-        data = load_dataset(config.dataset, calibration.data_dir, image_size=config.image_size,
-                            channels=config.in_channels)
-        count = len(data.train_images)
-        if calibration.samples > count:
-            raise VggExportError(f"{calibration.samples} calibration samples asked for; the training set has {count}")
-        announce(data, "train split")
-        pixels = data.train_images[torch.randperm(count, generator=generator)[: calibration.samples]]
-    else:
-        shape = (calibration.samples, config.in_channels, config.image_size, config.image_size)
-        if calibration.images == "constant":
-            pixels = torch.zeros(shape, dtype=torch.uint8)
-        else:
-            pixels = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
-    with torch.no_grad():
-        x = preprocess(pixels, image_size=config.image_size, mean=config.mean, std=config.std)
-    return x.numpy()
-
-
-def fp32_regions(graph: Any, regions: tuple[str, ...]) -> list[str]:
-    """Names of the nodes of ``regions`` in a VGG graph (a topologically sorted onnx GraphProto)."""
-    nodes = list(graph.node)
-    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
-    linears = [i for i, n in enumerate(nodes) if n.op_type in ("Gemm", "MatMul")]
-    if not convs or not linears:
-        raise VggExportError("the ONNX graph has no Conv or no Gemm/MatMul: not a vggexport VGG")
-    chosen: set[int] = set()
-    if "first_block" in regions:
-        # Everything up to the first conv too: a conv whose input is dequantized and whose output is
-        # quantized again would be quantized by ONNX Runtime itself at load time, fp32 weights or not.
-        chosen.update(range(convs[0] + 1))
-        chosen.update(nodes.index(n) for n in activation_chain(graph, nodes[convs[0]]))
-    if "last_layer" in regions:
-        chosen.add(linears[-1])
-    if "tail" in regions:
-        chosen.update(range(linears[-1] + 1, len(nodes)))
-    return [nodes[i].name for i in sorted(chosen)]
-
-
-def sole_consumer(graph: Any, node: Any) -> Any | None:
-    """The one node reading ``node``'s only output, or None (several readers, none, or a graph output)."""
-    if len(node.output) != 1 or node.output[0] in {o.name for o in graph.output}:
-        return None
-    readers = [n for n in graph.node if node.output[0] in n.input]
-    return readers[0] if len(readers) == 1 else None
-
-
-def activation_chain(graph: Any, conv: Any) -> list[Any]:
-    """The Relu and MaxPool nodes that directly follow ``conv``, in graph order (at most one of each)."""
-    chain: list[Any] = []
-    node = sole_consumer(graph, conv)
-    while node is not None and node.op_type in ("Relu", "MaxPool") and node.op_type not in {n.op_type for n in chain}:
-        chain.append(node)
-        node = sole_consumer(graph, node)
-    return chain
-
-
-def pool_before_relu(graph: Any) -> bool:
-    """Rewrite the first Conv -> Relu -> MaxPool as Conv -> MaxPool -> Relu, in place; True if rewritten.
-
-    Exact: ReLU is monotonic, so it commutes with a max. It decides where ONNX Runtime computes the first
-    block's quantization: ORT's QDQ propagation moves a QuantizeLinear up across a MaxPool (not across a
-    Relu), which turns the pool into a uint8 MaxPool in NCHW layout, about 10x slower than fp32's (measured).
-    """
-    conv = next((n for n in graph.node if n.op_type == "Conv"), None)
-    if conv is None:
-        return False  # fp32_regions then says why this graph is not a vggexport VGG
-    relu = sole_consumer(graph, conv)
-    pool = sole_consumer(graph, relu) if relu is not None and relu.op_type == "Relu" else None
-    if pool is None or pool.op_type != "MaxPool" or len(pool.output) != 1:
-        return False
-    pooled, activated = pool.output[0], relu.output[0]
-    pool.input[0], pool.output[0] = conv.output[0], f"{pooled}_before_relu"
-    relu.input[0], relu.output[0] = pool.output[0], pooled
-    moved = type(relu)()
-    moved.CopyFrom(relu)
-    graph.node.remove(relu)
-    graph.node.insert(list(graph.node).index(pool) + 1, moved)
-    kept = [v for v in graph.value_info if v.name != activated]  # that full-size tensor no longer exists
-    del graph.value_info[:]
-    graph.value_info.extend(kept)
-    return True
 
 
 class ArrayReader(CalibrationDataReader):

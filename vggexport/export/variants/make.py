@@ -16,7 +16,7 @@ from vggexport.errors import VggExportError
 from vggexport.store.fileio import ArtifactBytes, write_atomic
 from vggexport.store.manifest import update_manifest
 from vggexport.model import ModelConfig
-from vggexport.export.variants.int8 import CalibrationConfig
+from vggexport.export.variants.calibration import CalibrationConfig
 
 VARIANT_PRECISIONS = ("fp16", "int8")
 PRECISION_KEY, SOURCE_KEY = "precision", "fp32_sha256"
