@@ -6,8 +6,8 @@ generated schema) printed by protobuf's ``text_format``, so every string is esca
 and every field exists. Inputs and outputs come from the ONNX graph itself; the
 batch dimension is left out of ``dims`` (Triton adds it when max_batch_size > 0 and
 refuses a model whose first dimension is not dynamic: triton-inference-server/server#7003).
-``build_model_config`` is also what ``vggexport serve`` answers Triton's model configuration
-extension with, so it imports neither torch nor onnx.
+``vggexport.serve.config_message`` builds the message, as it does for ``vggexport serve``'s model configuration
+extension, so it imports neither torch nor onnx.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from vggexport.errors import VggExportError
 from vggexport.store.fileio import ArtifactBytes, ModelSource, write_dir_atomic
 from vggexport.names import check_model_name
+from vggexport.serve.config_message import LABELS_FILE, ConfigFields, build_model_config
 
 KINDS = ("gpu", "cpu")
 
@@ -68,56 +69,6 @@ def preferred_batch_sizes(max_batch_size: int) -> list[int]:
     return (sizes[-3:] if sizes else []) or [max_batch_size]
 
 
-Tensor = tuple[str, str, list[int]]  # (name, KServe v2 datatype, dims with the batch dimension first)
-
-
-@dataclass(frozen=True)
-class ConfigFields:
-    """What a ModelConfig says about one served ONNX, from its graph (``vggexport triton``) or from the
-    running session (``vggexport serve``'s model configuration extension)."""
-
-    name: str
-    inputs: list[Tensor]
-    outputs: list[Tensor]
-    max_batch_size: int
-    kind: str  # "gpu" or "cpu"
-    instances: int = 1
-    batching: bool = True
-    max_queue_delay_us: int = 0
-    preferred_batch_sizes: tuple[int, ...] = ()
-    label_filename: str | None = None
-    warmup_batch_sizes: tuple[int, ...] = ()
-    image_size: int = 0  # the side a warm-up image gets where the input's H and W are dynamic
-
-
-def build_model_config(fields: ConfigFields) -> Any:
-    """The ModelConfig message (tritonclient's generated schema); imports neither torch nor onnx."""
-    from tritonclient.grpc import model_config_pb2 as pb
-
-    def data_type(datatype: str) -> int:
-        return pb.DataType.Value(f"TYPE_{datatype}")
-
-    message = pb.ModelConfig(name=fields.name, platform="onnxruntime_onnx", max_batch_size=fields.max_batch_size)
-    for name, datatype, dims in fields.inputs:
-        message.input.add(name=name, data_type=data_type(datatype), dims=dims[1:])
-    for name, datatype, dims in fields.outputs:
-        message.output.add(name=name, data_type=data_type(datatype), dims=dims[1:],
-                           label_filename=fields.label_filename or "")
-    message.instance_group.add(count=fields.instances,
-                               kind=pb.ModelInstanceGroup.Kind.Value(f"KIND_{fields.kind.upper()}"))
-    if fields.batching:
-        message.dynamic_batching.preferred_batch_size.extend(fields.preferred_batch_sizes)
-        message.dynamic_batching.max_queue_delay_microseconds = fields.max_queue_delay_us
-    (input_name, input_type, input_dims), *_ = fields.inputs
-    warm_dims = [fields.image_size if d == -1 else d for d in input_dims[1:]]
-    if all(d > 0 for d in warm_dims):
-        for size in fields.warmup_batch_sizes:
-            warmup = message.model_warmup.add(name="zeros" if size == 1 else f"zeros_batch_{size}", batch_size=size)
-            warmup.inputs[input_name].CopyFrom(pb.ModelWarmup.Input(
-                data_type=data_type(input_type), dims=warm_dims, zero_data=True))
-    return message
-
-
 def model_config(name: str, onnx_path: ModelSource, meta: dict[str, str], config: TritonConfig) -> Any:
     """The ModelConfig message for this ONNX: only the first output (the logits) is declared."""
     from vggexport.store.onnx_file import graph_io
@@ -131,7 +82,7 @@ def model_config(name: str, onnx_path: ModelSource, meta: dict[str, str], config
     return build_model_config(ConfigFields(
         name=name, inputs=inputs, outputs=outputs[:1], max_batch_size=config.max_batch_size, kind=config.kind,
         instances=config.instances, max_queue_delay_us=config.max_queue_delay_us,
-        preferred_batch_sizes=tuple(preferred_batch_sizes(config.max_batch_size)), label_filename="labels.txt",
+        preferred_batch_sizes=tuple(preferred_batch_sizes(config.max_batch_size)), label_filename=LABELS_FILE,
         warmup_batch_sizes=(1,) if config.warmup else (), image_size=int(meta.get("image_size", "0") or 0)))
 
 
@@ -171,8 +122,8 @@ def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
     def fill(folder: Path) -> None:
         (folder / "1").mkdir()
         (folder / "1" / "model.onnx").write_bytes(artifact.data)
-        (folder / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+        (folder / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
         (folder / "config.pbtxt").write_text(text, encoding="utf-8")
 
     # One move for the three files: Triton never loads a new model.onnx beside an old config.pbtxt.
-    return write_dir_atomic(repository / name, fill, replaced=("1", "labels.txt", "config.pbtxt"))
+    return write_dir_atomic(repository / name, fill, replaced=("1", LABELS_FILE, "config.pbtxt"))

@@ -1,6 +1,6 @@
 """Triton's model configuration extension: the ModelConfig of what this server is serving.
 
-The message comes from ``vggexport.deploy.triton.build_model_config``, the builder behind the config.pbtxt
+The message comes from ``vggexport.serve.config_message.build_model_config``, the builder behind the config.pbtxt
 that ``vggexport triton`` writes, fed from the running session instead of the ONNX graph. gRPC sends
 the message itself; HTTP sends its JSON form (protobuf's json_format, field names as in the .proto,
 64-bit integers as JSON numbers as Triton prints them), so the two transports cannot disagree.
@@ -11,9 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from vggexport.serve.service import OUTPUTS, ModelService
-from vggexport.deploy.triton import ConfigFields, build_model_config
-
-LABELS_FILE = "labels.txt"  # the name `vggexport triton` gives the class names beside config.pbtxt
+from vggexport.serve.config_message import LABELS_FILE, ConfigFields, build_model_config
 
 
 def served_model_config(model: ModelService) -> Any:

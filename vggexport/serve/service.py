@@ -69,7 +69,7 @@ class ServeConfig:
             raise VggExportError("--max-image-pixels must be >= 1")
 
 
-class Engine:
+class BatchedRunner:
     """One ONNX file's runner and its batcher."""
 
     def __init__(self, path: Path, config: ServeConfig, metrics: ServerMetrics, phase: Callable[[str], None]) -> None:
@@ -135,7 +135,7 @@ def gated_bytes(path: Path | ArtifactBytes, config: ServeConfig) -> ArtifactByte
 class ModelService:
     def __init__(self, config: ServeConfig, metrics: ServerMetrics, phase: Callable[[str], None]) -> None:
         self.config = config
-        self.engine = Engine(Path(config.model), config, metrics, phase)
+        self.engine = BatchedRunner(Path(config.model), config, metrics, phase)
         meta = self.engine.runner.metadata
         self.name = meta["model_name"]
         try:
@@ -149,7 +149,7 @@ class ModelService:
             self.class_names = [str(i) for i in range(classes if isinstance(classes, int) else 0)]
         self.images = self.engine if self.engine.takes_pixels else self.find_image_engine(metrics, phase)
 
-    def find_image_engine(self, metrics: ServerMetrics, phase: Callable[[str], None]) -> Engine | None:
+    def find_image_engine(self, metrics: ServerMetrics, phase: Callable[[str], None]) -> BatchedRunner | None:
         explicit = self.config.preprocessing_model
         path = Path(explicit) if explicit else Path(self.config.model).with_name(PREPROCESSING_FILE)
         if not path.is_file():
@@ -157,7 +157,7 @@ class ModelService:
                 raise VggExportError(f"no preprocessing model at {path}")
             phase(f"no {PREPROCESSING_FILE} beside the model: /classify is off")
             return None
-        engine = Engine(path, self.config, metrics, phase)
+        engine = BatchedRunner(path, self.config, metrics, phase)
         if not engine.takes_pixels:
             raise VggExportError(f"{path} takes {engine.runner.input_datatype}, not uint8 pixels: "
                                  "it is not a preprocessing model")
@@ -167,7 +167,7 @@ class ModelService:
         return engine
 
     @property
-    def engines(self) -> list[Engine]:
+    def engines(self) -> list[BatchedRunner]:
         return [self.engine, *([self.images] if self.images and self.images is not self.engine else [])]
 
     @property
@@ -197,7 +197,7 @@ class ModelService:
             raise ProtocolError(f"input {name!r} must be {self.input_datatype}")
         return self.check_batch(array, self.engine)
 
-    def check_batch(self, array: np.ndarray, engine: Engine) -> np.ndarray:
+    def check_batch(self, array: np.ndarray, engine: BatchedRunner) -> np.ndarray:
         wanted = engine.runner.input_shape
         if array.ndim != len(wanted) or any(w not in (-1, n) for w, n in zip(wanted[1:], array.shape[1:])):
             raise ProtocolError(f"input has shape {list(array.shape)}; expected {wanted} (-1: any size >= 1)")
@@ -221,7 +221,7 @@ class ModelService:
         outputs = await images.run(self.check_batch(pixels, images))
         return outputs[0].astype(np.float32, copy=False), (outputs[1] if len(outputs) > 1 else None)
 
-    def check_classify_available(self) -> Engine:
+    def check_classify_available(self) -> BatchedRunner:
         if self.images is None:
             raise NotFoundError(f"/classify needs {PREPROCESSING_FILE} beside {Path(self.config.model).name} "
                                 "(or --preprocessing-model): re-export with `vggexport export --with-preprocessing`")
