@@ -251,10 +251,10 @@ def renamed_report(report: dict[str, Any], runtime: str, *, passed: bool = True,
 
 
 def record_verdict(report: Any, model: Path) -> None:
-    """Merge ``report``'s verdict on ``model`` into parity.json as verify does (vggexport.store.parity_record.write_records)."""
+    """Merge ``report``'s verdict on ``model`` into parity.json as verify does (vggexport.store.parity_record.write_parity)."""
     from vggexport.store.fileio import sha256_file
-    from vggexport.store.parity_record import write_records
+    from vggexport.store.parity_record import write_parity
 
     checkpoint = model.parent / "best.pt"
-    write_records(report, [(model, "onnx", model.name.endswith(".preprocessing.onnx"), sha256_file(model))],
+    write_parity(report, [(model, "onnx", model.name.endswith(".preprocessing.onnx"), sha256_file(model))],
                   checkpoint, sha256_file(checkpoint))

@@ -159,7 +159,7 @@ def test_each_runtime_keeps_its_own_verdict_of_the_same_bytes(run_cli: Cli, expo
     reference, tolerances and samples. (No GPU here: the CUDA verdict is a real CPU report renamed.)"""
     from tests.conftest import record_verdict, renamed_report
     from vggexport.store.fileio import sha256_file
-    from vggexport.store.parity_record import write_records
+    from vggexport.store.parity_record import write_parity
 
     model, report = exported / "model.onnx", exported.parent / "cpu-report.json"
     verify = ("verify", "--artifacts", exported.parent, "--model", model)
@@ -193,8 +193,8 @@ def test_each_runtime_keeps_its_own_verdict_of_the_same_bytes(run_cli: Cli, expo
     other = renamed_report(cpu_report, "onnxruntime-cpu")
     other.to_dict()["runtimes"][1]["sha256"] = "f" * 64
     checkpoint = exported / "best.pt"
-    write_records(other, [(model, "onnx", False, "f" * 64)], checkpoint, sha256_file(checkpoint))
+    write_parity(other, [(model, "onnx", False, "f" * 64)], checkpoint, sha256_file(checkpoint))
     assert set(verdicts_of(exported)) == {"onnxruntime-cpu"}
-    write_records(renamed_report(cpu_report, "onnxruntime-cuda"), [(model, "onnx", False, sha256_file(model))],
+    write_parity(renamed_report(cpu_report, "onnxruntime-cuda"), [(model, "onnx", False, sha256_file(model))],
                   checkpoint, "0" * 64)
     assert set(verdicts_of(exported)) == {"onnxruntime-cuda"}

@@ -27,7 +27,7 @@ OLDER_FORMATS = ("vggexport.parity/1", "vggexport.parity/2")
 FAMILIES = ("cpu", "cuda")  # what a deployment runs on: onnxruntime-cpu or onnxruntime-cuda
 
 
-def read_record(folder: Path) -> dict[str, Any]:
+def read_parity(folder: Path) -> dict[str, Any]:
     """The folder's record, or {} when there is none; a record edited behind vggexport's back is refused.
 
     This checks integrity (the manifest's sha256), not who wrote the record: whoever can rewrite both
@@ -95,7 +95,7 @@ def file_entry(previous: dict[str, Any] | None, digest: str, kind: str, takes_pi
     return entry
 
 
-def write_records(report: Any, files: list[tuple[Path, str, bool, str]], checkpoint: Path,
+def write_parity(report: Any, files: list[tuple[Path, str, bool, str]], checkpoint: Path,
                   checkpoint_sha256: str) -> list[Path]:
     """Merge this run's verdicts into parity.json in each verified file's folder.
 
@@ -111,7 +111,7 @@ def write_records(report: Any, files: list[tuple[Path, str, bool, str]], checkpo
     written = []
     for folder, items in by_folder.items():
         try:
-            previous = read_record(folder)
+            previous = read_parity(folder)
         except VggExportError:
             previous = {}  # a broken or older record is replaced by this run's verdicts
         same_checkpoint = previous.get("checkpoint", {}).get("sha256") == checkpoint_sha256
@@ -143,7 +143,7 @@ def verification_status(artifact: ArtifactBytes, runs_on: str = "cpu") -> tuple[
     ships it with a warning), and the reverse.
     """
     path = artifact.path
-    entry = read_record(path.resolve().parent).get("files", {}).get(path.name)
+    entry = read_parity(path.resolve().parent).get("files", {}).get(path.name)
     if entry is None:
         return f"{path} has not been verified: run `vggexport verify --model {path}`", None
     if entry.get("sha256") != artifact.sha256:

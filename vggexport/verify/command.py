@@ -223,7 +223,7 @@ def verify(checkpoint: Path, folder: Path, spec: ExportSpec, options: VerifyOpti
     Parity and metadata failures are in the report (exit 1); anything that stops verify from
     judging at all (no checkpoint, no data, a file that is not an artifact) raises UsageError (exit 2).
     """
-    from vggexport.store.parity_record import write_records
+    from vggexport.store.parity_record import write_parity
     from vggexport.backend.pytorch import TorchRunner
 
     ckpt = load_reference_checkpoint(checkpoint)
@@ -246,7 +246,7 @@ def verify(checkpoint: Path, folder: Path, spec: ExportSpec, options: VerifyOpti
     report.random_seed, report.real_complete = seed, options.samples is None and not options.random_only
     if saver is not None:
         saver.write()
-    report.records = write_records(report, [(f.path, f.kind, f.takes_pixels, f.sha256) for f in inspected],
+    report.parity_files = write_parity(report, [(f.path, f.kind, f.takes_pixels, f.sha256) for f in inspected],
                                    ckpt.path, ckpt.sha256())
     if options.report:
         report.write(options.report)

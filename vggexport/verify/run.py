@@ -66,7 +66,7 @@ class ParityReport:
     runtimes: list[RuntimeParity] = field(default_factory=list)
     random_seed: int = 0
     real_complete: bool = False  # the real check covered the whole test split (no --samples, not --random-only)
-    records: list[Path] = field(default_factory=list)  # the parity.json files this run merged its verdicts into
+    parity_files: list[Path] = field(default_factory=list)  # the parity.json files this run merged its verdicts into
 
     @property
     def passed(self) -> bool:

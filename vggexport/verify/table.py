@@ -7,7 +7,7 @@ from typing import Any
 
 from vggexport.console import console, escape
 from vggexport.errors import VggExportError
-from vggexport.store.parity_record import read_record
+from vggexport.store.parity_record import read_parity
 
 
 def print_parity(report: Any) -> None:
@@ -41,9 +41,9 @@ def print_kept_verdicts(report: Any) -> None:
     """The verdicts parity.json keeps from earlier runs on other runtimes, for the same bytes of the files
     this run verified: the serving gate reads them too (a failed CUDA verdict refuses a CUDA deployment)."""
     ran = {(r.artifact, r.runtime) for r in report.runtimes if r.artifact}
-    for parity in getattr(report, "records", []):
+    for parity in getattr(report, "parity_files", []):
         try:
-            files = read_record(Path(parity).parent).get("files", {})
+            files = read_parity(Path(parity).parent).get("files", {})
         except VggExportError:
             continue  # verify just wrote it; one it cannot read back has nothing to add
         for name in sorted({artifact for artifact, _ in ran} & set(files)):
