@@ -39,22 +39,24 @@ def check_model_name(name: str) -> str:
 
 
 # The one tensor-type table: (KServe v2 / Triton datatype, NumPy dtype name, ONNX TensorProto element type, ONNX
-# Runtime's type string). Strings and ints only, so the CLI and the server read it without importing numpy.
-TENSOR_TYPES: tuple[tuple[str, str, int, str], ...] = (
-    ("FP32", "float32", 1, "tensor(float)"),
-    ("UINT8", "uint8", 2, "tensor(uint8)"),
-    ("INT8", "int8", 3, "tensor(int8)"),
-    ("UINT16", "uint16", 4, "tensor(uint16)"),
-    ("INT16", "int16", 5, "tensor(int16)"),
-    ("INT32", "int32", 6, "tensor(int32)"),
-    ("INT64", "int64", 7, "tensor(int64)"),
-    ("BYTES", "object", 8, "tensor(string)"),
-    ("BOOL", "bool", 9, "tensor(bool)"),
-    ("FP16", "float16", 10, "tensor(float16)"),
-    ("FP64", "float64", 11, "tensor(double)"),
-    ("UINT32", "uint32", 12, "tensor(uint32)"),
-    ("UINT64", "uint64", 13, "tensor(uint64)"),
+# Runtime's type string, the KServe gRPC InferTensorContents field; "": raw bytes only). Strings and ints only, so
+# the CLI and the server read it without importing numpy.
+TENSOR_TYPES: tuple[tuple[str, str, int, str, str], ...] = (
+    ("FP32", "float32", 1, "tensor(float)", "fp32_contents"),
+    ("UINT8", "uint8", 2, "tensor(uint8)", "uint_contents"),
+    ("INT8", "int8", 3, "tensor(int8)", "int_contents"),
+    ("UINT16", "uint16", 4, "tensor(uint16)", "uint_contents"),
+    ("INT16", "int16", 5, "tensor(int16)", "int_contents"),
+    ("INT32", "int32", 6, "tensor(int32)", "int_contents"),
+    ("INT64", "int64", 7, "tensor(int64)", "int64_contents"),
+    ("BYTES", "object", 8, "tensor(string)", "bytes_contents"),
+    ("BOOL", "bool", 9, "tensor(bool)", "bool_contents"),
+    ("FP16", "float16", 10, "tensor(float16)", ""),
+    ("FP64", "float64", 11, "tensor(double)", "fp64_contents"),
+    ("UINT32", "uint32", 12, "tensor(uint32)", "uint_contents"),
+    ("UINT64", "uint64", 13, "tensor(uint64)", "uint64_contents"),
 )
-V2_TO_NUMPY = {v2: numpy for v2, numpy, _, _ in TENSOR_TYPES}
-ONNX_ELEMENT_TO_V2 = {element: v2 for v2, _, element, _ in TENSOR_TYPES}
-ORT_TO_V2 = {ort: v2 for v2, _, _, ort in TENSOR_TYPES}
+V2_TO_NUMPY = {v2: numpy for v2, numpy, _, _, _ in TENSOR_TYPES}
+ONNX_ELEMENT_TO_V2 = {element: v2 for v2, _, element, _, _ in TENSOR_TYPES}
+ORT_TO_V2 = {ort: v2 for v2, _, _, ort, _ in TENSOR_TYPES}
+V2_TO_GRPC_CONTENTS = {v2: contents for v2, _, _, _, contents in TENSOR_TYPES if contents}

@@ -18,6 +18,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from vggexport.errors import VggExportError
+from vggexport.names import V2_TO_GRPC_CONTENTS
 from vggexport.serve.dataplane import DataPlane, InferCall, InferResult, OutputRequest
 from vggexport.serve.errors import ProtocolError
 from vggexport.serve.metrics import ServerMetrics
@@ -27,10 +28,6 @@ log = logging.getLogger("vggexport.serve")
 STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
                 413: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE,
                 504: grpc.StatusCode.DEADLINE_EXCEEDED}
-CONTENTS_FIELD = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT8": "int_contents", "INT16": "int_contents",
-                  "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
-                  "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-                  "BOOL": "bool_contents", BYTES: "bytes_contents"}
 
 
 def status_code(exc: VggExportError) -> grpc.StatusCode:
@@ -41,7 +38,7 @@ def decode_input(tensor: Any, raw: bytes | None) -> np.ndarray:
     shape = list(tensor.shape)
     if raw is not None:
         return decode_raw(tensor.name, tensor.datatype, shape, raw)
-    field = CONTENTS_FIELD.get(tensor.datatype)
+    field = V2_TO_GRPC_CONTENTS.get(tensor.datatype)
     if field is None or tensor.datatype not in DATATYPES:
         raise ProtocolError(f"input {tensor.name!r}: datatype {tensor.datatype[:20]!r} needs raw_input_contents")
     count = element_count(tensor.name, shape)
