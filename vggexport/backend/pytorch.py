@@ -58,34 +58,39 @@ class TorchRunner(Runner):
         self.model = None
 
 
-class TorchScriptRunner(TorchRunner):
-    name = "torchscript"
+class ExportedFileRunner(TorchRunner):
+    """A vggexport file that torch loads together with its metadata (``load_file``: the export's own loader)."""
 
     def __init__(self, source: ModelSource, *, device: str = "cpu") -> None:
         super().__init__(source, device=device)
         self.metadata: dict[str, Any] = {}
 
     def load(self) -> Any:
-        from vggexport.export.torchscript import load_torchscript
-
-        model, self.metadata = load_torchscript(self.source, self.device_name)
+        model, self.metadata = self.load_file()
         return model
 
+    def load_file(self) -> tuple[Any, dict[str, Any]]:
+        raise NotImplementedError
 
-class ExportedProgramRunner(TorchRunner):
+
+class TorchScriptRunner(ExportedFileRunner):
+    name = "torchscript"
+
+    def load_file(self) -> tuple[Any, dict[str, Any]]:
+        from vggexport.export.torchscript import load_torchscript
+
+        return load_torchscript(self.source, self.device_name)
+
+
+class ExportedProgramRunner(ExportedFileRunner):
     """A ``torch.export`` program (model.pt2) on cpu or cuda."""
 
     name = "torch-export"
 
-    def __init__(self, source: ModelSource, *, device: str = "cpu") -> None:
-        super().__init__(source, device=device)
-        self.metadata: dict[str, Any] = {}
-
-    def load(self) -> Any:
+    def load_file(self) -> tuple[Any, dict[str, Any]]:
         from vggexport.export.pt2 import load_module
 
-        model, self.metadata = load_module(self.source, self.device_name)
-        return model
+        return load_module(self.source, self.device_name)
 
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         try:
