@@ -196,6 +196,27 @@ def server(served_onnx: Path):  # type: ignore[no-untyped-def]
     process.stop()
 
 
+@pytest.fixture(scope="session")
+def verified_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init tiny model (logits of order 1, tests/test_export.make_checkpoint) exported and passed by
+    verify on random inputs and the synthetic test split; its report beside the folder as cpu-report.json, for
+    other runtimes' verdicts (renamed_report). Read only: the triton and serving-gate tests copy it."""
+    import json
+
+    from tests.test_export import make_checkpoint
+    from vggexport.export import export_onnx
+    from vggexport.spec import ExportSpec
+    from vggexport.verification import VerifyOptions, verify
+
+    folder = tmp_path_factory.mktemp("verified") / "vgg11_bn"
+    folder.mkdir()
+    export_onnx(make_checkpoint(folder, dataset="synthetic"), folder / "model.onnx", ExportSpec())
+    report = verify(folder / "best.pt", folder, ExportSpec(), VerifyOptions())
+    assert report.passed, report.to_dict()
+    (folder.parent / "cpu-report.json").write_text(json.dumps(report.to_dict()))
+    return folder
+
+
 # The variant fixtures: test_variants.py and test_quantize.py share them (one instance per module).
 VARIANT_CALIBRATION = ("--calibration-samples", "128")
 
