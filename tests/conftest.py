@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
@@ -13,6 +13,9 @@ from click.testing import CliRunner, Result
 
 from vggexport.model import VGG, ModelConfig
 from vggexport.serve.smoke import free_port
+
+if TYPE_CHECKING:
+    from tests.test_readme_torchvision import SectionRun
 
 # Tests never touch the network: data comes from ../shared or is generated.
 os.environ["VGGEXPORT_OFFLINE"] = "1"
@@ -279,3 +282,27 @@ def record_verdict(report: Any, model: Path) -> None:
     checkpoint = model.parent / "best.pt"
     write_records(report, [(model, "onnx", model.name.endswith(".preprocessing.onnx"), sha256_file(model))],
                   checkpoint, sha256_file(checkpoint))
+
+
+# torchvision's full-size VGG: built once, and the README section's commands run on it once (~4 min here).
+# tests/test_readme_torchvision.py checks the commands; tests/test_importer.py reads the files they wrote
+# (the import, its exports, the fine-tune) instead of making its own full-size copies of them.
+
+@pytest.fixture(scope="session")
+def torchvision_vgg(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    """torchvision's vgg11_bn with seeded random weights: the .pth file and the model it holds."""
+    from tests.imagenet_photos import random_vgg11_bn
+
+    return random_vgg11_bn(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="session")
+def torchvision_section(torchvision_vgg: tuple[Path, torch.nn.Module],
+                        tmp_path_factory: pytest.TempPathFactory) -> SectionRun:
+    """Every command of the README's "Deploy torchvision's VGG16" section, run once on ``torchvision_vgg``.
+
+    Read it, never write into it: tests that change a file copy the folder first."""
+    # The run lives beside the README test, which owns how the section is found and rewritten.
+    from tests.test_readme_torchvision import run_section
+
+    return run_section(tmp_path_factory.mktemp("torchvision-section"), torchvision_vgg[0])
