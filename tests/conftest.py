@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 import torch
@@ -178,17 +178,28 @@ class ServerProcess:
         return self.process.wait(timeout=30)
 
 
-@pytest.fixture(scope="session")
-def served_onnx(trained_artifacts: Path) -> Path:
-    from vggexport.checkpoint import load_checkpoint
-    from vggexport.export import export_onnx
-    from vggexport.spec import ExportSpec
+class Exported(NamedTuple):
+    folder: Path  # <artifacts>/vgg11_bn
+    output: str  # what `vggexport export` printed
 
-    folder = trained_artifacts / "vgg11_bn"
-    path = folder / "model.onnx"
-    if not path.is_file():
-        export_onnx(load_checkpoint(folder / "best.pt"), path, ExportSpec())
-    return path
+
+@pytest.fixture(scope="session")
+def exported_tiny(trained_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """A copy of the shared trained model put through ``vggexport export`` once (TorchScript, model.pt2,
+    model.onnx, model.preprocessing.onnx), for every test that needs those files of it. Read only: tests that
+    verify, break or add files copy the folder."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("exported")
+    shutil.copytree(trained_artifacts / "vgg11_bn", root / "vgg11_bn")
+    result = Cli()("export", "--artifacts", root, "--with-preprocessing")
+    assert result.exit_code == 0, result.output
+    return Exported(root / "vgg11_bn", result.output)
+
+
+@pytest.fixture(scope="session")
+def served_onnx(exported_tiny: Exported) -> Path:
+    return exported_tiny.folder / "model.onnx"
 
 
 @pytest.fixture(scope="session")
