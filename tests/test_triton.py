@@ -9,7 +9,6 @@ from google.protobuf import text_format
 
 from tests.broken_models import replace_hostile
 from tests.conftest import Cli
-from tests.test_export import make_checkpoint
 from vggexport.errors import VggExportError
 from vggexport.export import export_onnx
 from vggexport.spec import ExportSpec
