@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 import torch
@@ -13,6 +13,9 @@ from click.testing import CliRunner, Result
 
 from vggexport.model import VGG, ModelConfig
 from vggexport.serve.smoke import free_port
+
+if TYPE_CHECKING:
+    from tests.test_readme_torchvision import SectionRun
 
 # Tests never touch the network: data comes from ../shared or is generated.
 os.environ["VGGEXPORT_OFFLINE"] = "1"
@@ -175,17 +178,28 @@ class ServerProcess:
         return self.process.wait(timeout=30)
 
 
-@pytest.fixture(scope="session")
-def served_onnx(trained_artifacts: Path) -> Path:
-    from vggexport.checkpoint import load_checkpoint
-    from vggexport.export.onnx import export_onnx
-    from vggexport.export.spec import ExportSpec
+class Exported(NamedTuple):
+    folder: Path  # <artifacts>/vgg11_bn
+    output: str  # what `vggexport export` printed
 
-    folder = trained_artifacts / "vgg11_bn"
-    path = folder / "model.onnx"
-    if not path.is_file():
-        export_onnx(load_checkpoint(folder / "best.pt"), path, ExportSpec())
-    return path
+
+@pytest.fixture(scope="session")
+def exported_tiny(trained_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """A copy of the shared trained model put through ``vggexport export`` once (TorchScript, model.pt2,
+    model.onnx, model.preprocessing.onnx), for every test that needs those files of it. Read only: tests that
+    verify, break or add files copy the folder."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("exported")
+    shutil.copytree(trained_artifacts / "vgg11_bn", root / "vgg11_bn")
+    result = Cli()("export", "--artifacts", root, "--with-preprocessing")
+    assert result.exit_code == 0, result.output
+    return Exported(root / "vgg11_bn", result.output)
+
+
+@pytest.fixture(scope="session")
+def served_onnx(exported_tiny: Exported) -> Path:
+    return exported_tiny.folder / "model.onnx"
 
 
 @pytest.fixture(scope="session")
@@ -194,6 +208,27 @@ def server(served_onnx: Path):  # type: ignore[no-untyped-def]
                             "--max-body-mb", "1", "--provider", "cpu").wait_ready()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def verified_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init tiny model (logits of order 1, tests/test_export.make_checkpoint) exported and passed by
+    verify on random inputs and the synthetic test split; its report beside the folder as cpu-report.json, for
+    other runtimes' verdicts (renamed_report). Read only: the triton and serving-gate tests copy it."""
+    import json
+
+    from tests.test_export import make_checkpoint
+    from vggexport.export.onnx import export_onnx
+    from vggexport.export.spec import ExportSpec
+    from vggexport.verify.command import VerifyOptions, verify
+
+    folder = tmp_path_factory.mktemp("verified") / "vgg11_bn"
+    folder.mkdir()
+    export_onnx(make_checkpoint(folder, dataset="synthetic"), folder / "model.onnx", ExportSpec())
+    report = verify(folder / "best.pt", folder, ExportSpec(), VerifyOptions())
+    assert report.passed, report.to_dict()
+    (folder.parent / "cpu-report.json").write_text(json.dumps(report.to_dict()))
+    return folder
 
 
 # The variant fixtures: test_variants.py and test_quantize.py share them (one instance per module).
@@ -258,3 +293,27 @@ def record_verdict(report: Any, model: Path) -> None:
     checkpoint = model.parent / "best.pt"
     write_parity(report, [(model, "onnx", model.name.endswith(".preprocessing.onnx"), sha256_file(model))],
                   checkpoint, sha256_file(checkpoint))
+
+
+# torchvision's full-size VGG: built once, and the README section's commands run on it once (~4 min here).
+# tests/test_readme_torchvision.py checks the commands; tests/test_importer.py reads the files they wrote
+# (the import, its exports, the fine-tune) instead of making its own full-size copies of them.
+
+@pytest.fixture(scope="session")
+def torchvision_vgg(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    """torchvision's vgg11_bn with seeded random weights: the .pth file and the model it holds."""
+    from tests.imagenet_photos import random_vgg11_bn
+
+    return random_vgg11_bn(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="session")
+def torchvision_section(torchvision_vgg: tuple[Path, torch.nn.Module],
+                        tmp_path_factory: pytest.TempPathFactory) -> SectionRun:
+    """Every command of the README's "Deploy torchvision's VGG16" section, run once on ``torchvision_vgg``.
+
+    Read it, never write into it: tests that change a file copy the folder first."""
+    # The run lives beside the README test, which owns how the section is found and rewritten.
+    from tests.test_readme_torchvision import run_section
+
+    return run_section(tmp_path_factory.mktemp("torchvision-section"), torchvision_vgg[0])

@@ -1,7 +1,9 @@
 """torchvision's ImageNet VGGs through the chain: import, export, the preprocessing graph, serve, embed, fine-tune.
 
 The weights are torchvision's own vgg11_bn with seeded random values saved as torchvision
-distributes them (a state_dict .pth): full size, so only a few tests build on them.
+distributes them (a state_dict .pth): full size, so the import, its exports and the fine-tune checked here
+are the files the README section's commands wrote from those weights (the ``torchvision_section`` fixture,
+run once per session); only what the section does not do is done here.
 """
 
 from __future__ import annotations
@@ -22,65 +24,26 @@ import torchvision
 from PIL import Image
 
 from tests.conftest import Cli, ServerProcess
+from tests.imagenet_photos import CLASSES, PHOTO_SIZES, WEIGHTS, framed_photo, photo_folder
+from tests.test_readme_torchvision import SectionRun
 from vggexport.checkpoint import load_checkpoint
 from vggexport.data.imagefolder import decode_photo, fit_to_model
 from vggexport.transforms import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
-NAME = "imagenet-vgg11"
-WEIGHTS = torchvision.models.VGG11_BN_Weights.IMAGENET1K_V1
-PHOTO_SIZES = ((300, 229), (640, 480), (333, 500), (256, 256), (600, 200), (229, 300))
 CLASSIFY_PHOTOS = ((2, (333, 500)), (5, (229, 300)), (0, (300, 229)))  # (seed, size): clear top-1s
 
 
 @pytest.fixture(scope="module")
-def torchvision_vgg(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
-    """torchvision's vgg11_bn, seeded random weights, saved as a state_dict .pth."""
-    torch.manual_seed(0)
-    model = torchvision.models.vgg11_bn().eval()
-    folder = tmp_path_factory.mktemp("weights")
-    with torch.no_grad():  # random BN statistics, so eval-mode batch norm is not an identity
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 2.0)
-        # A random VGG answers one class for every image; cancelling its mean response in the last
-        # bias makes the top-1 follow the image, so a wrong resize or crop changes it.
-        calibration = torch.stack([WEIGHTS.transforms()(Image.open(framed_photo(folder / f"c{i}.jpg", (280, 260), 100 + i)))
-                                   for i in range(8)])
-        model.classifier[6].bias -= model(calibration).mean(0)
-    path = folder / "vgg11_bn-random.pth"
-    torch.save(model.state_dict(), path)
-    return path, model
+def imported(torchvision_section: SectionRun) -> Path:
+    """The section's ``vggexport import`` then ``vggexport export --with-preprocessing``: the model folder."""
+    return torchvision_section.model_dir("vggexport import")
 
 
 @pytest.fixture(scope="module")
-def imported(torchvision_vgg: tuple[Path, torch.nn.Module], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``vggexport import`` then ``vggexport onnx --name --with-preprocessing``: the model folder."""
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    cli = Cli()
-    result = cli("import", "torchvision:vgg11_bn", "--weights", torchvision_vgg[0], "--name", NAME,
-                 "--artifacts", artifacts)
-    assert result.exit_code == 0, result.output
-    result = cli("onnx", "--name", NAME, "--artifacts", artifacts, "--with-preprocessing")
-    assert result.exit_code == 0, result.output
-    return artifacts / NAME
-
-
-def framed_photo(path: Path, size: tuple[int, int], seed: int) -> Path:
-    """A smooth random picture in plain-coloured borders, saved as JPEG (real compression, real decoding).
-
-    The centre crop cuts most of the borders away and a stretch keeps them, so the two policies
-    give the model different pictures.
-    """
-    rng = np.random.default_rng(seed)
-    width, height = size
-    pixels = np.array(Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC))
-    band = max(size) // 5
-    for region in (np.s_[:, :band], np.s_[:, width - band :], np.s_[:band], np.s_[height - band :]):
-        pixels[region] = rng.integers(0, 256, 3)
-    Image.fromarray(pixels).save(path, quality=92)
-    return path
+def fine_tuned(torchvision_section: SectionRun) -> Path:
+    """The section's two-step ``vggexport train --init ... --freeze-features`` on its photo folder, exported."""
+    return torchvision_section.model_dir("vggexport train")
 
 
 def stretched_logits(model: torch.nn.Module, path: Path) -> np.ndarray:
@@ -103,6 +66,7 @@ def torchvision_logits(model: torch.nn.Module, path: Path) -> np.ndarray:
         return model(WEIGHTS.transforms()(image.convert("RGB")).unsqueeze(0)).numpy()[0]
 
 
+@pytest.mark.slow
 def test_onnx_reproduces_torchvision(imported: Path, torchvision_vgg: tuple[Path, torch.nn.Module]) -> None:
     model = torchvision_vgg[1]
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 3, 224, 224), dtype=np.float32))
@@ -116,12 +80,14 @@ def test_onnx_reproduces_torchvision(imported: Path, torchvision_vgg: tuple[Path
         torch.testing.assert_close(load_checkpoint(imported / "best.pt").build_model()(x).numpy(), expected)
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["class_names"]) == WEIGHTS.meta["categories"] and len(WEIGHTS.meta["categories"]) == 1000
-    assert (meta["model_name"], meta["resize_size"], meta["crop_size"], meta["color_mode"]) == (NAME, "256", "224", "RGB")
+    assert (meta["model_name"], meta["resize_size"], meta["crop_size"], meta["color_mode"]) == (imported.name, "256",
+                                                                                                 "224", "RGB")
     assert meta["resize_policy"] == "shorter-side-then-center-crop" and meta["interpolation"] == "bilinear"
     assert json.loads(meta["mean"]) == [0.485, 0.456, 0.406] and json.loads(meta["std"]) == [0.229, 0.224, 0.225]
     assert json.loads(meta["model_config"])["flip_average"] is False
 
 
+@pytest.mark.slow
 def test_preprocessing_graph_is_torchvisions_eval_transform(imported: Path, tmp_path: Path,
                                                             torchvision_vgg: tuple[Path, torch.nn.Module]) -> None:
     session = ort.InferenceSession(str(imported / "model.preprocessing.onnx"), providers=["CPUExecutionProvider"])
@@ -140,6 +106,7 @@ def test_preprocessing_graph_is_torchvisions_eval_transform(imported: Path, tmp_
     assert decided >= len(PHOTO_SIZES) - 2
 
 
+@pytest.mark.slow
 def test_classify_gives_torchvisions_top1(imported: Path, tmp_path: Path,
                                           torchvision_vgg: tuple[Path, torch.nn.Module]) -> None:
     model = torchvision_vgg[1]
@@ -151,8 +118,8 @@ def test_classify_gives_torchvisions_top1(imported: Path, tmp_path: Path,
     server = ServerProcess(imported / "model.onnx", "--provider", "cpu").wait_ready()
     try:
         for path, logits in zip(photos, expected):
-            response = httpx.post(f"{server.url}/v2/models/{NAME}/classify?top_k=5", content=path.read_bytes(),
-                                  timeout=60)
+            response = httpx.post(f"{server.url}/v2/models/{imported.name}/classify?top_k=5",
+                                  content=path.read_bytes(), timeout=60)
             assert response.status_code == 200, response.text
             top = response.json()["predictions"][0]
             best = int(logits.argmax())
@@ -161,6 +128,7 @@ def test_classify_gives_torchvisions_top1(imported: Path, tmp_path: Path,
         server.stop()
 
 
+@pytest.mark.slow
 def test_embedding_tool_follows_the_metadata(imported: Path, tmp_path: Path,
                                              torchvision_vgg: tuple[Path, torch.nn.Module]) -> None:
     paths = [framed_photo(tmp_path / f"{seed}.jpg", size, seed) for seed, size in CLASSIFY_PHOTOS]
@@ -246,33 +214,15 @@ def test_import_refuses_a_bad_name(tmp_path: Path, run_cli: Cli) -> None:
 
 # Fine-tuning: vggexport train --init torchvision:vgg11_bn --weights FILE on a folder of photos.
 
-CLASSES = ("ant", "bee", "cow")
 
-
-def photo_folder(root: Path) -> Path:
-    """Three classes of four photos each: JPEG and PNG, RGB, L, RGBA and P, several sizes."""
-    for c, name in enumerate(CLASSES):
-        (root / name).mkdir(parents=True)
-        for i, (mode, suffix) in enumerate((("RGB", "jpg"), ("L", "jpg"), ("RGBA", "png"), ("P", "png"))):
-            path = framed_photo(root / name / f"{i}.jpg", PHOTO_SIZES[(c + i) % len(PHOTO_SIZES)], 10 * c + i)
-            with Image.open(path) as image:
-                converted = image.convert(mode) if mode != "P" else image.quantize(32)
-            path.unlink()
-            converted.save(root / name / f"{i}.{suffix}")
-    return root
-
-
-def test_fine_tune_two_steps_then_export(torchvision_vgg: tuple[Path, torch.nn.Module], tmp_path: Path,
-                                         run_cli: Cli) -> None:
-    photos, artifacts = photo_folder(tmp_path / "photos"), tmp_path / "artifacts"
-    result = run_cli("train", "--dataset", "imagefolder", "--data-dir", photos, "--init", "torchvision:vgg11_bn",
-                     "--weights", torchvision_vgg[0], "--freeze-features", "--name", "my-photos", "--artifacts",
-                     artifacts, "--max-steps", "2", "--batch-size", "4", "--epochs", "1", "--device", "cpu",
-                     "--precision", "fp32")
-    assert result.exit_code == 0, result.output
-    ckpt = load_checkpoint(artifacts / "my-photos" / "best.pt")
+@pytest.mark.slow
+def test_fine_tune_two_steps_then_export(fine_tuned: Path, torchvision_section: SectionRun,
+                                         torchvision_vgg: tuple[Path, torch.nn.Module]) -> None:
+    photos = torchvision_section.folder / "my_photos"
+    ckpt = load_checkpoint(fine_tuned / "best.pt")
     config, state = ckpt.model_config, ckpt.payload["model"]
-    assert (config.name, config.class_names, config.image_size, config.resize_size) == ("my-photos", CLASSES, 224, 256)
+    assert (config.name, config.class_names, config.image_size, config.resize_size) == (fine_tuned.name, CLASSES,
+                                                                                        224, 256)
     assert config.mean == tuple(WEIGHTS.transforms().mean) and ckpt.payload["step"] == 2
     pretrained = torchvision_vgg[1].state_dict()
     for key, _ in torchvision_vgg[1].features.named_parameters():  # frozen: still torchvision's
@@ -280,15 +230,13 @@ def test_fine_tune_two_steps_then_export(torchvision_vgg: tuple[Path, torch.nn.M
     assert not torch.equal(state["classifier.0.weight"], pretrained["classifier.0.weight"])  # trained
     assert state["classifier.6.weight"].shape == (3, 4096)  # replaced for the folder's classes
 
-    result = run_cli("onnx", "--name", "my-photos", "--artifacts", artifacts, "--with-preprocessing")
-    assert result.exit_code == 0, result.output
     model = ckpt.build_model()
     x = torch.randn(2, 3, 224, 224)
-    session = ort.InferenceSession(str(artifacts / "my-photos" / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(fine_tuned / "model.onnx"), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], model(x).numpy(), atol=1e-4, rtol=1e-3)
     # Served pixels are trained pixels: the graph on a photo equals the model on the photo as training decoded it.
-    graph = ort.InferenceSession(str(artifacts / "my-photos" / "model.preprocessing.onnx"),
+    graph = ort.InferenceSession(str(fine_tuned / "model.preprocessing.onnx"),
                                  providers=["CPUExecutionProvider"])
     pixels = decode_photo(photos / "bee" / "0.jpg", "RGB")
     trained = fit_to_model(pixels, image_size=224, resize_size=256)[None].float() / 255
@@ -359,9 +307,24 @@ def test_files_without_batch_norm_counters_import(torchvision_vgg: tuple[Path, t
                                    torchvision_vgg[1](x))
 
 
+@pytest.fixture(scope="module")
+def imported_alone(torchvision_vgg: tuple[Path, torch.nn.Module], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``vggexport import`` then ``vggexport onnx --with-preprocessing`` only: ``pytest -m gpu`` runs within a
+    device-time budget that the whole README section (``imported``) would not fit."""
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    cli = Cli()
+    result = cli("import", "torchvision:vgg11_bn", "--weights", torchvision_vgg[0], "--name", "imagenet-vgg11",
+                 "--artifacts", artifacts)
+    assert result.exit_code == 0, result.output
+    result = cli("onnx", "--name", "imagenet-vgg11", "--artifacts", artifacts, "--with-preprocessing")
+    assert result.exit_code == 0, result.output
+    return artifacts / "imagenet-vgg11"
+
+
 @pytest.mark.gpu
-def test_graphs_on_cuda_match_the_cpu(imported: Path, tmp_path: Path) -> None:
+def test_graphs_on_cuda_match_the_cpu(imported_alone: Path, tmp_path: Path) -> None:
     """ORT's CUDA provider runs the antialiased Resize and the crop as the CPU does."""
+    imported = imported_alone
     providers = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}
     for graph in ("model.preprocessing.onnx", "model.onnx"):
         sessions = {k: ort.InferenceSession(str(imported / graph), providers=p) for k, p in providers.items()}

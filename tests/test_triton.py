@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import onnx
@@ -8,28 +9,31 @@ from google.protobuf import text_format
 
 from tests.broken_models import replace_hostile
 from tests.conftest import Cli
-from tests.test_export import make_checkpoint
 from vggexport.errors import VggExportError
 from vggexport.export.onnx import export_onnx
 from vggexport.export.spec import ExportSpec
 from vggexport.deploy.triton import TritonConfig, preferred_batch_sizes, write_repository
 
 
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    """An exported model that verify has really passed (random inputs)."""
-    from vggexport.verify.command import VerifyOptions, verify
+@pytest.fixture(scope="module")
+def verified_dir(verified_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The exported model that verify has really passed (random inputs, the synthetic test split), with the
+    CUDA verdict KIND_GPU needs: once per module, only read (``model_dir`` is the copy tests may change)."""
+    import json
 
     from tests.conftest import record_verdict, renamed_report
 
-    folder = tmp_path / "vgg11_bn"
-    folder.mkdir()
-    export_onnx(make_checkpoint(folder, dataset="synthetic"), folder / "model.onnx", ExportSpec())
-    report = verify(folder / "best.pt", folder, ExportSpec(), VerifyOptions())
-    assert report.passed  # the synthetic test split
+    folder = Path(shutil.copytree(verified_tiny, tmp_path_factory.mktemp("triton") / "vgg11_bn"))
+    report = json.loads((verified_tiny.parent / "cpu-report.json").read_text())
     # KIND_GPU ships only what a CUDA runtime passed: that verdict as a GPU's verify would record it.
-    record_verdict(renamed_report(report.to_dict(), "onnxruntime-cuda"), folder / "model.onnx")
+    record_verdict(renamed_report(report, "onnxruntime-cuda"), folder / "model.onnx")
     return folder
+
+
+@pytest.fixture
+def model_dir(verified_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of ``verified_dir``: most tests here break, replace or add files."""
+    return Path(shutil.copytree(verified_dir, tmp_path / "vgg11_bn"))
 
 
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])

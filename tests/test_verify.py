@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.broken_models import BREAKERS, EXPECTED, broken_copy
-from tests.conftest import Cli
+from tests.conftest import Cli, Exported
 from vggexport.checkpoint import load_checkpoint, save_checkpoint
 from vggexport.data.load import load_dataset
 from vggexport.store.fileio import sha256_file
@@ -23,16 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def exported_artifacts(trained_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private copy of the tiny trained model, exported with the preprocessing variant."""
-    from click.testing import CliRunner
-
-    from vggexport.cli import cli
-
+def exported_artifacts(exported_tiny: Exported, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the tiny trained model's exports, the preprocessing variant included (verify writes
+    parity.json, and tests here break files)."""
     root = tmp_path_factory.mktemp("verify")
-    shutil.copytree(trained_artifacts / "vgg11_bn", root / "vgg11_bn")
-    result = CliRunner().invoke(cli, ["export", "--artifacts", str(root)])  # the preprocessing graph by default
-    assert result.exit_code == 0, result.output
+    shutil.copytree(exported_tiny.folder, root / "vgg11_bn")
     return root
 
 
