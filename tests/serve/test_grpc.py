@@ -147,3 +147,17 @@ def test_a_port_in_use_is_a_one_line_error(server: Served, which: str) -> None:
     errors = [line for line in done.stderr.strip().splitlines() if not line.startswith("warning: ")]
     assert len(errors) == 1  # one error line (the warnings are --allow-unverified's, asked for)
     assert server.process.poll() is None  # the first server is untouched
+
+
+def test_grpc_too_large_is_resource_exhausted(server: Served) -> None:
+    """A message over --max-body-mb (1 MiB here) is refused as HTTP's 413 would be: RESOURCE_EXHAUSTED."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(server.grpc_url, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
+        request = service_pb2.ModelInferRequest(model_name=MODEL)
+        request.inputs.add(name="input", datatype="FP32", shape=[1024, 1, 32, 32])
+        request.raw_input_contents.append(b"\0" * (1024 * 32 * 32 * 4))
+        with pytest.raises(grpc.RpcError) as caught:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value

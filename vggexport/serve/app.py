@@ -36,6 +36,7 @@ from vggexport.serve.dataplane import DataPlane
 from vggexport.serve.errors import UnavailableError
 from vggexport.serve.http_api import router
 from vggexport.serve.metrics import create_metrics
+from vggexport.serve.openapi import install_openapi
 from vggexport.serve.page import install_page
 from vggexport.serve.service import ModelService, ServeConfig
 
@@ -103,7 +104,7 @@ def add_error_handlers(app: FastAPI, plane: DataPlane) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
+        return error(exc.status_code, str(exc.detail), exc.headers)  # 405 keeps its Allow (RFC 9110)
 
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception) -> JSONResponse:
@@ -146,6 +147,7 @@ def create_app(config: ServeConfig, listen: Listen | None = None,
     app.include_router(router)
     install_page(app)  # GET /: the try-it page; /docs and /redoc served offline
     add_error_handlers(app, plane)
+    install_openapi(app)
     return app
 
 

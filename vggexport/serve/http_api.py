@@ -17,9 +17,11 @@ from vggexport.serve.dataplane import DataPlane
 from vggexport.serve.errors import PayloadTooLargeError, ProtocolError
 from vggexport.serve.metrics import ServerMetrics
 from vggexport.serve.model_config import config_json
+from vggexport.serve.openapi import (CLASSIFY, CLASSIFY_REQUEST, EVERY_ROUTE, INFER, INFER_REQUEST, METRICS,
+                                     MODEL_READY, NOT_FOUND, READY, Live, ModelMetadata, ServerMetadata)
 from vggexport.serve.protocol import HEADER_LENGTH, encode_response, parse_request
 
-router = APIRouter()
+router = APIRouter(responses=EVERY_ROUTE)  # every status a route answers is in the OpenAPI document
 
 
 def plane(request: Request) -> DataPlane:
@@ -49,43 +51,49 @@ def observe_success(request: Request, model: str, endpoint: str, started: float)
     metrics.request_latency.labels(endpoint).observe(time.perf_counter() - started)
 
 
-@router.get("/v2/health/live")
+@router.get("/v2/health/live", responses={200: {"model": Live}})
 async def live(request: Request) -> JSONResponse:
     return status(plane(request).live(), {"live": plane(request).live()})
 
 
-@router.get("/v2/health/ready")
+@router.get("/v2/health/ready", responses=READY)
 async def ready(request: Request) -> JSONResponse:
     return status(plane(request).ready(), {"ready": plane(request).ready()})
 
 
-@router.get("/v2")
+@router.get("/v2", responses={200: {"model": ServerMetadata}})
 async def server_metadata(request: Request) -> dict[str, Any]:
     return plane(request).server_metadata()
 
 
-@router.get("/v2/models/{name}")
-@router.get("/v2/models/{name}/versions/{version}")
+METADATA = {200: {"model": ModelMetadata}, **NOT_FOUND}
+
+
+@router.get("/v2/models/{name}", responses=METADATA)
+@router.get("/v2/models/{name}/versions/{version}", responses=METADATA)
 async def model_metadata(name: str, request: Request, version: str | None = None) -> dict[str, Any]:
     return plane(request).model_metadata(name, version)
 
 
-@router.get("/v2/models/{name}/config")
-@router.get("/v2/models/{name}/versions/{version}/config")
+@router.get("/v2/models/{name}/config", responses=NOT_FOUND)
+@router.get("/v2/models/{name}/versions/{version}/config", responses=NOT_FOUND)
 async def model_config(name: str, request: Request, version: str | None = None) -> dict[str, Any]:
     """Triton's model configuration extension: the served model's ModelConfig as JSON."""
     return config_json(plane(request).model_config(name, version))
 
 
-@router.get("/v2/models/{name}/ready")
-@router.get("/v2/models/{name}/versions/{version}/ready")
+@router.get("/v2/models/{name}/ready", responses=MODEL_READY)
+@router.get("/v2/models/{name}/versions/{version}/ready", responses=MODEL_READY)
 async def model_ready(name: str, request: Request, version: str | None = None) -> JSONResponse:
     is_ready = plane(request).model_ready(name, version)
     return status(is_ready, {"name": name, "ready": is_ready})
 
 
-@router.post("/v2/models/{name}/infer")
-@router.post("/v2/models/{name}/versions/{version}/infer")
+INFER_ROUTE: dict[str, Any] = {"responses": INFER, "openapi_extra": INFER_REQUEST, "response_class": Response}
+
+
+@router.post("/v2/models/{name}/infer", **INFER_ROUTE)
+@router.post("/v2/models/{name}/versions/{version}/infer", **INFER_ROUTE)
 async def infer(name: str, request: Request, version: str | None = None) -> Response:
     started = time.perf_counter()
     data = plane(request)
@@ -100,7 +108,7 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     return Response(payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
 
 
-@router.post("/v2/models/{name}/classify")
+@router.post("/v2/models/{name}/classify", responses=CLASSIFY, openapi_extra=CLASSIFY_REQUEST)
 async def classify(name: str, request: Request, top_k: int = 3, return_input: bool = False) -> dict[str, Any]:
     """An image (raw body, or multipart field ``file``) in; top-k labels with probabilities out."""
     started = time.perf_counter()
@@ -114,7 +122,7 @@ async def classify(name: str, request: Request, top_k: int = 3, return_input: bo
     return answer
 
 
-@router.get("/metrics")
+@router.get("/metrics", responses=METRICS, response_class=Response)
 async def prometheus(request: Request) -> Response:
     registry = request.app.state.metrics.registry
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # --workers N: every worker's counts, summed
