@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 # Tests never touch the network: data comes from ../shared or is generated.
 os.environ["VGGEXPORT_OFFLINE"] = "1"
+# Hypothesis (and Schemathesis through it) keeps a cache in ./.hypothesis; a run leaves nothing in the checkout.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(os.environ.get("TMPDIR", "/tmp")) / "vggexport-hypothesis"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # ../shared/data beside the checkout; VGGEXPORT_TEST_DATA points elsewhere (the CI rules' own tests use it).

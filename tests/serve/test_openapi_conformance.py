@@ -24,7 +24,7 @@ EXCLUDED = [
 ]
 CONFIG = {
     "seed": 20240611,
-    "max-time": 40,  # seconds: the fuzzing phase runs until this; the coverage phase takes a few seconds
+    "max-time": 20,  # seconds: the fuzzing phase runs until this; the coverage phase takes a few seconds
     "generation": {"deterministic": True, "database": "none", "max-examples": MAX_EXAMPLES},
     # The served model by name: a generated name is only ever 404, and no request would reach the parser.
     "parameters": {"path.name": "vgg11_bn", "path.version": "1"},
