@@ -219,7 +219,7 @@ def verified_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     other runtimes' verdicts (renamed_report). Read only: the triton and serving-gate tests copy it."""
     import json
 
-    from tests.test_export import make_checkpoint
+    from tests.export.test_export import make_checkpoint
     from vggexport.export.onnx import export_onnx
     from vggexport.export.spec import ExportSpec
     from vggexport.verify.command import VerifyOptions, verify
@@ -298,7 +298,7 @@ def record_verdict(report: Any, model: Path) -> None:
 
 
 # torchvision's full-size VGG: built once, and the README section's commands run on it once (~4 min here).
-# tests/test_readme_torchvision.py checks the commands; tests/test_importer.py reads the files they wrote
+# tests/test_readme_torchvision.py checks the commands; tests/test_pretrained.py reads the files they wrote
 # (the import, its exports, the fine-tune) instead of making its own full-size copies of them.
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """torchvision's vgg11_bn with seeded random weights, and the photos the ImageNet tests feed it.
 
-Shared by tests/test_importer.py and the README section's run (tests/test_readme_torchvision.py), which
+Shared by tests/test_pretrained.py and the README section's run (tests/test_readme_torchvision.py), which
 builds on the same weights file: see the session fixtures in tests/conftest.py.
 """
 

@@ -45,7 +45,7 @@ def pytest_without_data_or_browser(tmp_path: Path, *args: str, **env: str) -> su
 
 
 def test_under_ci_missing_data_and_browser_fail_the_run(tmp_path: Path) -> None:
-    result = pytest_without_data_or_browser(tmp_path, "--collect-only", "tests/test_data.py",
+    result = pytest_without_data_or_browser(tmp_path, "--collect-only", "tests/data/test_data.py",
                                             "tests/serve/test_page.py", CI="1")
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
@@ -55,6 +55,6 @@ def test_under_ci_missing_data_and_browser_fail_the_run(tmp_path: Path) -> None:
 
 
 def test_outside_ci_a_missing_data_root_skips(tmp_path: Path) -> None:
-    result = pytest_without_data_or_browser(tmp_path, "tests/test_data.py::test_real_fashion_mnist")
+    result = pytest_without_data_or_browser(tmp_path, "tests/data/test_data.py::test_real_fashion_mnist")
     assert result.returncode == 0 and "1 skipped" in result.stdout, result.stdout + result.stderr
     assert f"real Fashion-MNIST not found at {tmp_path / 'no-data'}" in result.stdout

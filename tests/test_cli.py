@@ -95,7 +95,7 @@ IDX_TRAIN_ARGS = (*TINY_TRAIN_ARGS, "--dataset", "fashion-mnist", "--batch-size"
 
 
 def idx_root(root: Path) -> Path:
-    from tests.test_data import make_idx_root
+    from tests.data.test_data import make_idx_root
 
     return make_idx_root(root, compress=False, n_train=120, n_test=40)
 
@@ -133,7 +133,7 @@ def test_environment_root_without_data_is_exit_2(run_cli: Cli, tmp_path: Path, m
 
 def test_found_data_dir_is_used_and_printed(run_cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--data-dir wins over $VGGEXPORT_DATA_DIR: the run reads its files, and says where they are."""
-    from tests.test_data import make_idx_root
+    from tests.data.test_data import make_idx_root
 
     monkeypatch.setenv("VGGEXPORT_DATA_DIR", str(make_idx_root(tmp_path / "env", compress=True, n_train=100)))
     chosen = idx_root(tmp_path / "chosen")

@@ -3,7 +3,7 @@
 The download is replaced by torchvision's vgg11_bn with random weights (vgg16_bn -> vgg11_bn throughout:
 the smallest of the family), and fine-tuning stops after two steps. The commands run once per session
 (the ``torchvision_section`` fixture of tests/conftest.py, ~4 min here): this module checks that each one
-ran, tests/test_importer.py checks the files they wrote.
+ran, tests/test_pretrained.py checks the files they wrote.
 """
 
 from __future__ import annotations

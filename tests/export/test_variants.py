@@ -236,7 +236,7 @@ def test_accuracy_tool_reads_only_the_files(int8: Path, fp16: Path, real_data_di
     import subprocess
     import sys
 
-    tool = Path(__file__).resolve().parents[1] / "tools" / "variant_accuracy.py"
+    tool = Path(__file__).resolve().parents[2] / "tools" / "variant_accuracy.py"
     out = tmp_path / "accuracy.json"
     result = subprocess.run([sys.executable, str(tool), str(int8.parent), str(real_data_dir / "FashionMNIST" / "raw"),
                              "--json", str(out)], capture_output=True, text=True, timeout=600)

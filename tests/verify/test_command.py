@@ -19,7 +19,7 @@ from vggexport.export.spec import ExportSpec
 from vggexport.transforms import preprocess
 from vggexport.verify.run import assert_parity
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +362,7 @@ def test_an_empty_or_truncated_file_fails_in_one_line(run_cli: Cli, verified: tu
 def test_a_path_that_cannot_be_read_is_a_usage_error(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path,
                                                     case: str) -> None:
     """Exit 2 from the CLI; and from inspect itself, should the file turn into one after verify listed it."""
-    from tests.test_runners import unreadable
+    from tests.backend.test_runners import unreadable
     from vggexport.verify.command import UsageError, inspect
 
     folder, _ = verified

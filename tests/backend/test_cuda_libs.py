@@ -96,7 +96,7 @@ def test_the_real_wheels_load_in_a_torch_free_process() -> None:
               "print(json.dumps([problems, 'torch' in sys.modules, "
               "[n for n in ('libcudart', 'libcublasLt', 'libcublas.', 'libcurand', 'libcudnn.') if n not in maps]]))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [[], False, []]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_export import make_checkpoint
+from tests.export.test_export import make_checkpoint
 from vggexport.errors import VggExportError
 from vggexport.export.onnx import export_onnx
 from vggexport.export.torchscript import export_torchscript
@@ -141,7 +141,7 @@ def test_runtimes_for_each_kind() -> None:
 
 @pytest.fixture(scope="module")
 def program(exported: Path) -> Path:
-    from tests.test_export import make_checkpoint
+    from tests.export.test_export import make_checkpoint
     from vggexport.export.pt2 import export_exported_program
 
     return export_exported_program(make_checkpoint(exported / "pt2"), exported / "pt2" / "model.pt2")
@@ -216,7 +216,7 @@ def test_read_artifact_refuses_a_file_it_may_not_read(tmp_path: Path) -> None:
     child = ("import os, sys\nfrom vggexport.store.fileio import read_artifact\nos.chdir(sys.argv[1])\n"
              "if os.geteuid() == 0:\n    os.setuid(65534)\nread_artifact('model.onnx')\n")
     result = subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True, text=True,
-                            cwd=Path(__file__).parents[1], timeout=60)
+                            cwd=Path(__file__).parents[2], timeout=60)
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert re.fullmatch(r".*VggExportError: cannot read model\.onnx: Permission denied", last), result.stderr

@@ -119,7 +119,7 @@ def test_metadata_name_is_validated_and_the_config_escapes_strings(model_dir: Pa
 def test_queue_delay_warmup_and_the_preprocessing_variant(model_dir: Path, tmp_path: Path) -> None:
     from tritonclient.grpc import model_config_pb2
 
-    from tests.test_export import make_checkpoint
+    from tests.export.test_export import make_checkpoint
 
     export_onnx(make_checkpoint(model_dir), model_dir / "model.preprocessing.onnx", ExportSpec(), preprocessing=True)
     target = write_repository(model_dir / "model.preprocessing.onnx", tmp_path / "repo",

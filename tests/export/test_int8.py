@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.test_variants import run_onnx
+from tests.export.test_variants import run_onnx
 from vggexport.store.onnx_file import read_onnx_metadata
 from vggexport.export.variants.regions import fp32_regions, pool_before_relu
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from tests.test_export import make_checkpoint
+from tests.export.test_export import make_checkpoint
 from vggexport.errors import VggExportError
 from vggexport.export.onnx import export_onnx
 from vggexport.verify.precision import precision_problems
