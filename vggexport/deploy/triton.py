@@ -19,6 +19,7 @@ from typing import Any
 
 from vggexport.errors import VggExportError
 from vggexport.store.fileio import ArtifactBytes, ModelSource, write_dir_atomic
+from vggexport.store.signature import SIGNATURE
 from vggexport.names import check_model_name
 from vggexport.serve.config_message import LABELS_FILE, ConfigFields, build_model_config
 
@@ -100,16 +101,22 @@ def check_verified(artifact: ArtifactBytes, *, allow_unverified: bool = False, r
     return require_verified(artifact, allow_unverified=allow_unverified, runs_on=runs_on)
 
 
-def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
-                     allow_unverified: bool = False) -> Path:
+def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *, allow_unverified: bool = False,
+                     require_signature: str | None = None, sign_key: str | None = None) -> Path:
     """Write ``<repository>/<name>/`` for ``onnx_path`` (model.onnx or a precision/preprocessing variant).
 
     The file is read once: the bytes whose sha256 the gate checked are the ones described in config.pbtxt
     and written to model.onnx (a second read of the path could copy a file swapped in after the check).
+    ``require_signature`` (a public key PEM): those bytes must be the ones the source folder's model.sig
+    signs. ``sign_key`` (a private key PEM): the written entry's three files are signed into its model.sig.
     """
     from vggexport.store.onnx_file import read_onnx_artifact, read_onnx_metadata
 
     artifact = read_onnx_artifact(onnx_path)  # the one read: checked, described and written from these bytes
+    if require_signature:
+        from vggexport.store.signature import require_signed
+
+        require_signed(artifact, require_signature)
     meta = read_onnx_metadata(artifact)
     # Triton's KIND_GPU runs ONNX Runtime's CUDA provider, KIND_CPU its CPU one: the gate judges by that runtime.
     check_verified(artifact, allow_unverified=allow_unverified, runs_on="cuda" if config.kind == "gpu" else "cpu")
@@ -118,12 +125,28 @@ def write_repository(onnx_path: Path, repository: Path, config: TritonConfig, *,
         meta["model_name"], f"{artifact.path.name}'s metadata")
     labels = check_labels(meta["class_names"])
     text = config_pbtxt(name, artifact, meta, config)
+    labels_text = "".join(f"{label}\n" for label in labels)
 
     def fill(folder: Path) -> None:
         (folder / "1").mkdir()
         (folder / "1" / "model.onnx").write_bytes(artifact.data)
-        (folder / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+        (folder / LABELS_FILE).write_text(labels_text, encoding="utf-8")
         (folder / "config.pbtxt").write_text(text, encoding="utf-8")
 
     # One move for the three files: Triton never loads a new model.onnx beside an old config.pbtxt.
-    return write_dir_atomic(repository / name, fill, replaced=("1", LABELS_FILE, "config.pbtxt"))
+    # An earlier entry's model.sig goes too: it signs the files this move replaces.
+    target = write_dir_atomic(repository / name, fill, replaced=("1", LABELS_FILE, "config.pbtxt", SIGNATURE))
+    if sign_key:
+        sign_entry(target, artifact, labels_text, text, sign_key)
+    return target
+
+
+def sign_entry(target: Path, artifact: ArtifactBytes, labels_text: str, config_text: str, sign_key: str) -> None:
+    """Sign the entry's three files, each expected to hold the bytes written from what the gate checked."""
+    import hashlib
+
+    from vggexport.store.signing import sign_files
+
+    expected = {"1/model.onnx": artifact.sha256, LABELS_FILE: hashlib.sha256(labels_text.encode()).hexdigest(),
+                "config.pbtxt": hashlib.sha256(config_text.encode()).hexdigest()}
+    sign_files(target, sign_key, expected)
