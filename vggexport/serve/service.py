@@ -140,18 +140,22 @@ def gated_bytes(path: Path | ArtifactBytes, config: ServeConfig) -> ArtifactByte
 
 
 def signed_bytes(path: Path | ArtifactBytes, config: ServeConfig) -> ArtifactBytes:
-    """Read once, checked against model.sig, then the gate of ``config.gate`` on those same bytes."""
+    """Read once, checked against model.sig, then the gate of ``config.gate`` on those same bytes, judged by
+    the signed parity record itself (parity.json is not read again: a swap after the signed read is moot)."""
     from vggexport.store.fileio import artifact_of
     from vggexport.store.manifest import check_artifact
+    from vggexport.store.parity_record import require_verified
     from vggexport.store.signature import require_signed
 
     if not isinstance(path, ArtifactBytes) and not Path(path).is_file():
         raise VggExportError(f"no ONNX model at {path}: run `vggexport onnx` first")
-    artifact = require_signed(artifact_of(path), config.require_signature or "")
+    artifact = artifact_of(path)
+    record = require_signed(artifact, config.require_signature or "")
     if config.gate == "off":
         check_artifact(artifact)
         return artifact
-    return gated_bytes(artifact, replace(config, require_signature=None))
+    return require_verified(artifact, allow_unverified=config.gate == "warn",
+                            runs_on=resolve_provider(config.provider), record=record)
 
 
 class ModelService:
