@@ -19,7 +19,7 @@ from typing import Any
 from vggexport.errors import VggExportError, first_line
 from vggexport.store.fileio import read_artifact
 from vggexport.store.manifest import update_manifest
-from vggexport.store.parity_record import read_parity
+from vggexport.store.parity_record import read_parity_bytes
 from vggexport.store.paths import PARITY
 from vggexport.store.signature import (
     PASSWORD_ENV,
@@ -27,6 +27,7 @@ from vggexport.store.signature import (
     check_curve,
     files_under,
     fingerprint,
+    import_signing,
     read_key_pem,
     signed_files,
 )
@@ -43,9 +44,10 @@ class SignResult:
 def load_private_key(path: Path) -> tuple[Any, str | None]:
     """(the key, its passphrase): the passphrase comes from $VGGEXPORT_SIGN_KEY_PASSWORD, never from argv
     (where every user of the machine can read it)."""
+    data = read_key_pem(path, "private key")
+    import_signing()
     from cryptography.hazmat.primitives import serialization
 
-    data = read_key_pem(path, "private key")
     password = os.environ.get(PASSWORD_ENV)
     try:
         key = serialization.load_pem_private_key(data, password.encode() if password is not None else None)
@@ -67,8 +69,8 @@ def load_private_key(path: Path) -> tuple[Any, str | None]:
 def verified_files(folder: Path) -> dict[str, str]:
     """What a model folder's signature covers: every file parity.json passed, with the sha256 it passed,
     and parity.json itself; each file's bytes on disk must be those."""
-    record = read_parity(folder)  # refuses a record the manifest does not match
-    if not record:
+    record, parity = read_parity_bytes(folder)  # refuses a record the manifest does not match
+    if not record or parity is None:
         raise VggExportError(f"no {PARITY} in {folder}: run `vggexport verify` before signing")
     expected = {name: str(entry.get("sha256")) for name, entry in sorted(record["files"].items())
                 if isinstance(entry, dict) and entry.get("passed") is True}
@@ -81,7 +83,7 @@ def verified_files(folder: Path) -> dict[str, str]:
         if read_artifact(path).sha256 != digest:
             raise VggExportError(f"{path} is not the file {PARITY} passed (its sha256 differs): "
                                  f"run `vggexport verify` again before signing")
-    expected[PARITY] = read_artifact(folder / PARITY).sha256
+    expected[PARITY] = parity.sha256  # the bytes judged above; the bundle must sign those (check_written)
     return expected
 
 
@@ -89,6 +91,8 @@ def library_sign(folder: Path, key_path: Path, password: str | None, names: set[
     """model-signing's file serialisation with sha256 over ``names``; every other file is an ignored path."""
     from model_signing import hashing, signing
 
+    # Everything else under the folder is ignored, a nested model.sig or a stray partial included: the
+    # library would otherwise hash it, and the bundle would not sign exactly ``names``.
     ignored = [folder / name for name in files_under(folder) if name not in names] + [folder / SIGNATURE]
     config = hashing.Config().use_file_serialization(hashing_algorithm="sha256", allow_symlinks=False)
     config.set_ignored_paths(paths=[p.relative_to(folder) for p in ignored], ignore_git_paths=True)
@@ -105,9 +109,12 @@ def sign_files(folder: Path, key_path: str | os.PathLike[str], expected: dict[st
     """Sign ``expected`` (name -> the sha256 its bytes must have) into ``folder/model.sig``, atomically."""
     folder, key_path = Path(folder), Path(key_path)
     key, password = load_private_key(key_path)
-    # The bundle is written under a fresh name the library's hashing cannot see (it does not exist yet),
-    # then read back and renamed over model.sig: readers see the old bundle or the new one, never half.
-    partial = folder / f".{SIGNATURE}.{secrets.token_hex(8)}.tmp"
+    if (folder / SIGNATURE).is_dir() or (folder / SIGNATURE).is_symlink():
+        raise VggExportError(f"{folder / SIGNATURE} is not a file: remove it, then sign again")
+    # The bundle is written beside the folder (outside the tree the library hashes, so a left-over partial
+    # never blocks a later sign), then read back and renamed over model.sig: readers see the old bundle or
+    # the new one, never half.
+    partial = folder.parent / f".{folder.name}.{SIGNATURE}.{secrets.token_hex(8)}.tmp"
     try:
         library_sign(folder, key_path, password, set(expected), partial)
         written = check_written(folder, partial, key.public_key(), expected)
