@@ -78,7 +78,9 @@ def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, m
     if sign_key and result.passed:
         from vggexport.cli.signing import sign_verified
 
-        sign_verified(chosen.model_dir, sign_key)
+        # The folders whose parity.json this run wrote: --model may name a file outside <artifacts>/<name>/.
+        for folder in sorted({parity.resolve().parent for parity in result.parity_files}):
+            sign_verified(folder, sign_key)
     elif sign_key:
         click.echo("not signed: verification failed", err=True)
     return 0 if result.passed else 1

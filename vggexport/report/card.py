@@ -135,7 +135,8 @@ def signature_part(folder: Path, manifest: dict[str, Any]) -> str:
         return "<h3>Signature</h3>" + note("model.sig is present but was not made by `vggexport sign`."
                                            if bundle.is_file() else "Not signed (see docs/signing.md).")
     current = hashlib.sha256(bundle.read_bytes()).hexdigest() if bundle.is_file() else None
-    files = [str(f) for f in recorded.get("files", [])]
+    listed = recorded.get("files")  # manifest.json is unsigned: any shape may be found there
+    files = [str(f) for f in listed] if isinstance(listed, list) else []
     rows = [("Bundle", f"{bundle.name} (OpenSSF model signing, sha256 of each file)"),
             ("Key fingerprint (sha256 of the public key's DER)", str(recorded.get("key_fingerprint", ""))),
             ("Signed files", ", ".join(files))]
