@@ -129,6 +129,22 @@ BREAKS: dict[str, Callable[[Path, dict[str, Path]], object]] = {
     "json-not-a-bundle": lambda f, k: (f / "model.sig").write_text('{"mediaType": 3}'),
     "huge-bundle": lambda f, k: (f / "model.sig").write_bytes(b" " * (2 << 20)),
     "another-keys-bundle": lambda f, k: shutil.copyfile(sign_with(f, k["other"]), f / "model.sig"),
+    "deeply-nested-bundle": lambda f, k: (f / "model.sig").write_text("[" * 200_000),
+}
+# What the signature gate says for each break: the plain parity gate would say none of these.
+GATE_SAYS = {
+    "flipped-onnx-byte": r"model.onnx has changed since it was signed",
+    "flipped-parity-byte": r"parity.json has changed since it was signed",
+    "forged-parity-and-manifest": r"parity.json has changed since it was signed",
+    "renamed-file": r"model.renamed.onnx is not covered by .*model.sig",
+    "missing-bundle": r"no signature at .*model.sig",
+    "empty-bundle": r"model.sig is empty",
+    "truncated-bundle": r"model.sig is not JSON",
+    "non-json-bundle": r"model.sig is not JSON",
+    "json-not-a-bundle": r"model.sig is not a model-signing bundle",
+    "huge-bundle": r"larger than any signature bundle",
+    "another-keys-bundle": r"was not signed by the key",
+    "deeply-nested-bundle": r"model.sig is not JSON",
 }
 
 
@@ -208,10 +224,9 @@ def serve_refusal(folder: Path, public: Path) -> str:
     return one_line_error(subprocess.CompletedProcess([], process.process.returncode, "", output))
 
 
-@pytest.mark.parametrize("case", ["forged-parity-and-manifest", "another-keys-bundle"])
-def test_serve_require_signature_refuses(signed: Path, keys: dict[str, Path], case: str) -> None:
-    """The real command, for two of the breaks (a process start costs seconds); the rest below, in-process."""
-    BREAKS[case](signed, keys)
+def test_serve_require_signature_refuses(signed: Path, keys: dict[str, Path]) -> None:
+    """The real command, for one break (a process start costs seconds); the rest below, in-process."""
+    BREAKS["forged-parity-and-manifest"](signed, keys)
     assert "re-sign with `vggexport sign`" in serve_refusal(signed, keys["pub"])
 
 
@@ -223,7 +238,7 @@ def test_the_serving_gate_refuses_every_break(signed: Path, keys: dict[str, Path
 
     BREAKS[case](signed, keys)
     model = signed / ("model.renamed.onnx" if case == "renamed-file" else "model.onnx")
-    with pytest.raises(VggExportError) as refused:
+    with pytest.raises(VggExportError, match=GATE_SAYS[case]) as refused:
         create_app(ServeConfig(model=str(model), provider="cpu", require_signature=str(keys["pub"])))
     assert "\n" not in str(refused.value)
 
@@ -255,20 +270,44 @@ def test_a_later_verify_makes_serve_refuse_until_re_signed(signed: Path, keys: d
     create_app(config).state.service.engine.runner.deactivate()
 
 
-def test_every_worker_checks_the_signature(folder: Path, keys: dict[str, Path],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Workers rebuild their config from the parent's: the key goes with it, so each one's load is checked."""
+def test_a_worker_refusal_is_one_line_and_uvicorns_startup_failure(folder: Path, keys: dict[str, Path],
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Workers rebuild their config from the parent's: the key goes with it, so each one's load is checked,
+    and a refusal exits with code 3, on which uvicorn's supervisor stops instead of restarting it forever."""
     from dataclasses import asdict
 
-    from vggexport.errors import VggExportError
-    from vggexport.serve.app import CONFIG_ENV, app_from_environment
+    from vggexport.serve.app import CONFIG_ENV, FAILED_ENV, app_from_environment
     from vggexport.serve.service import ServeConfig
 
     config = ServeConfig(model=str(folder / "model.onnx"), provider="cpu", workers=2,
                          require_signature=str(keys["pub"]))
     monkeypatch.setenv(CONFIG_ENV, json.dumps({"config": asdict(config), "listen": {"host": "127.0.0.1"}}))
-    with pytest.raises(VggExportError, match="no signature at"):  # the folder was never signed
+    monkeypatch.delenv(FAILED_ENV, raising=False)
+    with pytest.raises(SystemExit, match="^3$"):  # the folder was never signed
         app_from_environment()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no signature at"), lines
+
+
+def test_serve_workers_stop_and_exit_non_zero_when_a_worker_refuses(signed: Path, keys: dict[str, Path]) -> None:
+    """The parent's check passes; the bundle goes before the workers (fresh interpreters, seconds away) read it."""
+    process = ServerProcess(signed / "model.onnx", "--provider", "cpu", "--workers", "2", "--require-signature",
+                            str(keys["pub"]), gate=True)
+    try:
+        assert process.process.stdout is not None
+        seen = []
+        for line in process.process.stdout:
+            seen.append(line)
+            if "] serving " in line:
+                (signed / "model.sig").unlink()
+                break
+        rest, _ = process.process.communicate(timeout=60)
+    finally:
+        process.stop()
+    output = "".join(seen) + rest
+    assert "a worker refused to start: no signature at" in one_line_error(
+        subprocess.CompletedProcess([], process.process.returncode, "", output))
 
 
 def test_serve_without_require_signature_never_loads_model_signing(folder: Path, keys: dict[str, Path]) -> None:
@@ -296,7 +335,7 @@ def test_triton_checks_the_source_and_signs_the_entry(signed: Path, keys: dict[s
     ours = run_cli("verify-signature", keys["pub"], entry)
     assert ours.exit_code == 0 and "1/model.onnx, config.pbtxt, labels.txt" in ours.output, ours.output
     flip_byte(entry / "labels.txt")
-    one_line_error(run_cli("verify-signature", keys["pub"], entry))
+    assert "vggexport triton --require-signature" in one_line_error(run_cli("verify-signature", keys["pub"], entry))
     (signed / "model.sig").unlink()
     one_line_error(run_cli("triton", "--artifacts", signed.parent, "--repository", tmp_path / "repo2", "--kind",
                            "cpu", "--require-signature", keys["pub"]))
@@ -321,3 +360,150 @@ def test_the_report_shows_the_signature(signed: Path, keys: dict[str, Path]) -> 
     assert "changed or gone" not in shown
     (signed / "model.sig").unlink()
     assert "changed or gone" in signature_part(signed, read_manifest(signed))
+
+
+class SwapOnReread:
+    """An audit hook (it observes, it replaces nothing we ship): the second time ``path`` is opened, ``swap``
+    rewrites it first. The race of a swap between two reads of parity.json, made deterministic."""
+
+    def __init__(self, path: Path, swap: Callable[[], None]) -> None:
+        self.path, self.swap, self.opens, self.armed = str(path.resolve()), swap, 0, True
+        sys.addaudithook(self.hook)  # hooks cannot be removed: disarm() makes it inert
+
+    def hook(self, event: str, args: tuple[object, ...]) -> None:
+        if not self.armed or event != "open" or not isinstance(args[0], str):
+            return
+        import os
+
+        if os.path.realpath(args[0]) == self.path:
+            self.opens += 1
+            if self.opens == 2:
+                self.armed = False
+                self.swap()
+
+    def disarm(self) -> None:
+        self.armed = False
+
+
+def test_the_gates_judge_the_signed_verdict_not_a_later_read(folder: Path, keys: dict[str, Path], run_cli: Cli,
+                                                              tmp_path: Path) -> None:
+    """The signed verdict is random inputs only; a passing record (manifest rebuilt) swapped in after the signed
+    read must change nothing: serve and triton refuse by the signed verdict."""
+    from vggexport.errors import VggExportError
+    from vggexport.serve.app import create_app
+    from vggexport.serve.service import ServeConfig
+
+    passing = (folder / "parity.json").read_text()
+    record = json.loads(passing)
+    for verdict in record["files"]["model.onnx"]["runtimes"]:
+        verdict["real_data"] = {"checked": False, "samples": 0, "complete": False}
+    (folder / "parity.json").write_text(json.dumps(record, indent=2) + "\n")
+    update_manifest(folder, [folder / "parity.json"])
+    assert run_cli("sign", "--artifacts", folder.parent, "--key", keys["key"]).exit_code == 0
+    signed_record = (folder / "parity.json").read_text()
+
+    def swap() -> None:
+        (folder / "parity.json").write_text(passing)
+        update_manifest(folder, [folder / "parity.json"])
+
+    def restore() -> None:
+        (folder / "parity.json").write_text(signed_record)
+        update_manifest(folder, [folder / "parity.json"])
+
+    hook = SwapOnReread(folder / "parity.json", swap)
+    try:
+        with pytest.raises(VggExportError, match="verified on random inputs only"):
+            create_app(ServeConfig(model=str(folder / "model.onnx"), provider="cpu",
+                                   require_signature=str(keys["pub"])))
+        restore()
+        hook.opens, hook.armed = 0, True
+        refused = run_cli("triton", "--artifacts", folder.parent, "--repository", tmp_path / "repo", "--kind", "cpu",
+                          "--require-signature", keys["pub"])
+        assert "verified on random inputs only" in one_line_error(refused)
+    finally:
+        hook.disarm()
+    assert not (tmp_path / "repo" / "vgg11_bn").exists()
+
+
+def test_triton_signs_only_a_source_whose_signature_was_checked(signed: Path, keys: dict[str, Path], run_cli: Cli,
+                                                                tmp_path: Path) -> None:
+    base = ("triton", "--artifacts", signed.parent, "--repository", tmp_path / "repo", "--kind", "cpu",
+            "--sign-key", keys["key"])
+    assert "--sign-key needs --require-signature" in one_line_error(run_cli(*base))
+    assert "--allow-unverified" in one_line_error(run_cli(*base, "--require-signature", keys["pub"],
+                                                          "--allow-unverified"))
+    assert not (tmp_path / "repo").exists()
+
+
+def test_triton_sign_key_refuses_to_leave_other_versions_unsigned(signed: Path, keys: dict[str, Path],
+                                                                   run_cli: Cli, tmp_path: Path) -> None:
+    old = tmp_path / "repo" / "vgg11_bn" / "2"
+    old.mkdir(parents=True)
+    (old / "model.onnx").write_bytes(b"an older version")
+    refused = run_cli("triton", "--artifacts", signed.parent, "--repository", tmp_path / "repo", "--kind", "cpu",
+                      "--require-signature", keys["pub"], "--sign-key", keys["key"])
+    assert "holds 2 besides what this writes" in one_line_error(refused)
+    assert sorted(p.name for p in old.parent.iterdir()) == ["2"]
+
+
+def test_a_failed_entry_signing_writes_no_entry(signed: Path, keys: dict[str, Path], run_cli: Cli, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library failing (the one thing replaced: model-signing's, not ours) leaves no unsigned entry."""
+    from model_signing import signing
+
+    def broken(*_: object, **__: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(signing.Config, "sign", broken)
+    refused = run_cli("triton", "--artifacts", signed.parent, "--repository", tmp_path / "repo", "--kind", "cpu",
+                      "--require-signature", keys["pub"], "--sign-key", keys["key"])
+    assert "disk full" in one_line_error(refused)
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == []  # no entry, no staging, no partial
+
+
+def test_verify_sign_key_signs_the_folder_it_verified(folder: Path, keys: dict[str, Path], run_cli: Cli,
+                                                      tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copyfile(folder / "model.onnx", elsewhere / "model.onnx")
+    result = run_cli("verify", "--artifacts", folder.parent, "--model", elsewhere / "model.onnx", "--random-only",
+                     "--sign-key", keys["key"])
+    assert result.exit_code == 0, result.output
+    assert (elsewhere / "model.sig").is_file() and not (folder / "model.sig").exists()
+    assert run_cli("verify-signature", keys["pub"], elsewhere).exit_code == 0
+
+
+def test_left_overs_in_the_folder_do_not_block_sign(folder: Path, keys: dict[str, Path], run_cli: Cli) -> None:
+    (folder / ".model.sig.0123456789abcdef.tmp").write_text("a partial bundle of a killed sign")
+    (folder / "old").mkdir()
+    (folder / "old" / "model.sig").write_text("{}")
+    result = run_cli("sign", "--artifacts", folder.parent, "--key", keys["key"])
+    assert result.exit_code == 0, result.output
+    assert "old/model.sig" in result.output.splitlines()[-1]  # listed as not signed
+    assert not list(folder.parent.glob(".*.tmp"))
+
+
+def test_sign_refuses_a_model_sig_folder(folder: Path, keys: dict[str, Path], run_cli: Cli) -> None:
+    (folder / "model.sig").mkdir()
+    assert "model.sig is not a file" in one_line_error(run_cli("sign", "--artifacts", folder.parent,
+                                                               "--key", keys["key"]))
+
+
+def test_without_the_signing_extra_one_line(signed: Path, keys: dict[str, Path], run_cli: Cli,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in sys.modules if n.split(".")[0] in ("model_signing", "cryptography")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "model_signing", None)
+    monkeypatch.setitem(sys.modules, "cryptography", None)
+    for args in (("sign", "--artifacts", signed.parent, "--key", keys["key"]),
+                 ("verify-signature", keys["pub"], signed)):
+        assert "install 'vggexport[signing]'" in one_line_error(run_cli(*args))
+
+
+def test_the_report_survives_a_hand_edited_signature_record(signed: Path) -> None:
+    from vggexport.report.card import signature_part
+    from vggexport.store.manifest import read_manifest
+
+    manifest = read_manifest(signed)
+    manifest["signature"]["files"] = 3
+    assert "Key fingerprint" in signature_part(signed, manifest)  # no TypeError from the hand-edited list
