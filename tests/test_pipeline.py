@@ -83,3 +83,19 @@ def test_tampered_checkpoint_is_refused_by_export(run_cli: Cli, pipeline_run: tu
     for command in ("onnx", "torchscript"):
         result = run_cli(command, "--artifacts", tmp_path)
         assert result.exit_code == 1 and "best.pt has changed" in result.output
+
+
+def test_pipeline_sign_key_signs_after_verify_and_the_report_shows_it(pipeline_run: tuple[Path, str],
+                                                                      tmp_path: Path) -> None:
+    import shutil
+
+    from tests.test_signing import write_key_pair
+    from vggexport.store.signature import fingerprint, load_public_key
+
+    folder = Path(shutil.copytree(pipeline_run[0], tmp_path / "vgg11_bn"))
+    key, public = write_key_pair(tmp_path, "key")
+    result = Cli()("pipeline", *PIPELINE_ARGS, "--artifacts", tmp_path, "--sign-key", key)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("up to date") == 3  # train, export, verify; the report shows the new signature
+    assert Cli()("verify-signature", public, folder).exit_code == 0
+    assert fingerprint(load_public_key(public)) in (folder / "report.html").read_text()

@@ -18,7 +18,9 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "names": frozenset(),
     "layers": frozenset(),
     "console": frozenset(),  # rich only: the one console every command prints through
-    "store": frozenset(),  # the artifact folder: paths, atomic I/O, manifest, parity.json, ONNX files read
+    # the artifact folder: paths, atomic I/O, manifest, parity.json, ONNX files read, model.sig signed and
+    # checked (store.signing, store.signature: model-signing imported inside functions, so serve may load them)
+    "store": frozenset(),
     "transforms": frozenset(),
     "hardware": frozenset(),
     "model": frozenset(),

@@ -32,6 +32,7 @@ class PipelineConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     provider: str = "auto"
+    sign_key: str | None = None  # an EC private key PEM: sign what verify passed, after the verify stage
 
 
 def fingerprint(*parts: Any) -> str:
@@ -108,10 +109,23 @@ class Pipeline:
                 raise VggExportError(f"verification failed: {report.summary().splitlines()[0]}")
 
         self.stage(3, "verify", fingerprint(exports, asdict(spec)), [paths.PARITY], run_verify)
-        verified = [*exports, *(recorded_sha(self.folder, n) for n in (paths.PARITY, paths.METRICS))]
+        verified = [*exports, *(recorded_sha(self.folder, n) for n in (paths.PARITY, paths.METRICS)),
+                    self.sign()]
         self.stage(4, "report", fingerprint(verified), [paths.REPORT], self.report)
         console.rule(f"[bold]stage 5/{len(STAGES)}: serve")
         self.serve() if self.config.serve else self.smoke_test()
+
+    def sign(self) -> dict[str, Any] | None:
+        """Sign after verify (every run: verify may have been skipped, the key may be new); what it signed, for
+        the report's inputs. ECDSA signatures differ each time, so the bundle's own bytes are left out."""
+        if not self.config.sign_key:
+            return None
+        from vggexport.store.signing import sign_model_folder
+
+        result = sign_model_folder(self.folder, self.config.sign_key)
+        console.print(f"signed {', '.join(sorted(result.signed))} into {result.path} "
+                      f"(key sha256:{result.fingerprint}); not signed: {', '.join(result.unsigned) or '(none)'}")
+        return {"key": result.fingerprint, "files": result.signed}
 
     def report(self) -> None:
         from vggexport.report import ReportConfig, build_report

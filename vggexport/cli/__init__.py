@@ -4,7 +4,7 @@ torch and onnxruntime are imported inside the commands so ``--help`` is instant.
 family of commands; importing it registers them on the group.
 """
 
-from vggexport.cli import checking, exporting, serving, training  # noqa: F401 - registers the commands
+from vggexport.cli import checking, exporting, serving, signing, training  # noqa: F401 - registers the commands
 from vggexport.cli.group import cli
 
 

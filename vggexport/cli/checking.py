@@ -6,10 +6,12 @@ import click
 
 from vggexport.cli.group import cli
 from vggexport.cli.options import (
+    check_sign_key,
     checkpoint_option,
     model_options,
     selection,
     served_model_dir,
+    sign_key_option,
     tolerance_options,
     variant_options,
     verify_spec,
@@ -41,9 +43,11 @@ from vggexport.names import RUNTIMES
                    "parity.json beside the files).")
 @click.option("--save-failures", type=click.Path(file_okay=False), default=None,
               help="Write the inputs and both outputs of every failing check here as .npz.")
+@sign_key_option
 def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, models: tuple[str, ...],
            runtimes: tuple[str, ...], data_dir: str | None, samples: int | None, random_only: bool,
-           report: str | None, device: str, save_failures: str | None, **criteria: float) -> int:
+           report: str | None, device: str, save_failures: str | None, sign_key: str | None,
+           **criteria: float) -> int:
     """Check exported files against PyTorch eager fp32 (random and real data) and their checkpoint.
 
     \b
@@ -53,6 +57,7 @@ def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, m
     and sha256: serve and triton refuse files it does not record as passed.
     \b
     Exit codes: 0 all agree; 1 a parity or metadata failure; 2 a usage error or missing data.
+    --sign-key signs the passed files and parity.json after a passing run (as `vggexport sign`).
     """
     from pathlib import Path
 
@@ -61,6 +66,7 @@ def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, m
     from vggexport.verify.command import verify as run_verify
 
     chosen = selection(cfg, batch_norm, artifacts, checkpoint)
+    check_sign_key(sign_key)
     options = VerifyOptions(models=models, runtimes=runtimes, data_dir=data_dir, samples=samples,
                             random_only=random_only, device=device, report=report, save_failures=save_failures)
     try:
@@ -69,6 +75,14 @@ def verify(cfg: str, batch_norm: bool, artifacts: str, checkpoint: str | None, m
     except VggExportError as exc:  # anything but a verdict means verify could not judge: exit 2
         raise UsageError(str(exc)) from None
     print_parity(result)
+    if sign_key and result.passed:
+        from vggexport.cli.signing import sign_verified
+
+        # The folders whose parity.json this run wrote: --model may name a file outside <artifacts>/<name>/.
+        for folder in sorted({parity.resolve().parent for parity in result.parity_files}):
+            sign_verified(folder, sign_key)
+    elif sign_key:
+        click.echo("not signed: verification failed", err=True)
     return 0 if result.passed else 1
 
 

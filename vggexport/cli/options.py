@@ -206,6 +206,26 @@ def verify_spec(atol: float, rtol: float, cuda_atol: float, cuda_rtol: float, ra
 allow_unverified_option = click.option(
     "--allow-unverified", is_flag=True,
     help="Ship a file that parity.json does not record as passed (with a warning) instead of refusing it.")
+require_signature_option = click.option(
+    "--require-signature", type=click.Path(dir_okay=False), default=None, metavar="PUBLIC_KEY.pem",
+    help="Ship only files that model.sig beside them, signed by this key (an EC public key PEM), covers, with "
+         "the parity.json verdict it signs; refuse anything else (see docs/signing.md).")
+sign_key_option = click.option(
+    "--sign-key", type=click.Path(dir_okay=False), default=None, metavar="PRIVATE_KEY.pem",
+    help="Then sign what was verified into model.sig with this EC private key (PEM); an encrypted key's "
+         "passphrase is read from $VGGEXPORT_SIGN_KEY_PASSWORD, never from an option.")
+
+
+def check_sign_key(path: str | None) -> None:
+    """Load the signing key before any long work: a wrong passphrase fails now, not after training."""
+    if path:
+        from pathlib import Path
+
+        from vggexport.store.signing import load_private_key
+
+        load_private_key(Path(path))
+
+
 server_options = compose(
     click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it)."),
     click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True),

@@ -11,10 +11,13 @@ from vggexport.cli.options import (
     allow_unverified_option,
     model_options,
     onnx_file,
+    check_sign_key,
     precision_choice,
+    require_signature_option,
     served_model_dir,
     server_options,
     serving_options,
+    sign_key_option,
 )
 
 
@@ -26,8 +29,10 @@ from vggexport.cli.options import (
 @server_options
 @serving_options
 @allow_unverified_option
+@require_signature_option
 def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, precision: str, host: str, port: int,
-          grpc_port: int, max_body_mb: float, allow_unverified: bool, **options: Any) -> None:
+          grpc_port: int, max_body_mb: float, allow_unverified: bool, require_signature: str | None,
+          **options: Any) -> None:
     """Serve an ONNX model: KServe v2 (Triton-compatible) over HTTP and gRPC, plus an image endpoint.
 
     \b
@@ -35,9 +40,11 @@ def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, pr
     POST /v2/models/<name>/infer     tensors in, logits/probabilities out (or top-K classification)
     POST /v2/models/<name>/classify  an image in (?top_k=3&return_input=true), labels out
     \b
-    Only files that `vggexport verify` recorded as passed are served (--allow-unverified overrides).
+    Only files that `vggexport verify` recorded as passed are served (--allow-unverified overrides);
+    with --require-signature, only files model.sig signs with that key, checked in every worker.
     """
     import logging
+    import os
 
     from vggexport.serve.app import serve_forever
     from vggexport.serve.service import ServeConfig
@@ -45,7 +52,9 @@ def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, pr
     folder = served_model_dir(cfg, batch_norm, artifacts)
     # The gate runs where each session is made (every worker too): it checks the bytes that session loads.
     config = ServeConfig(model=onnx_file(folder, model_path, precision), max_body_bytes=int(max_body_mb * 2**20),
-                         gate="warn" if allow_unverified else "refuse", **options)
+                         gate="warn" if allow_unverified else "refuse",
+                         require_signature=os.path.abspath(require_signature) if require_signature else None,
+                         **options)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     serve_forever(config, host=host, port=port, grpc_port=grpc_port)
 
@@ -66,11 +75,15 @@ def serve(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, pr
 @click.option("--warmup/--no-warmup", default=True, show_default=True,
               help="model_warmup: Triton runs a zero batch before the model turns ready.")
 @allow_unverified_option
+@require_signature_option
+@sign_key_option
 def triton(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, precision: str,
-           repository: str | None, allow_unverified: bool, **options: Any) -> None:
+           repository: str | None, allow_unverified: bool, require_signature: str | None, sign_key: str | None,
+           **options: Any) -> None:
     """Write a Triton Inference Server model repository (config.pbtxt, 1/model.onnx, labels.txt).
 
     The repository's model name is the ONNX metadata's (which --name sets at training or import).
+    --require-signature checks the source folder's model.sig first; --sign-key signs the written entry.
     """
     from pathlib import Path
 
@@ -79,6 +92,10 @@ def triton(cfg: str, batch_norm: bool, artifacts: str, model_path: str | None, p
     folder = served_model_dir(cfg, batch_norm, artifacts)
     root = Path(repository) if repository else Path(artifacts) / "triton"
     config = TritonConfig(**options)
+    check_sign_key(sign_key)
     target = write_repository(Path(onnx_file(folder, model_path, precision)), root, config,
-                              allow_unverified=allow_unverified)
+                              allow_unverified=allow_unverified, require_signature=require_signature,
+                              sign_key=sign_key)
     click.echo(f"wrote {target}/config.pbtxt, {target}/1/model.onnx, {target}/labels.txt")
+    if sign_key:
+        click.echo(f"signed them into {target}/model.sig")

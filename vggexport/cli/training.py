@@ -8,7 +8,14 @@ from typing import Any
 import click
 
 from vggexport.cli.group import cli
-from vggexport.cli.options import model_name, model_options, server_options, train_options
+from vggexport.cli.options import (
+    check_sign_key,
+    model_name,
+    model_options,
+    server_options,
+    sign_key_option,
+    train_options,
+)
 
 
 @cli.command()
@@ -58,16 +65,22 @@ def without_option(argv: list[str], name: str) -> list[str]:
               help="Serve at the end; --no-serve ends after a smoke request to a short-lived server.")
 @click.option("--force", is_flag=True, help="Re-run every stage, even those that are up to date.")
 @server_options
+@sign_key_option
 def pipeline(cfg: str, batch_norm: bool, artifacts: str, compile_: bool, serve_on: bool, force: bool, host: str,
-             port: int, provider: str, **options: Any) -> None:
-    """Train -> export -> verify -> serve in one command, skipping stages that are up to date."""
+             port: int, provider: str, sign_key: str | None, **options: Any) -> None:
+    """Train -> export -> verify -> serve in one command, skipping stages that are up to date.
+
+    --sign-key signs what verify passed after the verify stage; the report shows the signature.
+    """
     from vggexport.pipeline import Pipeline, PipelineConfig
     from vggexport.training import TrainConfig
+
+    check_sign_key(sign_key)
 
     train_config = TrainConfig(cfg=cfg, batch_norm=batch_norm, artifacts=artifacts, compile=compile_,
                                name=model_name(), **options)
     Pipeline(PipelineConfig(train=train_config, serve=serve_on, force=force, host=host, port=port,
-                            provider=provider)).run()
+                            provider=provider, sign_key=sign_key)).run()
 
 
 @cli.command("import")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
+from pathlib import Path
 from typing import Any
 
 from vggexport.checkpoint import Checkpoint
@@ -121,4 +123,25 @@ def provenance_section(ckpt: Checkpoint, manifest: dict[str, Any], problem: str 
     body += "<h3>Versions</h3>" + table(["package", "recorded in the manifest", "making this report"],
                                         [(n, recorded.get(n, ""), current.get(n, "")) for n in names])
     body += f'<p class="muted">Checkpoint sha256 <span class="mono">{esc(ckpt.sha256())}</span></p>'
-    return Section("provenance", "Provenance", body)
+    return Section("provenance", "Provenance", body + signature_part(ckpt.path.parent, manifest))
+
+
+def signature_part(folder: Path, manifest: dict[str, Any]) -> str:
+    """Who signed what, as `vggexport sign` recorded it in manifest.json (unsigned itself: the check is
+    `vggexport verify-signature`, with the public key, which this report does not have)."""
+    recorded = manifest.get("signature")
+    bundle = folder / "model.sig"
+    if not isinstance(recorded, dict):
+        return "<h3>Signature</h3>" + note("model.sig is present but was not made by `vggexport sign`."
+                                           if bundle.is_file() else "Not signed (see docs/signing.md).")
+    current = hashlib.sha256(bundle.read_bytes()).hexdigest() if bundle.is_file() else None
+    listed = recorded.get("files")  # manifest.json is unsigned: any shape may be found there
+    files = [str(f) for f in listed] if isinstance(listed, list) else []
+    rows = [("Bundle", f"{bundle.name} (OpenSSF model signing, sha256 of each file)"),
+            ("Key fingerprint (sha256 of the public key's DER)", str(recorded.get("key_fingerprint", ""))),
+            ("Signed files", ", ".join(files))]
+    body = "<h3>Signature</h3>" + key_values(rows)
+    if current != recorded.get("sha256"):
+        body += note("model.sig has changed or gone since it was signed: check it with "
+                     "`vggexport verify-signature PUBLIC_KEY.pem`.")
+    return body

@@ -17,11 +17,13 @@ import shutil
 import signal
 import socket
 import tempfile
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,7 +32,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from vggexport import __version__
-from vggexport.errors import VggExportError
+from vggexport.errors import VggExportError, first_line
 from vggexport.backend.onnxrt import Phases
 from vggexport.serve.dataplane import DataPlane
 from vggexport.serve.errors import UnavailableError
@@ -42,6 +44,8 @@ from vggexport.serve.service import ModelService, ServeConfig
 
 log = logging.getLogger("vggexport.serve")
 CONFIG_ENV = "VGGEXPORT_SERVE_CONFIG"
+FAILED_ENV = "VGGEXPORT_SERVE_FAILED"  # a file the workers' refusals are written to, for the parent to say
+STARTUP_FAILURE = 3  # uvicorn.config.STARTUP_FAILURE: its supervisor stops rather than restart the worker
 GRPC_GRACE_S = 30.0  # also the longest a drain waits for requests in flight
 
 
@@ -167,9 +171,32 @@ def check_ports_free(host: str, *ports: int) -> None:
 
 
 def app_from_environment() -> FastAPI:
-    """The app factory each worker process calls (``--workers N``): its config comes from the parent."""
+    """The app factory each worker process calls (``--workers N``): its config comes from the parent.
+
+    A refusal here (the model.sig a worker read is not the one the parent checked) is one line and uvicorn's
+    startup-failure exit code, on which its supervisor stops instead of restarting the worker forever; the
+    parent, told through FAILED_ENV's file, exits non-zero with that line.
+    """
     saved = json.loads(os.environ[CONFIG_ENV])
-    return create_app(ServeConfig(**saved["config"]), Listen(**saved["listen"]))
+    try:
+        return create_app(ServeConfig(**saved["config"]), Listen(**saved["listen"]))
+    except VggExportError as exc:
+        report = os.environ.get(FAILED_ENV)
+        if report:  # the parent says it; two workers failing alike would otherwise print it twice
+            with open(report, "a", encoding="utf-8") as handle:
+                handle.write(f"{first_line(exc, 400)}\n")
+        else:
+            print(f"error: {first_line(exc, 400)}", file=sys.stderr, flush=True)
+        sys.exit(STARTUP_FAILURE)
+
+
+def worker_failure(report: str) -> str | None:
+    """The first refusal a worker wrote to ``report``, or None when every worker started."""
+    try:
+        lines = Path(report).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    return lines[0] if lines else None
 
 
 def serve_forever(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, grpc_port: int = 0) -> None:
@@ -194,10 +221,18 @@ def serve_forever(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8
         return
     for engine in service.engines:
         engine.runner.deactivate()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vggexport-metrics-")
+    scratch = tempfile.mkdtemp(prefix="vggexport-serve-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(scratch, "metrics")
+    os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    os.environ[FAILED_ENV] = os.path.join(scratch, "failed")
     os.environ[CONFIG_ENV] = json.dumps({"config": asdict(config), "listen": asdict(listen)})
     try:
         uvicorn.run("vggexport.serve.app:app_from_environment", factory=True, workers=config.workers, host=host,
                     port=port, log_level="warning", timeout_graceful_shutdown=30)
+        failure = worker_failure(os.environ[FAILED_ENV])
     finally:
-        shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR")
+        os.environ.pop(FAILED_ENV)
+        shutil.rmtree(scratch, ignore_errors=True)
+    if failure:
+        raise VggExportError(f"a worker refused to start: {failure}")

@@ -9,7 +9,8 @@ preprocessing, bit for bit.
 
 Each file is read once, in the process that serves it: the verified-only gate (``ServeConfig.gate``)
 checks the sha256 of those bytes against parity.json and the session is created from the same bytes,
-so a file swapped after the check is never served as verified.
+so a file swapped after the check is never served as verified. With ``--require-signature`` the same bytes
+must also be the ones ``model.sig`` signs (``vggexport.store.signature.require_signed``), in every worker.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class ServeConfig:
     # One of GATES. Refusing by default: whoever builds a server in code ships only verified bytes too,
     # unless they opt out by name ("warn" or "off").
     gate: str = "refuse"
+    # A public key PEM: serve only bytes that model.sig beside them, signed by this key, covers (with the
+    # parity.json verdict it signs). None: no signature check, and model-signing is never imported.
+    require_signature: str | None = None
 
     def __post_init__(self) -> None:
         if self.gate not in GATES:
@@ -124,12 +128,34 @@ class BatchedRunner:
 
 def gated_bytes(path: Path | ArtifactBytes, config: ServeConfig) -> ArtifactBytes:
     """The file's bytes, read once; with the gate on, only when parity.json passed those very bytes on the
-    runtime they will run on (``--provider auto`` resolved first: CUDA only where a GPU is present)."""
+    runtime they will run on (``--provider auto`` resolved first: CUDA only where a GPU is present).
+    With ``require_signature`` the signature is checked first, on the bytes then gated and loaded."""
+    if config.require_signature:
+        return signed_bytes(path, config)
     if config.gate == "off":
         return read_checked(path, f"no ONNX model at {path}: run `vggexport onnx` first")
     from vggexport.store.parity_record import require_verified
 
     return require_verified(path, allow_unverified=config.gate == "warn", runs_on=resolve_provider(config.provider))
+
+
+def signed_bytes(path: Path | ArtifactBytes, config: ServeConfig) -> ArtifactBytes:
+    """Read once, checked against model.sig, then the gate of ``config.gate`` on those same bytes, judged by
+    the signed parity record itself (parity.json is not read again: a swap after the signed read is moot)."""
+    from vggexport.store.fileio import artifact_of
+    from vggexport.store.manifest import check_artifact
+    from vggexport.store.parity_record import require_verified
+    from vggexport.store.signature import require_signed
+
+    if not isinstance(path, ArtifactBytes) and not Path(path).is_file():
+        raise VggExportError(f"no ONNX model at {path}: run `vggexport onnx` first")
+    artifact = artifact_of(path)
+    record = require_signed(artifact, config.require_signature or "")
+    if config.gate == "off":
+        check_artifact(artifact)
+        return artifact
+    return require_verified(artifact, allow_unverified=config.gate == "warn",
+                            runs_on=resolve_provider(config.provider), record=record)
 
 
 class ModelService:

@@ -33,16 +33,27 @@ def read_parity(folder: Path) -> dict[str, Any]:
     This checks integrity (the manifest's sha256), not who wrote the record: whoever can rewrite both
     files can forge a verdict.
     """
+    return read_parity_bytes(folder)[0]
+
+
+def read_parity_bytes(folder: Path) -> tuple[dict[str, Any], ArtifactBytes | None]:
+    """``read_parity``'s record and the bytes it was parsed from (what ``sign`` signs: no second read)."""
     path = folder / PARITY
     if not path.is_file():
-        return {}
+        return {}, None
     if PARITY not in read_manifest(folder).get("artifacts", {}):
         raise VggExportError(f"{path} was not written by `vggexport verify` (the manifest does not list it)")
     artifact = read_artifact(path)  # once: the verdict judged is the one whose sha256 the manifest matched
     check_artifact(artifact)
+    return parse_parity(artifact), artifact
+
+
+def parse_parity(artifact: ArtifactBytes) -> dict[str, Any]:
+    """The record in bytes already read (and already trusted: by the manifest, or by a signature)."""
+    path = artifact.path
     try:
         record = json.loads(artifact.data)
-    except (OSError, ValueError):
+    except (ValueError, RecursionError):
         raise VggExportError(f"{path} is not a vggexport parity report; run `vggexport verify` again") from None
     found = record.get("format") if isinstance(record, dict) else None
     if found in OLDER_FORMATS:  # its one verdict per file does not say which runtime it holds for
@@ -133,7 +144,8 @@ def manifest_summary(record: dict[str, Any]) -> dict[str, Any]:
             "runtimes": {name: {v["runtime"]: v["passed"] for v in e["runtimes"]} for name, e in files.items()}}
 
 
-def verification_status(artifact: ArtifactBytes, runs_on: str = "cpu") -> tuple[str | None, str | None]:
+def verification_status(artifact: ArtifactBytes, runs_on: str = "cpu",
+                        record: dict[str, Any] | None = None) -> tuple[str | None, str | None]:
     """(why these bytes may not ship, a warning): (None, None) when parity.json records this very file as
     passed on the whole real test set by a runtime of ``runs_on`` (``cpu`` or ``cuda``).
 
@@ -141,9 +153,14 @@ def verification_status(artifact: ArtifactBytes, runs_on: str = "cpu") -> tuple[
     own runtime: a CPU verdict says nothing of what cuDNN computes (int8's Q/DQ nodes do not even run the
     same kernels there), so a GPU deployment verified on the CPU only is refused (``--allow-unverified``
     ships it with a warning), and the reverse.
+
+    ``record``: the parsed record to judge (the signed one, under ``--require-signature``); None reads
+    parity.json. A signed record is never read again: a swap after the signed read would be judged instead.
     """
     path = artifact.path
-    entry = read_parity(path.resolve().parent).get("files", {}).get(path.name)
+    if record is None:
+        record = read_parity(path.resolve().parent)
+    entry = record.get("files", {}).get(path.name)
     if entry is None:
         return f"{path} has not been verified: run `vggexport verify --model {path}`", None
     if entry.get("sha256") != artifact.sha256:
@@ -179,13 +196,14 @@ def real_data_status(path: Path, verdicts: list[dict[str, Any]]) -> tuple[str | 
 
 
 def require_verified(source: Path | ArtifactBytes, *, allow_unverified: bool = False,
-                     runs_on: str = "cpu") -> ArtifactBytes:
+                     runs_on: str = "cpu", record: dict[str, Any] | None = None) -> ArtifactBytes:
     """The file's bytes, read once, when parity.json passed those very bytes; else a one-line error
     (``allow_unverified`` turns it into a warning and still hands the bytes back).
 
     Load or copy what this returns, never the path again: a file swapped after the check would ship unchecked.
     ``runs_on``: the runtime family the bytes will run on, ``cpu`` or ``cuda`` (resolve ``auto`` first:
     ``vggexport.backend.onnxrt.resolve_provider``); the gate judges by that runtime's verdict.
+    ``record``: judge this parsed record (the signed one) instead of reading parity.json.
     """
     if runs_on not in FAMILIES:
         raise ValueError(f"runs_on must be one of {FAMILIES}, not {runs_on!r}")  # a caller's bug, not a user's
@@ -193,7 +211,7 @@ def require_verified(source: Path | ArtifactBytes, *, allow_unverified: bool = F
         raise VggExportError(f"no ONNX model at {source}: run `vggexport export` first")
     artifact = artifact_of(source)
     try:
-        problem, warning = verification_status(artifact, runs_on)
+        problem, warning = verification_status(artifact, runs_on, record)
     except VggExportError as exc:
         problem, warning = str(exc), None
     if warning:
