@@ -44,7 +44,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def verified_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model.onnx that verify passed (random and synthetic real data), beside best.pt and manifest.json."""
-    from tests.test_export import make_checkpoint
+    from tests.export.test_export import make_checkpoint
     from vggexport.export.onnx import export_onnx
     from vggexport.export.spec import ExportSpec
     from vggexport.verify.command import VerifyOptions, verify
