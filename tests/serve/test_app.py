@@ -298,6 +298,7 @@ def test_missing_model_fails_at_startup(tmp_path: Path) -> None:
 
 def test_sigterm_turns_not_ready_at_once_and_drains_in_flight_requests(served_folder: Path) -> None:
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
 
     process = Served(served_folder / "model.onnx", "--max-queue-delay-ms", "2000").wait_ready()
     client = grpcclient.InferenceServerClient(process.grpc_url)
@@ -316,8 +317,13 @@ def test_sigterm_turns_not_ready_at_once_and_drains_in_flight_requests(served_fo
         # while the request is in flight both ports stay open, not ready, refusing new work (as Triton)
         grpc_ready = client.is_server_ready()
         refused = httpx.post(f"{process.url}{INFER}", json=body, timeout=30)
+        tensor = grpcclient.InferInput("input", [1, 1, 32, 32], "FP32")
+        tensor.set_data_from_numpy(inputs(1))
+        with pytest.raises(InferenceServerException, match="shutting down") as grpc_refused:
+            client.infer("vgg11_bn", [tensor])
         response = pending.result()
     client.close()
+    assert "UNAVAILABLE" in str(grpc_refused.value.status())  # gRPC's 503 while draining
     assert grpc_ready is False
     assert http_ready.status_code == 503 and http_ready.json() == {"ready": False}
     assert refused.status_code == 503 and "shutting down" in refused.json()["error"]

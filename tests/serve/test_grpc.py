@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,22 @@ def test_grpc_too_large_is_resource_exhausted(server: Served) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value
+
+
+def test_grpc_a_request_past_its_timeout_is_deadline_exceeded(served_folder: Path) -> None:
+    """The batcher's 504 over gRPC: a lone request waits for a batch (1.5 s) longer than --timeout-ms allows."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    process = Served(served_folder / "model.onnx", "--max-queue-delay-ms", "1500", "--timeout-ms", "100").wait_ready()
+    try:
+        client = grpcclient.InferenceServerClient(process.grpc_url)
+        tensor = grpcclient.InferInput("input", [1, 1, 32, 32], "FP32")
+        tensor.set_data_from_numpy(np.zeros((1, 1, 32, 32), np.float32))
+        with pytest.raises(InferenceServerException, match="timed out after 100 ms") as caught:
+            client.infer(MODEL, [tensor])
+        assert "DEADLINE_EXCEEDED" in str(caught.value.status())
+        assert client.is_server_live()
+        client.close()
+    finally:
+        process.stop()

@@ -42,18 +42,10 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def verified_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """model.onnx that verify passed (random and synthetic real data), beside best.pt and manifest.json."""
-    from tests.export.test_export import make_checkpoint
-    from vggexport.export.onnx import export_onnx
-    from vggexport.export.spec import ExportSpec
-    from vggexport.verify.command import VerifyOptions, verify
-
-    folder = tmp_path_factory.mktemp("signing") / "vgg11_bn"
-    folder.mkdir()
-    export_onnx(make_checkpoint(folder, dataset="synthetic"), folder / "model.onnx", ExportSpec())
-    assert verify(folder / "best.pt", folder, ExportSpec(), VerifyOptions()).passed
-    return folder
+def verified_folder(verified_tiny: Path) -> Path:
+    """model.onnx that verify passed (random and synthetic real data), beside best.pt and manifest.json: the
+    session's verified tiny model, only read (``folder`` is the copy a test breaks)."""
+    return verified_tiny
 
 
 @pytest.fixture
