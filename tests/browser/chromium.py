@@ -45,10 +45,12 @@ def require_browser(chromium: Path | None = None) -> None:
 
 
 class SharedBrowser:
-    """One Playwright and one Chromium per test session, whichever test modules import the fixture.
+    """One Playwright and one Chromium at a time, whichever test modules import the fixture.
 
     Each module that imports ``browser`` gets its own fixture definition; Playwright's sync API allows one
-    running instance per thread, so they must share it, and it stops when the last user is done.
+    running instance per thread, so they must share it, and it stops when the last user is done. The fixture
+    is module-scoped: Playwright's sync API keeps an event loop running in the main thread while it lives, and
+    a later module's ``asyncio.run`` (the batcher's tests) refuses to start under a running loop.
     """
 
     def __init__(self) -> None:
@@ -76,7 +78,7 @@ class SharedBrowser:
 SHARED = SharedBrowser()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     require_browser()
     yield SHARED.acquire()
