@@ -130,20 +130,25 @@ def test_an_unknown_gate_is_refused() -> None:
         ServeConfig(model="model.onnx", gate="maybe")
 
 
-def test_every_worker_gates_its_own_read(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_worker_gates_its_own_read(folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     """--workers N: each worker process reads the file and builds its session from the config the parent
-    passed; a file changed after the parent started is refused there too."""
+    passed; a file changed after the parent started is refused there too: one line, and uvicorn's
+    startup-failure exit code (3), on which its supervisor stops instead of restarting the worker."""
     from dataclasses import asdict
 
-    from vggexport.serve.app import CONFIG_ENV, Listen, app_from_environment
+    from vggexport.serve.app import CONFIG_ENV, FAILED_ENV, STARTUP_FAILURE, Listen, app_from_environment
 
     model = folder / "model.onnx"
     config = ServeConfig(model=str(model), provider="cpu", gate="refuse", workers=2)
     monkeypatch.setenv(CONFIG_ENV, json.dumps({"config": asdict(config), "listen": asdict(Listen())}))
+    monkeypatch.delenv(FAILED_ENV, raising=False)
     assert app_from_environment().state.service.engine.runner.is_active
     broken_copy(model, model, BREAKERS["altered-weights"])
-    with pytest.raises(VggExportError, match="changed after it was verified"):
+    with pytest.raises(SystemExit, match=str(STARTUP_FAILURE)):
         app_from_environment()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "changed after it was verified" in line, line
 
 
 @pytest.fixture
