@@ -219,7 +219,7 @@ class ModelService:
     def check_input(self, name: str, array: np.ndarray) -> np.ndarray:
         if name != self.input_name:
             raise ProtocolError(f"unknown input {name[:40]!r}: this model takes {self.input_name!r}")
-        if array.dtype != np.dtype(V2_TO_NUMPY.get(self.input_datatype, "object")):
+        if array.dtype.name != V2_TO_NUMPY.get(self.input_datatype):  # names, as the one table spells them
             raise ProtocolError(f"input {name!r} must be {self.input_datatype}")
         return self.check_batch(array, self.engine)
 
