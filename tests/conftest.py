@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -58,6 +60,41 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
         if item.get_closest_marker("realdata") and data_missing:
             item.add_marker(skip_data)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        order_for_workers(items)
+
+
+# The torchvision section's run (~6 min on 2 cores) feeds two modules. Under pytest-xdist (`-n`), with
+# pyproject's `--dist loadfile --no-loadscope-reorder`, each module runs on one worker and modules are handed out
+# in collection order: the first of the two goes first, so its worker starts the run at once, and the other goes
+# last, by which time the run is on disk for whichever worker takes it (built_once).
+SECTION_FIRST, SECTION_LAST = "test_pretrained.py", "test_readme_torchvision.py"
+
+
+def order_for_workers(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    rank = {SECTION_FIRST: 0, SECTION_LAST: 2}
+    items.sort(key=lambda item: rank.get(item.path.name, 1) if item.path.parent == here else 1)  # stable
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder that ``build`` fills once per run: under pytest-xdist the workers share it (the first to need it
+    builds it under a lock, the others wait and read it); without xdist it is a fresh temporary folder."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the run's base folder, above every worker's own
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way left it
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 def tiny_config(**overrides: object) -> ModelConfig:
@@ -129,9 +166,11 @@ def trained_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vggexport.checkpoint import load_checkpoint
     from vggexport.training import TrainConfig, train
 
-    root = tmp_path_factory.mktemp("artifacts")
-    train(TrainConfig(dataset="synthetic", width=0.0625, head=32, dropout=0.0, epochs=8, batch_size=64,
-                      device="cpu", precision="fp32", artifacts=str(root)))
+    def build(root: Path) -> None:
+        train(TrainConfig(dataset="synthetic", width=0.0625, head=32, dropout=0.0, epochs=8, batch_size=64,
+                          device="cpu", precision="fp32", artifacts=str(root)))
+
+    root = built_once(tmp_path_factory, "artifacts", build)
     accuracy = load_checkpoint(root / "vgg11_bn" / "best.pt").payload["metrics"]["test_accuracy"]
     assert accuracy >= TRAINED_MIN_ACCURACY, f"the shared trained model scored {accuracy}, near chance"
     return root
@@ -190,13 +229,14 @@ def exported_tiny(trained_artifacts: Path, tmp_path_factory: pytest.TempPathFact
     """A copy of the shared trained model put through ``vggexport export`` once (TorchScript, model.pt2,
     model.onnx, model.preprocessing.onnx), for every test that needs those files of it. Read only: tests that
     verify, break or add files copy the folder."""
-    import shutil
+    def build(root: Path) -> None:
+        shutil.copytree(trained_artifacts / "vgg11_bn", root / "vgg11_bn")
+        result = Cli()("export", "--artifacts", root, "--with-preprocessing")
+        assert result.exit_code == 0, result.output
+        (root / "export-output.txt").write_text(result.output)
 
-    root = tmp_path_factory.mktemp("exported")
-    shutil.copytree(trained_artifacts / "vgg11_bn", root / "vgg11_bn")
-    result = Cli()("export", "--artifacts", root, "--with-preprocessing")
-    assert result.exit_code == 0, result.output
-    return Exported(root / "vgg11_bn", result.output)
+    root = built_once(tmp_path_factory, "exported", build)
+    return Exported(root / "vgg11_bn", (root / "export-output.txt").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -224,13 +264,15 @@ def verified_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vggexport.export.spec import ExportSpec
     from vggexport.verify.command import VerifyOptions, verify
 
-    folder = tmp_path_factory.mktemp("verified") / "vgg11_bn"
-    folder.mkdir()
-    export_onnx(make_checkpoint(folder, dataset="synthetic"), folder / "model.onnx", ExportSpec())
-    report = verify(folder / "best.pt", folder, ExportSpec(), VerifyOptions())
-    assert report.passed, report.to_dict()
-    (folder.parent / "cpu-report.json").write_text(json.dumps(report.to_dict()))
-    return folder
+    def build(root: Path) -> None:
+        folder = root / "vgg11_bn"
+        folder.mkdir()
+        export_onnx(make_checkpoint(folder, dataset="synthetic"), folder / "model.onnx", ExportSpec())
+        report = verify(folder / "best.pt", folder, ExportSpec(), VerifyOptions())
+        assert report.passed, report.to_dict()
+        (root / "cpu-report.json").write_text(json.dumps(report.to_dict()))
+
+    return built_once(tmp_path_factory, "verified", build) / "vgg11_bn"
 
 
 # The variant fixtures: test_variants.py and test_quantize.py share them (one instance per module).
@@ -304,9 +346,14 @@ def record_verdict(report: Any, model: Path) -> None:
 @pytest.fixture(scope="session")
 def torchvision_vgg(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
     """torchvision's vgg11_bn with seeded random weights: the .pth file and the model it holds."""
+    import torchvision
+
     from tests.imagenet_photos import random_vgg11_bn
 
-    return random_vgg11_bn(tmp_path_factory.mktemp("weights"))
+    folder = built_once(tmp_path_factory, "weights", random_vgg11_bn)
+    model = torchvision.models.vgg11_bn().eval()
+    model.load_state_dict(torch.load(folder / "vgg11_bn-random.pth", weights_only=True))
+    return folder / "vgg11_bn-random.pth", model
 
 
 @pytest.fixture(scope="session")
@@ -316,6 +363,10 @@ def torchvision_section(torchvision_vgg: tuple[Path, torch.nn.Module],
 
     Read it, never write into it: tests that change a file copy the folder first."""
     # The run lives beside the README test, which owns how the section is found and rewritten.
-    from tests.test_readme_torchvision import run_section
+    from tests.test_readme_torchvision import SectionRun, run_section
 
-    return run_section(tmp_path_factory.mktemp("torchvision-section"), torchvision_vgg[0])
+    def build(folder: Path) -> None:
+        run_section(folder, torchvision_vgg[0]).save(folder.with_name(f"{folder.name}.json"))
+
+    folder = built_once(tmp_path_factory, "torchvision-section", build)
+    return SectionRun.load(folder.with_name(f"{folder.name}.json"))

@@ -133,7 +133,9 @@ def test_the_readme_is_a_front_page() -> None:
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= 160, len(lines)
     assert "## Quick start (a fresh machine, two commands)" in lines
-    assert ".venv/bin/python -m pytest -q" in lines
+    assert ".venv/bin/python -m pytest -q -n auto" in lines
+    # CI runs the README's test command (.ci/test adds only --durations and its own arguments)
+    assert 'python -m pytest -q -n auto --durations=20 "$@"' in (ROOT / ".ci" / "test").read_text()
 
 
 def slug(heading: str) -> str:

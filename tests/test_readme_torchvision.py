@@ -8,6 +8,8 @@ ran, tests/test_pretrained.py checks the files they wrote.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import shlex
@@ -65,6 +67,16 @@ class SectionRun:
     folder: Path  # the working directory the commands ran in
     commands: list[str]  # every command of the section, as run
     ran: list[Ran]  # up to and including the first that failed
+
+    def save(self, path: Path) -> None:
+        """As JSON: under pytest-xdist another worker reads the run (tests/conftest.py ``built_once``)."""
+        path.write_text(json.dumps({"folder": str(self.folder), "commands": self.commands,
+                                    "ran": [dataclasses.asdict(r) for r in self.ran]}))
+
+    @classmethod
+    def load(cls, path: Path) -> SectionRun:
+        data = json.loads(path.read_text())
+        return cls(Path(data["folder"]), data["commands"], [Ran(**r) for r in data["ran"]])
 
     def model_dir(self, prefix: str) -> Path:
         """artifacts/<--name> of the first command that starts with ``prefix``."""
