@@ -22,7 +22,9 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ class Round:
     answers: dict[int, set[bytes]] = field(default_factory=dict)  # input index -> distinct binary outputs
     headers: set[bytes] = field(default_factory=set)  # distinct JSON headers of the answers
     processes: int = 1
+    probes: list[Any] = field(default_factory=list, compare=False)  # drive()'s samples at the window's ends
 
     @property
     def rate(self) -> float:
@@ -149,6 +152,9 @@ async def closed_loop(url: str, clients: int, seconds: float, bodies: list[bytes
     Only requests that complete inside [start + warmup, start + warmup + seconds] count; worker k
     sends bodies k, k + clients, ... so every input is asked for. start_at is a time.time() value.
     """
+    if client == "aiohttp":
+        import aiohttp  # before the clock starts: its first import takes a good part of a second
+
     if start_at is not None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
     begin = time.perf_counter() + warmup
@@ -167,7 +173,8 @@ async def closed_loop(url: str, clients: int, seconds: float, bodies: list[bytes
             try:
                 status, size, body = await connection.post(index)
                 ok = status == 200 and size is not None
-            except Exception as exc:  # counted and reported (the benchmark then exits 1): the round goes on
+            # Any failure is counted and reported (the benchmark then exits 1): the round goes on.
+            except Exception as exc:  # noqa: BLE001
                 status, size, body, ok = 0, None, repr(exc).encode(), False
             done = time.perf_counter()
             if begin <= done <= end:
@@ -178,8 +185,6 @@ async def closed_loop(url: str, clients: int, seconds: float, bodies: list[bytes
     if client == "raw":
         await asyncio.gather(measure_cpu(), *(worker(k, RawHttp(url, bodies, headers)) for k in range(clients)))
         return result
-    import aiohttp
-
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         shared = Aiohttp(session, url, bodies, headers)
@@ -214,10 +219,16 @@ def client_name(client: str) -> str:
 
 
 def drive(url: str, inputs: Path, shape: list[int], *, clients: int, seconds: float, warmup: float,
-          processes: int = 1, names: tuple[str, str] = ("input", "logits"), client: str = "raw") -> Round:
-    """One round from `processes` load-generator processes (clients split between them), one shared window."""
+          processes: int = 1, names: tuple[str, str] = ("input", "logits"), client: str = "raw",
+          probe: Callable[[], Any] | None = None) -> Round:
+    """One round from `processes` load-generator processes (clients split between them), one shared window.
+
+    probe (the servers' CPU, say) is called as the timed window opens and as it closes; the two
+    values land in the result's probes, so what they measure spans exactly the window.
+    """
     split = [clients // processes + (1 if p < clients % processes else 0) for p in range(processes)]
-    children = []
+    children: list[subprocess.Popen] = []
+    timers: list[threading.Timer] = []
     try:
         for share in (s for s in split if s):
             command = [sys.executable, __file__, "--url", url, "--inputs", str(inputs), "--clients", str(share),
@@ -227,19 +238,30 @@ def drive(url: str, inputs: Path, shape: list[int], *, clients: int, seconds: fl
         for child in children:  # every process has its imports and bodies ready before the clock starts
             if child.stdout is None or child.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"load generator {child.args} did not start (exit code {child.wait()})")
-        start_at = f"{time.time() + 0.05}\n"
+        start = time.time() + 0.05
         for child in children:  # all told first: one shared window
             if child.stdin is not None:
-                child.stdin.write(start_at)
+                child.stdin.write(f"{start}\n")
                 child.stdin.flush()  # communicate() closes it
         result = Round(processes=0)
+        if probe is not None:
+            def take(sample: Callable[[], Any] = probe) -> None:
+                result.probes.append(sample())
+
+            timers = [threading.Timer(at - time.time(), take) for at in (start + warmup, start + warmup + seconds)]
+            for timer in timers:
+                timer.start()
         for child in children:
             out, _ = child.communicate(timeout=seconds + warmup + 120)
             if child.returncode:
                 raise RuntimeError(f"load generator exited with {child.returncode}")
             result.merge(Round.from_json(out))
+        for timer in timers:
+            timer.join()
         return result
     finally:
+        for timer in timers:
+            timer.cancel()
         for child in children:
             if child.poll() is None:
                 child.kill()
@@ -268,6 +290,8 @@ def main() -> None:
         size *= dim
     bodies = [binary_request(data[i:i + size], args.shape, input_name=args.input_name,
                              output_name=args.output_name) for i in range(0, len(data), size)]
+    if args.client == "aiohttp":
+        import aiohttp  # noqa: F401  imported before "ready", so not inside the shared window
     print("ready", flush=True)
     start_at = float(sys.stdin.readline())
     result = run(closed_loop(args.url, args.clients, args.seconds, [b for b, _ in bodies], bodies[0][1],
@@ -276,4 +300,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole group: the benchmark says so, not every client
+        sys.exit(130)
