@@ -31,8 +31,9 @@ from typing import Any
 TOOLS = Path(__file__).resolve().parent
 sys.path[:0] = [str(TOOLS), str(TOOLS.parent)]
 
-import loadgen  # noqa: E402  (stdlib-only at import: --help stays cheap)
-import peer_servers  # noqa: E402
+# Both are stdlib-only at import, so --help stays cheap (numpy, ORT and vggexport are imported in main).
+import loadgen
+import peer_servers
 
 SERVERS = ("vggexport", "triton")
 
@@ -135,8 +136,14 @@ def start_servers(args: argparse.Namespace, io: dict[str, Any], logs: Path,
 
 
 def stop_all(servers: dict[str, peer_servers.ServerProcess]) -> None:
-    for server in servers.values():
-        server.stop()
+    # A second Ctrl-C or SIGTERM must not cut the shutdown short and leave a server running.
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for server in servers.values():
+            server.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def describe(servers: dict[str, peer_servers.ServerProcess], report: Path, threads: int) -> None:
@@ -163,30 +170,36 @@ def measure(servers: dict[str, peer_servers.ServerProcess], args: argparse.Names
         for round_no in range(1, args.rounds + 1):
             for name in SERVERS:
                 server, idle = servers[name], servers[SERVERS[1 - SERVERS.index(name)]]
-                url = f"{server.url}/v2/models/{io['name']}/infer"
-                cpu = server.cpu_seconds(), idle.cpu_seconds()
-                result = loadgen.drive(url, inputs, [1, *io["input"][1]], clients=clients, seconds=args.seconds,
-                                       warmup=args.warmup, processes=args.client_processes,
-                                       names=(io["input"][0], io["output"][0]), client=args.client)
-                # the servers' CPU spans warm-up and window: per request, it is an upper bound
-                busy = server.cpu_seconds() - cpu[0]
-                idle_cpu = (idle.cpu_seconds() - cpu[1]) / (args.seconds + args.warmup)
+
+                def probe(server: peer_servers.ServerProcess = server,
+                          idle: peer_servers.ServerProcess = idle) -> tuple[float, ...]:
+                    return server.cpu_seconds(), idle.cpu_seconds(), *server.batch_counts(io["name"])
+
+                result = loadgen.drive(f"{server.url}/v2/models/{io['name']}/infer", inputs, [1, *io["input"][1]],
+                                       clients=clients, seconds=args.seconds, warmup=args.warmup,
+                                       processes=args.client_processes, names=(io["input"][0], io["output"][0]),
+                                       client=args.client, probe=probe)
                 worst, wrong = check_answers(result, expected, io)
                 problems += [f"{name}, {clients} clients, round {round_no}: {p}" for p in wrong[:5]]
-                row = summarize(result, busy, idle_cpu, worst)
+                row = summarize(result, worst)
                 rows.setdefault((name, clients), []).append(row)
                 print(f"  {clients:>3} clients  round {round_no}  {name:<9} {row['rate']:8.0f} req/s  "
-                      f"p50 {row['p50']:7.2f} ms  p99 {row['p99']:7.2f} ms  client {row['client_us']:5.0f} us/req  "
-                      f"answers {result.requests} ok" + ("" if not wrong else f", {len(wrong)} WRONG"), flush=True)
+                      f"p50 {row['p50']:7.2f} ms  p99 {row['p99']:7.2f} ms  mean batch {row['batch']:5.1f}  "
+                      f"client {row['client_us']:4.0f} us/req  answers {result.requests} "
+                      + ("ok" if not wrong else f"{len(wrong)} WRONG"), flush=True)
     return rows, problems
 
 
-def summarize(result: loadgen.Round, server_cpu: float, idle_cpu: float, worst: float) -> dict[str, float]:
+def summarize(result: loadgen.Round, worst: float) -> dict[str, float]:
+    """One round's numbers; the server-side ones come from the probes taken as its window opened and closed."""
     cuts = statistics.quantiles(result.latencies, n=100) if len(result.latencies) > 1 else [float("nan")] * 99
     requests = max(result.requests, 1)
+    (cpu0, idle0, images0, batches0), (cpu1, idle1, images1, batches1) = result.probes
     return {"rate": result.rate, "p50": cuts[49] * 1e3, "p99": cuts[98] * 1e3, "requests": result.requests,
             "client_us": result.cpu_s / requests * 1e6, "client_core": result.cpu_s / result.seconds,
-            "server_us": server_cpu / requests * 1e6, "idle_core": idle_cpu, "worst": worst}
+            "server_us": (cpu1 - cpu0) / requests * 1e6, "server_core": (cpu1 - cpu0) / result.seconds,
+            "idle_core": (idle1 - idle0) / result.seconds, "batch": (images1 - images0) / max(batches1 - batches0, 1),
+            "worst": worst}
 
 
 def median_round(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -202,13 +215,13 @@ def report(rows: dict[tuple[str, int], list[dict[str, float]]], clients: list[in
     for c, (v, t) in best.items():
         print(f"{c:>7}  {'':14}{v['rate']:8.0f} {v['p50']:9.2f} {v['p99']:9.2f}   {t['rate']:8.0f} {t['p50']:9.2f} "
               f"{t['p99']:9.2f}   {v['rate'] / t['rate']:6.2f} {v['p50'] / t['p50']:6.2f} {v['p99'] / t['p99']:6.2f}")
-    print("\nCPU per request (median round; server CPU includes the warm-up, so it is an upper bound):")
+    print("\nCPU in the median round's window (cores: of one core; the idle peer is the server not being driven):")
     for c, pair in best.items():
         for name, row in zip(SERVERS, pair):
             share = row["client_us"] / (row["client_us"] + row["server_us"])
-            print(f"{c:>7} clients {name:<9}  client {row['client_us']:5.0f} us ({row['client_core']:4.0%} of a "
-                  f"core)  server <= {row['server_us']:6.0f} us  client share {share:4.0%}  "
-                  f"idle peer {row['idle_core']:4.0%} of a core")
+            print(f"{c:>7} clients {name:<9}  client {row['client_us']:5.0f} us/req {row['client_core']:5.0%}   "
+                  f"server {row['server_us']:6.0f} us/req {row['server_core']:5.0%}   client's share {share:4.0%}   "
+                  f"idle peer {row['idle_core']:4.0%}   mean batch {row['batch']:5.1f}")
     top = max(clients)
     served = best[top][0]["rate"]
     print(f"\nraw ONNX Runtime session, batch 64: {raw:.0f} img/s; vggexport at {top} clients: "
@@ -229,7 +242,6 @@ def main() -> None:
     if not args.model.is_file():
         raise SystemExit(f"no model at {args.model}: train and verify one (vggexport pipeline) or pass --model")
     import numpy as np
-
     from bench_serve import raw_session  # the server's own runner at batch 64, as bench_serve measures it
 
     logs = args.logs or Path(tempfile.mkdtemp(prefix="bench-peers-"))
@@ -263,4 +275,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the finally blocks have stopped both servers and the clients by now
+        print("interrupted: both servers stopped", file=sys.stderr)
+        sys.exit(130)

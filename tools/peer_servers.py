@@ -60,6 +60,21 @@ class ServerProcess:
                 time.sleep(0.1)
         raise TimeoutError(f"{self.name} not ready in {timeout:.0f} s; its log: {self.log}")
 
+    def batch_counts(self, model: str) -> tuple[float, float]:
+        """(images inferred, batches run) so far: both keep Triton's counters, Triton in its stats JSON
+        (its metrics port is off), vggexport serve on /metrics."""
+        if self.name == "tritonserver":
+            stats = self.get(f"/v2/models/{model}/stats")["model_stats"][0]
+            return float(stats["inference_count"]), float(stats["execution_count"])
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
+            lines = response.read().decode().splitlines()
+
+        def total(metric: str) -> float:
+            names = (f"{metric}_total", metric)  # prometheus_client adds _total to a counter's name
+            return sum(float(line.rsplit(" ", 1)[1]) for line in lines
+                       if line.split("{", 1)[0].split(" ", 1)[0] in names)
+        return total("nv_inference_count"), total("nv_inference_exec_count")
+
     def cpu_seconds(self) -> float:
         """User + system CPU of the server and every process under it (Triton's stub is a child process)."""
         total, pending = 0.0, [self.process.pid]
@@ -108,7 +123,7 @@ def ort_version() -> str:
 def find_python312() -> Path:
     roots = [os.environ.get("PYENV_ROOT", ""), str(Path.home() / ".pyenv")]
     if shutil.which("pyenv"):
-        roots.insert(0, subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip())
+        roots.insert(0, subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=False).stdout.strip())
     for root in filter(None, roots):
         found = sorted(glob.glob(f"{root}/versions/3.12*/bin/python3.12"))
         if found:
@@ -133,7 +148,7 @@ def ensure_venv(venv: Path, python: Path | None, log: Path) -> Path:
         subprocess.run([str(python), "-m", "venv", str(venv)], check=True)
     with open(log, "w") as handle:
         done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", *wanted["packages"]],
-                              stdout=handle, stderr=subprocess.STDOUT)
+                              stdout=handle, stderr=subprocess.STDOUT, check=False)
     if done.returncode:
         raise RuntimeError(f"pip install {' '.join(wanted['packages'])} failed; see {log}")
     stage_backend(venv)
