@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
 
 from loadgen import binary_request, closed_loop
+
 from vggexport.names import PROVIDERS
 from vggexport.serve.runner import ServingRunner
 from vggexport.serve.smoke import free_port
