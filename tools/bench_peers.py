@@ -151,11 +151,14 @@ def describe(servers: dict[str, peer_servers.ServerProcess], report: Path, threa
     ours, theirs = servers["vggexport"].get("/v2"), servers["triton"].get("/v2")
     session = json.loads(report.read_text())
     print(f"CPU: {os.cpu_count()} cores, {threads} usable; flags: {cpu_flags()}")
+    import numpy as np
+
     print(f"vggexport serve: {ours['name']} {ours['version']}, Python {sys.version.split()[0]}, "
-          f"onnxruntime {peer_servers.ort_version()} (CPUExecutionProvider), max batch 64, delay 0 (defaults)")
+          f"onnxruntime {peer_servers.ort_version()} (CPUExecutionProvider), numpy {np.__version__}, "
+          f"max batch 64, delay 0 (its defaults)")
     print(f"Triton: {theirs['name']} {theirs['version']} from {peer_servers.PYTRITON}, Python backend on "
           f"{session['python']}, onnxruntime {session['onnxruntime']} ({', '.join(session['providers'])}), "
-          f"dynamic batcher max batch 64, delay 0 us, 1 CPU instance")
+          f"numpy {session['numpy']} (pytriton needs < 2), dynamic batcher max batch 64, delay 0 us, 1 CPU instance")
     print(f"ORT sessions: all graph optimisations, sequential; intra-op threads {threads} (Triton's model reports "
           f"{session['intra_op_num_threads']}), inter-op default, spinning off "
           f"(Triton's model reports {session['allow_spinning']!r})")

@@ -22,6 +22,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -226,14 +227,18 @@ def drive(url: str, inputs: Path, shape: list[int], *, clients: int, seconds: fl
     probe (the servers' CPU, say) is called as the timed window opens and as it closes; the two
     values land in the result's probes, so what they measure spans exactly the window.
     """
-    split = [clients // processes + (1 if p < clients % processes else 0) for p in range(processes)]
+    split = [share for p in range(processes) if (share := clients // processes + (p < clients % processes))]
     children: list[subprocess.Popen] = []
     timers: list[threading.Timer] = []
+    folder = tempfile.TemporaryDirectory(prefix="loadgen-")
     try:
-        for share in (s for s in split if s):
+        for n, share in enumerate(split):
+            # The result goes to a file, not the stdout pipe: once, on a loaded machine, a result of more than
+            # 64 KiB arrived broken at byte 65,536 through the pipe (not reproduced since); a file is read whole.
             command = [sys.executable, __file__, "--url", url, "--inputs", str(inputs), "--clients", str(share),
                        "--seconds", str(seconds), "--warmup", str(warmup), "--input-name", names[0],
-                       "--output-name", names[1], "--client", client, "--shape", *map(str, shape)]
+                       "--output-name", names[1], "--client", client, "--result", f"{folder.name}/{n}.json",
+                       "--shape", *map(str, shape)]
             children.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         for child in children:  # every process has its imports and bodies ready before the clock starts
             if child.stdout is None or child.stdout.readline().strip() != "ready":
@@ -251,11 +256,11 @@ def drive(url: str, inputs: Path, shape: list[int], *, clients: int, seconds: fl
             timers = [threading.Timer(at - time.time(), take) for at in (start + warmup, start + warmup + seconds)]
             for timer in timers:
                 timer.start()
-        for child in children:
-            out, _ = child.communicate(timeout=seconds + warmup + 120)
+        for n, child in enumerate(children):
+            child.communicate(timeout=seconds + warmup + 120)
             if child.returncode:
                 raise RuntimeError(f"load generator exited with {child.returncode}")
-            result.merge(Round.from_json(out))
+            result.merge(Round.from_json(Path(f"{folder.name}/{n}.json").read_text()))
         for timer in timers:
             timer.join()
         return result
@@ -266,6 +271,7 @@ def drive(url: str, inputs: Path, shape: list[int], *, clients: int, seconds: fl
             if child.poll() is None:
                 child.kill()
                 child.wait()
+        folder.cleanup()
 
 
 def main() -> None:
@@ -279,6 +285,7 @@ def main() -> None:
     parser.add_argument("--input-name", default="input")
     parser.add_argument("--output-name", default="logits")
     parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw")
+    parser.add_argument("--result", type=Path, default=None, help="Write the JSON result there [default: stdout].")
     args = parser.parse_args()
     try:
         from uvloop import run  # a cheaper event loop: less client CPU taken from the cores the servers use
@@ -296,7 +303,10 @@ def main() -> None:
     start_at = float(sys.stdin.readline())
     result = run(closed_loop(args.url, args.clients, args.seconds, [b for b, _ in bodies], bodies[0][1],
                      warmup=args.warmup, start_at=start_at, client=args.client))
-    print(result.to_json(), flush=True)
+    if args.result is None:
+        print(result.to_json(), flush=True)
+    else:
+        args.result.write_text(result.to_json())
 
 
 if __name__ == "__main__":
