@@ -84,17 +84,17 @@ def ensure_model(model: Path | None, folder: Path) -> Path:
     return folder / "vgg11_bn" / "model.onnx"
 
 
-def raw_session(model: Path, provider: str, batch: int, seconds: float) -> tuple[str, float]:
-    """(the execution provider it ran on, img/s)."""
+def raw_session(model: Path, provider: str, batch: int, seconds: float) -> tuple[str, float, float]:
+    """(the execution provider it ran on, img/s, this process's CPU seconds per image while it ran)."""
     with ServingRunner(model, provider=provider) as runner:
         shape = [d if d > 0 else 1 for d in runner.input_shape[1:]]
         x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
         runner.infer_all(x)
-        count, started = 0, time.perf_counter()
+        count, started, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds:
             runner.infer_all(x)
             count += batch
-        return runner.provider, count / (time.perf_counter() - started)
+        return runner.provider, count / (time.perf_counter() - started), (time.process_time() - cpu) / count
 
 
 def main() -> None:
@@ -146,7 +146,7 @@ def main() -> None:
                 print(f"{mode}: RSS after load {server.rss_mb():.0f} MB", flush=True)
             finally:
                 server.stop()
-        ran_on, raw = raw_session(model, args.provider, 64, args.seconds)
+        ran_on, raw, _ = raw_session(model, args.provider, 64, args.seconds)
     top = max(args.clients)
     print(f"raw ONNX Runtime session ({args.provider}: {ran_on}), batch 64: {raw:.0f} img/s")
     print(f"{top} clients: batching / no batching = {results[('batching', top)] / results[('no batching', top)]:.2f}x; "
