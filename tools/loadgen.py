@@ -235,9 +235,10 @@ def drive(url: str, inputs: Path, shape: list[int], *, clients: int, seconds: fl
         for n, share in enumerate(split):
             # The result goes to a file, not the stdout pipe: once, on a loaded machine, a result of more than
             # 64 KiB arrived broken at byte 65,536 through the pipe (not reproduced since); a file is read whole.
-            command = [sys.executable, __file__, "--url", url, "--inputs", str(inputs), "--clients", str(share),
-                       "--seconds", str(seconds), "--warmup", str(warmup), "--input-name", names[0],
-                       "--output-name", names[1], "--client", client, "--result", f"{folder.name}/{n}.json",
+            options = {"url": url, "inputs": inputs, "clients": share, "seconds": seconds, "warmup": warmup,
+                       "input-name": names[0], "output-name": names[1], "client": client,
+                       "result": f"{folder.name}/{n}.json"}
+            command = [sys.executable, __file__, *(f"--{k}={v}" for k, v in options.items()),
                        "--shape", *map(str, shape)]
             children.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         for child in children:  # every process has its imports and bodies ready before the clock starts
@@ -250,12 +251,7 @@ def drive(url: str, inputs: Path, shape: list[int], *, clients: int, seconds: fl
                 child.stdin.flush()  # communicate() closes it
         result = Round(processes=0)
         if probe is not None:
-            def take(sample: Callable[[], Any] = probe) -> None:
-                result.probes.append(sample())
-
-            timers = [threading.Timer(at - time.time(), take) for at in (start + warmup, start + warmup + seconds)]
-            for timer in timers:
-                timer.start()
+            timers = start_probes(result, probe, [start + warmup, start + warmup + seconds])
         for n, child in enumerate(children):
             child.communicate(timeout=seconds + warmup + 120)
             if child.returncode:
@@ -272,6 +268,14 @@ def drive(url: str, inputs: Path, shape: list[int], *, clients: int, seconds: fl
                 child.kill()
                 child.wait()
         folder.cleanup()
+
+
+def start_probes(result: Round, probe: Callable[[], Any], times: list[float]) -> list[threading.Timer]:
+    """probe() into result.probes at each time.time() value of times, from timer threads."""
+    timers = [threading.Timer(at - time.time(), lambda: result.probes.append(probe())) for at in times]
+    for timer in timers:
+        timer.start()
+    return timers
 
 
 def main() -> None:
