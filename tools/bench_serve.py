@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -27,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
+
+from loadgen import binary_request, closed_loop
 
 from vggexport.names import PROVIDERS
 from vggexport.serve.runner import ServingRunner
 from vggexport.serve.smoke import free_port
-
-MAX_REQUESTS = 50_000
 
 
 class Server:
@@ -75,36 +74,6 @@ class Server:
         self.process.wait(timeout=60)
 
 
-def binary_request(image: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    header = json.dumps({"inputs": [{"name": "input", "shape": list(image.shape), "datatype": "FP32",
-                                     "parameters": {"binary_data_size": image.nbytes}}],
-                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
-    return header + image.tobytes(), {"Inference-Header-Content-Length": str(len(header)),
-                                      "content-type": "application/octet-stream"}
-
-
-async def load(url: str, clients: int, seconds: float, body: bytes,
-               headers: dict[str, str]) -> tuple[float, list[float]]:
-    """Closed-loop clients on aiohttp (far cheaper per request than httpx, so the server is what is measured)."""
-    import aiohttp
-
-    latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
-        async def worker() -> None:
-            while time.perf_counter() < deadline and len(latencies) < MAX_REQUESTS:
-                started = time.perf_counter()
-                async with client.post(url, data=body, headers=headers) as response:
-                    response.raise_for_status()
-                    await response.read()
-                latencies.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        elapsed = time.perf_counter() - started
-    return len(latencies) / elapsed, latencies
-
-
 def ensure_model(model: Path | None, folder: Path) -> Path:
     if model is not None:
         return model
@@ -115,17 +84,17 @@ def ensure_model(model: Path | None, folder: Path) -> Path:
     return folder / "vgg11_bn" / "model.onnx"
 
 
-def raw_session(model: Path, provider: str, batch: int, seconds: float) -> tuple[str, float]:
-    """(the execution provider it ran on, img/s)."""
+def raw_session(model: Path, provider: str, batch: int, seconds: float) -> tuple[str, float, float]:
+    """(the execution provider it ran on, img/s, this process's CPU seconds per image while it ran)."""
     with ServingRunner(model, provider=provider) as runner:
         shape = [d if d > 0 else 1 for d in runner.input_shape[1:]]
         x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
         runner.infer_all(x)
-        count, started = 0, time.perf_counter()
+        count, started, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds:
             runner.infer_all(x)
             count += batch
-        return runner.provider, count / (time.perf_counter() - started)
+        return runner.provider, count / (time.perf_counter() - started), (time.process_time() - cpu) / count
 
 
 def main() -> None:
@@ -136,6 +105,9 @@ def main() -> None:
     parser.add_argument("--provider", choices=PROVIDERS, default="cpu",
                         help="The server's --provider (auto: CUDA only where a GPU is) [default: cpu].")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--client", choices=("aiohttp", "raw"), default="aiohttp",
+                        help="Closed-loop client in this process (tools/loadgen.py); raw costs less CPU per "
+                             "request [default: aiohttp, what BENCHMARKS.md's serving numbers used].")
     parser.add_argument("--logs", type=Path, default=None, help="Folder for the servers' output [default: a temp dir].")
     parser.add_argument("--startup-only", action="store_true", help="Only time start-up and measure RSS (5 starts).")
     parser.add_argument("--ready-timeout", type=float, default=120.0)
@@ -150,7 +122,8 @@ def main() -> None:
         with ServingRunner(model, provider="cpu") as runner:
             name = runner.metadata["model_name"]
             shape = [d if d > 0 else 1 for d in runner.input_shape[1:]]
-        body, headers = binary_request(np.random.default_rng(0).standard_normal((1, *shape), dtype=np.float32))
+        image = np.random.default_rng(0).standard_normal((1, *shape), dtype=np.float32)
+        body, headers = binary_request(image.tobytes(), list(image.shape))
         results: dict[tuple[str, int], float] = {}
         for mode, max_batch in (("batching", "64"), ("no batching", "1")):
             server = Server(model, logs / f"server-{max_batch}.log", "--provider", args.provider, "--max-batch-size",
@@ -160,8 +133,12 @@ def main() -> None:
             try:
                 for clients in args.clients:
                     url = f"{server.url}/v2/models/{name}/infer"
-                    asyncio.run(load(url, clients, 1.0, body, headers))  # warm-up
-                    rate, latencies = asyncio.run(load(url, clients, args.seconds, body, headers))
+                    # 1 s of warm-up, then the timed window (tools/loadgen.py)
+                    result = asyncio.run(closed_loop(url, clients, args.seconds, [body], headers, warmup=1.0,
+                                                     client=args.client))
+                    if result.errors:
+                        raise RuntimeError(f"{result.errors} requests failed, first: {result.first_error}")
+                    rate, latencies = result.rate, result.latencies
                     p50, p99 = (statistics.quantiles(latencies, n=100)[i] * 1e3 for i in (49, 98))
                     results[(mode, clients)] = rate
                     print(f"{mode:<12} {clients:>3} clients: {rate:8.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms",
@@ -169,7 +146,7 @@ def main() -> None:
                 print(f"{mode}: RSS after load {server.rss_mb():.0f} MB", flush=True)
             finally:
                 server.stop()
-        ran_on, raw = raw_session(model, args.provider, 64, args.seconds)
+        ran_on, raw, _ = raw_session(model, args.provider, 64, args.seconds)
     top = max(args.clients)
     print(f"raw ONNX Runtime session ({args.provider}: {ran_on}), batch 64: {raw:.0f} img/s")
     print(f"{top} clients: batching / no batching = {results[('batching', top)] / results[('no batching', top)]:.2f}x; "

@@ -1,0 +1,287 @@
+"""`vggexport serve` beside NVIDIA Triton (Python backend, one ONNX Runtime CPU session), same model, same clients.
+
+    python tools/bench_peers.py [--model artifacts/vgg11_bn/model.onnx] [--seconds 5] [--rounds 3]
+                                [--clients 1 8 64] [--venv DIR] [--logs DIR]
+
+Both servers run at once on 127.0.0.1 with dynamic batching at max batch 64 and no
+queue delay: `vggexport serve --provider cpu` with its defaults, and Triton's
+tritonserver (from nvidia-pytriton, in its own Python 3.12 venv, built once; see
+tools/peer_servers.py) with tools/triton_python/model.py. Both ONNX Runtime sessions get
+the same release and options (intra-op threads = the cores this process may use, the
+serve default). Closed-loop single-image clients (tools/loadgen.py, in their own process,
+binary tensor extension) drive each server in alternating rounds at each client count; the
+median round is reported, every answer is checked against offline ONNX Runtime on the same
+inputs, and the raw session at batch 64 is measured in the same run. Exit code 1 when an
+answer was wrong or a request failed; the targets only print PASS/FAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TOOLS = Path(__file__).resolve().parent
+sys.path[:0] = [str(TOOLS), str(TOOLS.parent)]
+
+# Both are stdlib-only at import, so --help stays cheap (numpy, ORT and vggexport are imported in main).
+import loadgen
+import peer_servers
+
+SERVERS = ("vggexport", "triton")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("artifacts/vgg11_bn/model.onnx"),
+                        help="A verified FP32 ONNX (vggexport serve refuses others) [default: %(default)s].")
+    parser.add_argument("--seconds", type=float, default=5.0, help="Timed window of one round [default: 5].")
+    parser.add_argument("--warmup", type=float, default=1.0, help="Load before each round's window [default: 1].")
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds per server and client count [default: 3].")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--client-processes", type=int, default=1,
+                        help="Load-generator processes per round, the clients split between them [default: 1].")
+    parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
+                        help="raw: keep-alive HTTP/1.1 on asyncio streams, several times cheaper per request than "
+                             "aiohttp on the cores the servers share [default: raw].")
+    parser.add_argument("--images", type=int, default=64, help="Distinct inputs the clients cycle through.")
+    parser.add_argument("--venv", type=Path, default=peer_servers.DEFAULT_VENV,
+                        help="Triton's venv, built there once and reused [default: %(default)s].")
+    parser.add_argument("--python", type=Path, default=None, help="Python 3.12 for that venv [default: pyenv's].")
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="Folder for both servers' logs and Triton's model repository [default: a new /tmp dir].")
+    parser.add_argument("--ready-timeout", type=float, default=180.0)
+    return parser.parse_args()
+
+
+def cpu_flags() -> str:
+    """The vector extensions ONNX Runtime can pick kernels by (avx2, avx512*, amx*), from /proc/cpuinfo."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = line.split(":", 1)[1].split()
+            return " ".join(sorted(f for f in flags if f == "avx2" or f.startswith(("avx512", "amx")))) or "none"
+    return "unknown"
+
+
+def model_io(model: Path) -> dict[str, Any]:
+    """The served name and the ONNX's input and output, from the same session the server would open."""
+    from vggexport.serve.runner import ServingRunner
+
+    with ServingRunner(model, provider="cpu") as runner:
+        spec, out = runner.session.get_inputs()[0], runner.session.get_outputs()[0]
+        if runner.input_datatype != "FP32" or any(d <= 0 for d in runner.input_shape[1:]):
+            raise SystemExit(f"{model}: needs a fixed-size FP32 input, not {runner.input_datatype} "
+                             f"{runner.input_shape}")
+        return {"name": runner.metadata["model_name"], "input": [spec.name, runner.input_shape[1:]],
+                "output": [out.name, runner.output_shapes[0][1:]]}
+
+
+def offline_answers(model: Path, images: Any) -> Any:
+    """Offline ONNX Runtime on the same inputs, one image per run as the clients send them."""
+    import numpy as np
+
+    from vggexport.serve.runner import ServingRunner
+
+    with ServingRunner(model, provider="cpu") as runner:
+        return np.concatenate([runner.infer_all(images[i:i + 1])[0] for i in range(len(images))])
+
+
+def check_answers(result: loadgen.Round, expected: Any, io: dict[str, Any]) -> tuple[float, list[str]]:
+    """(largest |served - offline|, problems) over every answer of a round (the distinct bytes stand for all)."""
+    import numpy as np
+
+    problems = [f"{result.errors} failed requests, first: {result.first_error}"] if result.errors else []
+    name, dims = io["output"]
+    for header in result.headers:
+        output = json.loads(header)["outputs"][0]
+        if output["name"] != name or output["datatype"] != "FP32" or output["shape"] != [1, *dims]:
+            problems.append(f"unexpected output header {header[:200]!r}")
+    worst = 0.0
+    for index, answers in result.answers.items():
+        for raw in answers:
+            got = np.frombuffer(raw, dtype=np.float32)
+            if got.shape != expected[index].shape:
+                problems.append(f"image {index}: {got.size} values, expected {expected[index].size}")
+                continue
+            worst = max(worst, float(np.abs(got - expected[index]).max()))
+            if not np.allclose(got, expected[index], rtol=1e-4, atol=1e-4) or got.argmax() != expected[index].argmax():
+                problems.append(f"image {index}: {got[:4]} ... differs from offline {expected[index][:4]} ...")
+    return worst, problems
+
+
+def start_servers(args: argparse.Namespace, io: dict[str, Any], logs: Path,
+                  threads: int) -> tuple[dict[str, peer_servers.ServerProcess], Path]:
+    from vggexport.serve.smoke import free_port
+
+    venv = peer_servers.ensure_venv(args.venv, args.python, logs / "triton-venv-pip.log")
+    report = peer_servers.write_repository(logs / "triton-repository", io["name"], args.model, io, threads)
+    servers: dict[str, peer_servers.ServerProcess] = {}
+    try:  # both load at once; neither is measured while the other starts
+        servers["vggexport"] = peer_servers.start_vggexport(args.model, logs, free_port(), free_port())
+        servers["triton"] = peer_servers.start_triton(venv, logs / "triton-repository", logs, free_port(),
+                                                      free_port())
+        for server in servers.values():
+            server.wait_ready(args.ready_timeout)
+    except BaseException:
+        stop_all(servers)
+        raise
+    return servers, report
+
+
+def stop_all(servers: dict[str, peer_servers.ServerProcess]) -> None:
+    # A second Ctrl-C or SIGTERM must not cut the shutdown short and leave a server running.
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for server in servers.values():
+            server.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def describe(servers: dict[str, peer_servers.ServerProcess], report: Path, threads: int) -> None:
+    """Versions and settings beside the numbers: what ran, read back from each server where it can say."""
+    ours, theirs = servers["vggexport"].get("/v2"), servers["triton"].get("/v2")
+    session = json.loads(report.read_text())
+    print(f"CPU: {os.cpu_count()} cores, {threads} usable; flags: {cpu_flags()}")
+    import numpy as np
+
+    print(f"vggexport serve: {ours['name']} {ours['version']}, Python {sys.version.split()[0]}, "
+          f"onnxruntime {peer_servers.ort_version()} (CPUExecutionProvider), numpy {np.__version__}, "
+          f"max batch 64, delay 0 (its defaults)")
+    print(f"Triton: {theirs['name']} {theirs['version']} from {peer_servers.PYTRITON}, Python backend on "
+          f"{session['python']}, onnxruntime {session['onnxruntime']} ({', '.join(session['providers'])}), "
+          f"numpy {session['numpy']} (pytriton needs < 2), dynamic batcher max batch 64, delay 0 us, 1 CPU instance")
+    print(f"ORT sessions: all graph optimisations, sequential; intra-op threads {threads} (Triton's model reports "
+          f"{session['intra_op_num_threads']}), inter-op default, spinning off "
+          f"(Triton's model reports {session['allow_spinning']!r})")
+
+
+def measure(servers: dict[str, peer_servers.ServerProcess], args: argparse.Namespace, io: dict[str, Any],
+            inputs: Path, expected: Any) -> tuple[dict[tuple[str, int], list[dict[str, float]]], list[str]]:
+    """Alternating rounds (vggexport, triton, vggexport, ...) at each client count; every answer checked."""
+    rows: dict[tuple[str, int], list[dict[str, float]]] = {}
+    problems: list[str] = []
+    for clients in args.clients:
+        for round_no in range(1, args.rounds + 1):
+            for name in SERVERS:
+                server, idle = servers[name], servers[SERVERS[1 - SERVERS.index(name)]]
+
+                def probe(server: peer_servers.ServerProcess = server,
+                          idle: peer_servers.ServerProcess = idle) -> tuple[float, ...]:
+                    return server.cpu_seconds(), idle.cpu_seconds(), *server.batch_counts(io["name"])
+
+                result = loadgen.drive(f"{server.url}/v2/models/{io['name']}/infer", inputs, [1, *io["input"][1]],
+                                       clients=clients, seconds=args.seconds, warmup=args.warmup,
+                                       processes=args.client_processes, names=(io["input"][0], io["output"][0]),
+                                       client=args.client, probe=probe)
+                worst, wrong = check_answers(result, expected, io)
+                problems += [f"{name}, {clients} clients, round {round_no}: {p}" for p in wrong[:5]]
+                row = summarize(result, worst)
+                rows.setdefault((name, clients), []).append(row)
+                print(f"  {clients:>3} clients  round {round_no}  {name:<9} {row['rate']:8.0f} req/s  "
+                      f"p50 {row['p50']:7.2f} ms  p99 {row['p99']:7.2f} ms  mean batch {row['batch']:5.1f}  "
+                      f"client {row['client_us']:4.0f} us/req  answers {result.requests} "
+                      + ("ok" if not wrong else f"{len(wrong)} WRONG"), flush=True)
+    return rows, problems
+
+
+def summarize(result: loadgen.Round, worst: float) -> dict[str, float]:
+    """One round's numbers; the server-side ones come from the probes taken as its window opened and closed."""
+    cuts = statistics.quantiles(result.latencies, n=100) if len(result.latencies) > 1 else [float("nan")] * 99
+    requests = max(result.requests, 1)
+    (cpu0, idle0, images0, batches0), (cpu1, idle1, images1, batches1) = result.probes
+    return {"rate": result.rate, "p50": cuts[49] * 1e3, "p99": cuts[98] * 1e3, "requests": result.requests,
+            "client_us": result.cpu_s / requests * 1e6, "client_core": result.cpu_s / result.seconds,
+            "server_us": (cpu1 - cpu0) / requests * 1e6, "server_core": (cpu1 - cpu0) / result.seconds,
+            "idle_core": (idle1 - idle0) / result.seconds, "batch": (images1 - images0) / max(batches1 - batches0, 1),
+            "worst": worst}
+
+
+def median_round(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The round with the median req/s (a real round, so its p50 and p99 belong to it)."""
+    return sorted(rows, key=lambda r: r["rate"])[len(rows) // 2]
+
+
+def report(rows: dict[tuple[str, int], list[dict[str, float]]], clients: list[int], raw: float,
+           raw_cpu: float) -> None:
+    print(f"\nmedian of the rounds   {'vggexport':>28}   {'Triton':>28}   vggexport/Triton")
+    print(f"{'clients':>7}  {'':14}{'req/s':>8} {'p50 ms':>9} {'p99 ms':>9}   {'req/s':>8} {'p50 ms':>9} "
+          f"{'p99 ms':>9}   {'req/s':>6} {'p50':>6} {'p99':>6}")
+    best = {c: (median_round(rows[("vggexport", c)]), median_round(rows[("triton", c)])) for c in clients}
+    for c, (v, t) in best.items():
+        print(f"{c:>7}  {'':14}{v['rate']:8.0f} {v['p50']:9.2f} {v['p99']:9.2f}   {t['rate']:8.0f} {t['p50']:9.2f} "
+              f"{t['p99']:9.2f}   {v['rate'] / t['rate']:6.2f} {v['p50'] / t['p50']:6.2f} {v['p99'] / t['p99']:6.2f}")
+    print("\nCPU in the median round's window (cores: of one core; the idle peer is the server not being driven):")
+    for c, pair in best.items():
+        for name, row in zip(SERVERS, pair):
+            share = row["client_us"] / (row["client_us"] + row["server_us"])
+            print(f"{c:>7} clients {name:<9}  client {row['client_us']:5.0f} us/req {row['client_core']:5.0%}   "
+                  f"server {row['server_us']:6.0f} us/req {row['server_core']:5.0%}   client's share {share:4.0%}   "
+                  f"idle peer {row['idle_core']:4.0%}   mean batch {row['batch']:5.1f}")
+    top = max(clients)
+    served = best[top][0]["rate"]
+    # CPU per image is steadier than img/s on shared cores: the servers' us/req above minus this is their overhead
+    print(f"\nraw ONNX Runtime session, batch 64: {raw:.0f} img/s, {raw_cpu * 1e6:.0f} us of CPU per image; "
+          f"vggexport at {top} clients: {served / raw:.0%} of it; Triton: {best[top][1]['rate'] / raw:.0%}")
+    targets = [(f"vggexport >= 1.5x Triton's req/s at {c} clients", v["rate"] >= 1.5 * t["rate"])
+               for c, (v, t) in best.items()]
+    targets += [(f"vggexport p99 <= Triton's at {top} clients", best[top][0]["p99"] <= best[top][1]["p99"]),
+                (f"vggexport at {top} clients >= 40% of the raw session at batch 64", served >= 0.4 * raw)]
+    for text, ok in targets:
+        print(f"target {'PASS' if ok else 'FAIL'}: {text}")
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.perf_counter()
+    # A SIGTERM unwinds like Ctrl-C, through the finally that stops both servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if not args.model.is_file():
+        raise SystemExit(f"no model at {args.model}: train and verify one (vggexport pipeline) or pass --model")
+    import numpy as np
+    from bench_serve import raw_session  # the server's own runner at batch 64, as bench_serve measures it
+
+    logs = args.logs or Path(tempfile.mkdtemp(prefix="bench-peers-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = len(os.sched_getaffinity(0))  # what vggexport serve gives ORT by default (session_options)
+    io = model_io(args.model)
+    images = np.random.default_rng(0).standard_normal((args.images, *io["input"][1]), dtype=np.float32)
+    inputs = logs / "inputs.f32"
+    inputs.write_bytes(images.tobytes())
+    expected = offline_answers(args.model, images)
+    print(f"model {args.model} ({io['name']}: {io['input']} -> {io['output']}); logs in {logs}", flush=True)
+    servers, session_report = start_servers(args, io, logs, threads)
+    try:
+        describe(servers, session_report, threads)
+        print(f"client: {loadgen.client_name(args.client)}, {args.client_processes} process(es) of its own; "
+              f"{args.images} distinct images; {args.rounds} rounds x {args.seconds:g} s "
+              f"(+{args.warmup:g} s warm-up) per server and client count, alternating", flush=True)
+        rows, problems = measure(servers, args, io, inputs, expected)
+    finally:
+        stop_all(servers)
+    _, raw, raw_cpu = raw_session(args.model, "cpu", 64, args.seconds)  # servers stopped: the cores are its own
+    report(rows, args.clients, raw, raw_cpu)
+    worst = {name: max(r["worst"] for (n, _), rs in rows.items() if n == name for r in rs) for name in SERVERS}
+    checked = {name: sum(r["requests"] for (n, _), rs in rows.items() if n == name for r in rs) for name in SERVERS}
+    print(f"answers checked against offline ONNX Runtime: vggexport {checked['vggexport']:.0f} "
+          f"(max |diff| {worst['vggexport']:.1e}), Triton {checked['triton']:.0f} (max |diff| {worst['triton']:.1e})")
+    for problem in problems:
+        print(f"WRONG: {problem}")
+    print(f"run took {time.perf_counter() - started:.0f} s")
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:  # the finally blocks have stopped both servers and the clients by now
+        print("interrupted: both servers stopped", file=sys.stderr)
+        sys.exit(130)
