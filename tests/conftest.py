@@ -23,7 +23,14 @@ if TYPE_CHECKING:
 os.environ["VGGEXPORT_OFFLINE"] = "1"
 # Hypothesis (and Schemathesis through it) keeps a cache in ./.hypothesis; a run leaves nothing in the checkout.
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(os.environ.get("TMPDIR", "/tmp")) / "vggexport-hypothesis"))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Two compute threads at most; under pytest-xdist the workers split the cores between them, and the commands a
+# test starts inherit the same count (OMP_NUM_THREADS): two workers never run four compute threads on two cores,
+# where each parallel region waits for its slowest, descheduled thread.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, torch.get_num_threads()) // WORKERS)
+torch.set_num_threads(THREADS)
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 # ../shared/data beside the checkout; VGGEXPORT_TEST_DATA points elsewhere (the CI rules' own tests use it).
 REAL_DATA = Path(os.environ.get("VGGEXPORT_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
