@@ -15,7 +15,8 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
-from vggexport.serve.protocol import HEADER_LENGTH, InferenceRequest
+from vggexport.serve.protocol import HEADER_LENGTH
+from vggexport.serve.request_schema import InferenceRequest
 
 
 class ErrorBody(BaseModel):
