@@ -219,3 +219,23 @@ def test_batch_size_one_turns_batching_off() -> None:
 def test_invalid_sizes(size: int, queue: int | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DynamicBatcher(double_unless_negative, max_batch_size=size, max_queue_size=queue)
+
+
+def test_batches_merged_into_the_kept_buffer_answer_each_request_with_its_own_rows() -> None:
+    """Identity outputs are views of the merge buffer; each batch still answers with its own rows, though the
+    next batch is merged into the same buffer before the first batch's requests read their answers."""
+
+    async def scenario() -> list[list[np.ndarray]]:
+        gate = Gate(lambda batch: [batch, batch[:, :1]])
+        batcher = DynamicBatcher(gate, max_batch_size=4, max_queue_delay_ms=10_000)
+        held = await gate.hold(batcher, np.zeros((4, 2), np.float32))
+        submitted = [asyncio.ensure_future(batcher.submit(np.full((1, 2), i, np.float32))) for i in range(1, 9)]
+        await asyncio.sleep(0)
+        gate.opened.set()
+        results = await asyncio.wait_for(asyncio.gather(held, *submitted), 10)
+        await batcher.stop()
+        return results[1:]
+
+    for i, (same, first) in enumerate(asyncio.run(scenario()), start=1):
+        np.testing.assert_array_equal(same, np.full((1, 2), i))
+        np.testing.assert_array_equal(first, np.full((1, 1), i))

@@ -5,9 +5,11 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vggexport.serve.dataplane import InferResult, OutputRequest, classify
-from vggexport.serve.protocol import ProtocolError, encode_response, parse_request
+from vggexport.serve.protocol import ProtocolError, datatype_name, encode_raw, encode_response, json_data, parse_request
 
 
 def parse(body: bytes, header: str | None = None):  # type: ignore[no-untyped-def]
@@ -129,3 +131,115 @@ BINARY = [
 def test_malformed_requests_reach_their_check(case: str, body: bytes, header: str | None, message: str) -> None:
     with pytest.raises(ProtocolError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse(body, header)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8)
+parameters = st.none() | st.dictionaries(st.text(max_size=3), json_values, max_size=2)
+valid_requests = st.fixed_dictionaries(
+    {"inputs": st.lists(st.fixed_dictionaries(
+        {"name": st.text(max_size=3), "datatype": st.sampled_from(["FP32", "UINT8", ""]),
+         "shape": st.lists(st.integers(-3, 2**65), max_size=4)},
+        optional={"parameters": parameters, "data": json_values}), min_size=1, max_size=3)},
+    optional={"id": st.none() | st.text(max_size=3), "parameters": parameters, "extra": json_values,
+              "outputs": st.none() | st.lists(st.fixed_dictionaries({"name": st.text(max_size=3)},
+                                                                    optional={"parameters": parameters}), max_size=2)})
+FIELDS = [(), ("id",), ("parameters",), ("inputs",), ("outputs",), ("inputs", 0), ("inputs", 0, "name"),
+          ("inputs", 0, "shape"), ("inputs", 0, "shape", 0), ("inputs", 0, "datatype"), ("inputs", 0, "parameters"),
+          ("outputs", 0), ("outputs", 0, "name"), ("outputs", 0, "parameters")]
+
+
+def mutated(case: tuple[dict[str, object], tuple[object, ...], object]) -> object:
+    """The valid request with the value at one place (where it exists) replaced by any JSON value."""
+    document, path, value = case
+    if not path:
+        return value
+    parent: object = document
+    for key in path[:-1]:
+        if isinstance(parent, dict) and key in parent:
+            parent = parent[key]
+        elif isinstance(parent, list) and isinstance(key, int) and key < len(parent):
+            parent = parent[key]
+        else:
+            return document
+    if isinstance(parent, dict) or (isinstance(parent, list) and isinstance(path[-1], int) and path[-1] < len(parent)):
+        parent[path[-1]] = value  # type: ignore[index]
+    return document
+
+
+# What a lax check would take for an int, a string, a list or an object.
+TRICKY = [True, False, 1.0, 0, -1, 2**70, "1", "", None, [], {}, [1], {"name": "x"}, [{"name": "x"}]]
+near_valid_requests = valid_requests | st.tuples(valid_requests, st.sampled_from(FIELDS),
+                                                 st.sampled_from(TRICKY) | json_values).map(mutated)
+
+
+@settings(max_examples=600, deadline=None)
+@given(document=near_valid_requests)
+def test_the_hand_check_accepts_what_the_schema_accepts_and_nothing_else(document: object) -> None:
+    """The hand check is the hot path's shortcut past pydantic: it must agree with the schema both ways."""
+    from pydantic import ValidationError
+
+    from vggexport.serve.request_schema import InferenceRequest, well_formed
+
+    try:
+        InferenceRequest.model_validate(document)
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert well_formed(document) == accepted, document
+
+
+def test_the_hand_check_agrees_with_the_schema_on_every_single_change() -> None:
+    """Every place of a full request, given each tricky value in turn (what random examples may miss)."""
+    import copy
+
+    from pydantic import ValidationError
+
+    from vggexport.serve.request_schema import InferenceRequest, well_formed
+
+    full = {"id": "a", "parameters": {"p": 1}, "inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32",
+                                                           "parameters": {}, "data": [1, 2]}],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}
+    for path in FIELDS:
+        for value in TRICKY:
+            document = mutated((copy.deepcopy(full), path, value))
+            try:
+                InferenceRequest.model_validate(document)
+                accepted = True
+            except ValidationError:
+                accepted = False
+            assert well_formed(document) == accepted, (path, value)
+
+
+def reference_encoding(result: InferResult) -> tuple[bytes, int | None]:
+    """The answer built as one dict and dumped once: what the kept, pre-encoded pieces must add up to."""
+    described, blobs = [], []
+    for output, array in result.outputs:
+        entry: dict[str, object] = {"name": output.name, "shape": list(array.shape),
+                                    "datatype": datatype_name(array)}
+        if output.binary:
+            blobs.append(encode_raw(array))
+            entry["parameters"] = {"binary_data_size": len(blobs[-1])}
+        else:
+            entry["data"] = json_data(array, output.name)
+        described.append(entry)
+    answer: dict[str, object] = {"model_name": result.model_name, "model_version": result.model_version}
+    if result.id:
+        answer["id"] = result.id
+    answer["outputs"] = described
+    header = json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()
+    return (header + b"".join(blobs), len(header)) if blobs else (header, None)
+
+
+@pytest.mark.parametrize("request_id", ["", "r-1", 'quote " and \\ and é and \u2028'])
+@pytest.mark.parametrize("binary", [(False, False), (True, False), (False, True), (True, True)])
+def test_the_answer_is_the_one_json_document_byte_for_byte(request_id: str, binary: tuple[bool, bool]) -> None:
+    logits = np.random.default_rng(1).standard_normal((3, 10), dtype=np.float32)
+    top = classify(logits, 2, [f"class {i} ü" for i in range(10)])
+    for rows in (1, 3):
+        outputs = [(OutputRequest("logits", binary=binary[0]), logits[:rows]),
+                   (OutputRequest("probabilities", 2, binary[1]), top[:rows])]
+        result = InferResult("vgg11_bn", "1", request_id, outputs)
+        assert encode_response(result) == reference_encoding(result)

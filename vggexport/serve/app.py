@@ -35,8 +35,8 @@ from vggexport import __version__
 from vggexport.errors import VggExportError, first_line
 from vggexport.backend.onnxrt import Phases
 from vggexport.serve.dataplane import DataPlane
-from vggexport.serve.errors import UnavailableError
 from vggexport.serve.http_api import router
+from vggexport.serve.infer_http import InferEndpoint, ServingApp, error, refused
 from vggexport.serve.metrics import create_metrics
 from vggexport.serve.openapi import install_openapi
 from vggexport.serve.page import install_page
@@ -53,10 +53,6 @@ GRPC_GRACE_S = 30.0  # also the longest a drain waits for requests in flight
 class Listen:
     host: str = "127.0.0.1"
     grpc_port: int = 0  # 0: no gRPC
-
-
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def install_drain_hook(plane: DataPlane, grace_s: float) -> None:
@@ -96,9 +92,7 @@ def add_error_handlers(app: FastAPI, plane: DataPlane) -> None:
 
     @app.exception_handler(VggExportError)
     async def user_error(_: Request, exc: VggExportError) -> JSONResponse:
-        metrics.failure.labels(plane.service.name, "client" if exc.http_status < 500 else "server").inc()
-        retry = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, UnavailableError) else None
-        return error(exc.http_status, str(exc), retry)
+        return refused(exc, metrics, plane.service.name)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -112,9 +106,7 @@ def add_error_handlers(app: FastAPI, plane: DataPlane) -> None:
 
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)  # the details stay in the server's log
-        metrics.failure.labels(plane.service.name, "server").inc()
-        return error(500, "internal server error; see the server log")
+        return refused(exc, metrics, plane.service.name)
 
 
 def create_app(config: ServeConfig, listen: Listen | None = None,
@@ -146,8 +138,9 @@ def create_app(config: ServeConfig, listen: Listen | None = None,
             await service.stop()
             plane.close()
 
-    app = FastAPI(title="vggexport", version=__version__, lifespan=lifespan)
-    app.state.service, app.state.plane, app.state.metrics = service, plane, metrics
+    app = ServingApp(title="vggexport", version=__version__, lifespan=lifespan)
+    app.endpoint = InferEndpoint(plane, metrics)
+    app.state.service, app.state.plane, app.state.metrics, app.state.infer = service, plane, metrics, app.endpoint
     app.include_router(router)
     install_page(app)  # GET /: the try-it page; /docs and /redoc served offline
     add_error_handlers(app, plane)
@@ -216,8 +209,11 @@ def serve_forever(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8
     grpc_note = f", gRPC on {host}:{grpc_port}" if grpc_port else ""
     phase(f"serving {service.name} on http://{host}:{port}/v2/models/{service.name}{grpc_note} "
           f"({service.provider}, max batch {config.max_batch_size}, {config.workers} worker(s))")
+    # access_log off: at log level warning its INFO lines were never shown, yet uvicorn built each one's
+    # arguments (client address, quoted path) for every response.
+    quiet = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 30}
     if config.workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+        uvicorn.run(app, host=host, port=port, **quiet)
         return
     for engine in service.engines:
         engine.runner.deactivate()
@@ -228,7 +224,7 @@ def serve_forever(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8
     os.environ[CONFIG_ENV] = json.dumps({"config": asdict(config), "listen": asdict(listen)})
     try:
         uvicorn.run("vggexport.serve.app:app_from_environment", factory=True, workers=config.workers, host=host,
-                    port=port, log_level="warning", timeout_graceful_shutdown=30)
+                    port=port, **quiet)
         failure = worker_failure(os.environ[FAILED_ENV])
     finally:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR")

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +31,7 @@ from vggexport.serve.errors import DeadlineError, InternalError, UnavailableErro
 log = logging.getLogger("vggexport.serve")
 BatchObserver = Callable[[int, float, float], None]  # (batch rows, queue seconds, compute seconds)
 Outputs = list[np.ndarray]
+MAX_BUFFER_BYTES = 64 * 1024 * 1024  # the largest batch buffer kept between batches
 
 
 @dataclass
@@ -53,15 +56,19 @@ class DynamicBatcher:
         if self.max_queue_size < max_batch_size:
             raise ValueError("max_queue_size must be >= max_batch_size")
         self.timeout = timeout_ms / 1000.0 if timeout_ms > 0 else None
+        self.timeout_ms = timeout_ms
         self.observe = observe or (lambda rows, queued, computed: None)
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.queued_rows = 0
-        # One inference thread: ORT already uses every core inside a run.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggexport-infer")
+        self.inference = InferenceThread(infer)
         self.worker: asyncio.Task[None] | None = None
         self.carry: Pending | None = None
         self.running: list[Pending] = []
         self.closed = False
+        # merge()'s batch buffer: ONNX Runtime reads it only during its run, and the next batch is merged only
+        # after that run has returned.
+        self.buffer: np.ndarray | None = None
+        self.buffer_key: tuple[tuple[int, ...], np.dtype] | None = None
 
     @property
     def alive(self) -> bool:
@@ -84,7 +91,7 @@ class DynamicBatcher:
                 pass
         self.worker = None
         self.fail_waiting(UnavailableError("the server is shutting down"))
-        self.executor.shutdown(wait=True)
+        self.inference.stop()
 
     async def submit(self, batch: np.ndarray) -> Outputs:
         """Queue ``batch`` (N rows) and wait for each output's N rows."""
@@ -93,13 +100,23 @@ class DynamicBatcher:
         if self.queued_rows + rows > self.max_queue_size:
             raise UnavailableError(f"the queue is full ({self.queued_rows} of {self.max_queue_size} images "
                                    "waiting); retry later")
-        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outputs] = loop.create_future()
         self.queue.put_nowait(Pending(batch, future))
         self.queued_rows += rows
+        if self.timeout is None:
+            return await future
+        # One timer per request, cancelled with its answer (asyncio.wait_for would add a second future and a
+        # task's worth of callbacks). A request that times out is done, so its batch skips or drops it.
+        timer = loop.call_later(self.timeout, self.expire, future)
         try:
-            return await asyncio.wait_for(future, self.timeout)
-        except asyncio.TimeoutError:
-            raise DeadlineError(f"the request timed out after {self.timeout * 1000:.0f} ms") from None
+            return await future
+        finally:
+            timer.cancel()
+
+    def expire(self, future: asyncio.Future[Outputs]) -> None:
+        if not future.done():
+            future.set_exception(DeadlineError(f"the request timed out after {self.timeout_ms:.0f} ms"))
 
     def take(self, item: Pending) -> Pending:
         self.queued_rows -= len(item.batch)
@@ -125,7 +142,6 @@ class DynamicBatcher:
         return group
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             group = await self.collect()
             self.running = [p for p in group if not p.future.done()]  # timed-out clients are gone
@@ -134,17 +150,39 @@ class DynamicBatcher:
             started = time.perf_counter()
             queued = started - min(p.enqueued for p in self.running)
             try:
-                merged = np.concatenate([p.batch for p in self.running]) if len(self.running) > 1 \
-                    else self.running[0].batch
-                outputs = list(await loop.run_in_executor(self.executor, self.infer, merged))
+                merged = self.merge()
+                outputs = await self.inference.run(merged)
             except Exception as exc:  # the batch failed: its requests learn it, the worker goes on
                 for pending in self.running:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
                 self.running = []
                 continue
-            self.deliver(outputs)
+            self.deliver(self.unshared(outputs))
             self.observe(len(merged), queued, time.perf_counter() - started)
+
+    def merge(self) -> np.ndarray:
+        """The running requests' rows as one batch: a request's own array when it is alone (no copy), else
+        one copy of each into a buffer kept from batch to batch while the row shape stays the same."""
+        if len(self.running) == 1:
+            return self.running[0].batch
+        first = self.running[0].batch
+        rows = sum(len(p.batch) for p in self.running)
+        key = (first.shape[1:], first.dtype)
+        if self.buffer is None or self.buffer_key != key:
+            self.buffer_key = key
+            size = self.max_batch_size * first[:1].nbytes
+            self.buffer = np.empty((self.max_batch_size, *key[0]), key[1]) if size <= MAX_BUFFER_BYTES else None
+        if self.buffer is None:  # rows too large to keep a whole batch of them around
+            return np.concatenate([p.batch for p in self.running])
+        return np.concatenate([p.batch for p in self.running], out=self.buffer[:rows])
+
+    def unshared(self, outputs: Outputs) -> Outputs:
+        """Outputs that are views of the buffer (an identity graph's, say) copied out: the next batch is merged
+        into it before the requests that get these slices have answered."""
+        if self.buffer is None:
+            return outputs
+        return [out.copy() if np.may_share_memory(out, self.buffer) else out for out in outputs]
 
     def deliver(self, outputs: Outputs) -> None:
         offset = 0
@@ -174,3 +212,52 @@ class DynamicBatcher:
             if not pending.future.done():
                 pending.future.set_exception(exc)
         self.queued_rows = 0
+
+
+class InferenceThread:
+    """The one thread batches run on (ONNX Runtime parallelises inside a run). A batch goes in through a
+    SimpleQueue and its outputs come back in one ``call_soon_threadsafe``: about half of what ``run_in_executor``
+    costs the event loop per batch (a second future, its chaining callbacks and the executor's locks)."""
+
+    def __init__(self, infer: Callable[[np.ndarray], Sequence[np.ndarray]]) -> None:
+        self.infer = infer
+        self.inbox: queue.SimpleQueue[tuple[Any, asyncio.Future[Outputs], np.ndarray] | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+
+    def run(self, batch: np.ndarray) -> asyncio.Future[Outputs]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outputs] = loop.create_future()
+        if self.thread is None:  # started on first use: a --workers parent builds its app but never serves
+            self.thread = threading.Thread(target=self.serve, name="vggexport-infer", daemon=True)
+            self.thread.start()
+        self.inbox.put((loop, future, batch))
+        return future
+
+    def serve(self) -> None:
+        while (item := self.inbox.get()) is not None:
+            loop, future, batch = item
+            outputs, error = None, None
+            try:
+                outputs = list(self.infer(batch))
+            except BaseException as exc:  # all of them, as an executor would: the batcher decides what is fatal
+                error = exc
+            try:
+                loop.call_soon_threadsafe(settle, future, outputs, error)
+            except RuntimeError:
+                pass  # the loop has closed: no one is waiting for this batch any more
+
+    def stop(self) -> None:
+        """Wait for the batch running now, if any (as ``executor.shutdown(wait=True)`` did), then end the thread."""
+        if self.thread is not None:
+            self.inbox.put(None)
+            self.thread.join()
+            self.thread = None
+
+
+def settle(future: asyncio.Future[Outputs], outputs: Outputs | None, error: BaseException | None) -> None:
+    if future.done():  # the worker was cancelled while the batch ran
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(outputs or [])

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -27,6 +26,11 @@ from vggexport.serve.service import OUTPUT, OUTPUTS, ModelService
 SERVER_NAME = "vggexport"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
 VERSION = "1"  # a vggexport server serves one model file: version 1
+# Parsing or encoding on the event loop holds up every other request; handing it to the pool costs two thread
+# switches under the GIL (more than a small request's whole parse). So what is larger than this (a body's
+# bytes, an answer's JSON values) goes to the pool, the rest is done in place.
+INLINE_BYTES = 64 * 1024
+INLINE_VALUES = 4096
 T = TypeVar("T")
 
 
@@ -54,6 +58,24 @@ class InferResult:
     id: str
     outputs: list[tuple[OutputRequest, np.ndarray]] = field(default_factory=list)
 
+    def json_values(self) -> int:
+        """How many values the answer carries as JSON numbers (what encoding it costs)."""
+        return sum(array.size for output, array in self.outputs if not output.binary)
+
+
+class InFlight:
+    """``with plane.serving():`` counts the request in flight until its answer (a class: no generator to make
+    per request)."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    def __enter__(self) -> None:
+        self.plane.in_flight += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.plane.in_flight -= 1
+
 
 class DataPlane:
     def __init__(self, service: ModelService) -> None:
@@ -62,20 +84,23 @@ class DataPlane:
         self.in_flight = 0  # inference and image requests between parsing and their answer
         # JSON parsing, image decoding and PNG encoding run here, off the event loop.
         self.pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="vggexport-parse")
+        self.guard = InFlight(self)
+        # What "no outputs named" means, by binary_data_output: made once, not per request.
+        self.every_output = {binary: [OutputRequest(name, binary=binary) for name in OUTPUTS]
+                             for binary in (False, True)}
 
     async def offload(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, partial(func, *args, **kwargs))
 
-    @asynccontextmanager
-    async def serving(self) -> AsyncIterator[None]:
+    async def offload_if(self, large: bool, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` in the pool when the work is ``large`` (see INLINE_BYTES), else here and now."""
+        return await self.offload(func, *args) if large else func(*args)
+
+    def serving(self) -> InFlight:
         """Refuse new work while draining (503); count the work in flight so a drain can wait for it."""
         if self.draining:
             raise UnavailableError("the server is shutting down")
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+        return self.guard
 
     def live(self) -> bool:
         return True
@@ -117,7 +142,7 @@ class DataPlane:
         if len(call.inputs) != 1:
             raise ProtocolError(f"expected exactly one input ({model.input_name!r}), got {len(call.inputs)}")
         ((name, array),) = call.inputs.items()
-        async with self.serving():
+        with self.serving():
             logits = await model.infer(model.check_input(name, array))
         result = InferResult(model.name, VERSION, call.id)
         for output in wanted:
@@ -129,7 +154,7 @@ class DataPlane:
 
     def requested_outputs(self, call: InferCall) -> list[OutputRequest]:
         if call.outputs is None:
-            return [OutputRequest(name, binary=call.binary_output) for name in OUTPUTS]
+            return self.every_output[call.binary_output]
         names = [o.name for o in call.outputs]
         unknown = [n for n in names if n not in OUTPUTS]
         if unknown:
@@ -146,7 +171,7 @@ class DataPlane:
         if return_input and len(images.runner.output_names) < 2:
             raise ProtocolError("this preprocessing model does not output the pixels it saw; re-export it "
                                 "with `vggexport export --with-preprocessing`")
-        async with self.serving():
+        with self.serving():
             pixels = await self.offload(decode_image, raw, channels=model.channels,
                                         max_pixels=model.config.max_image_pixels)
             logits, seen = await model.classify(pixels)

@@ -19,7 +19,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from vggexport.errors import VggExportError
 from vggexport.names import V2_TO_GRPC_CONTENTS
-from vggexport.serve.dataplane import DataPlane, InferCall, InferResult, OutputRequest
+from vggexport.serve.dataplane import INLINE_BYTES, INLINE_VALUES, DataPlane, InferCall, InferResult, OutputRequest
 from vggexport.serve.errors import ProtocolError
 from vggexport.serve.metrics import ServerMetrics
 from vggexport.serve.protocol import BYTES, DATATYPES, datatype_name, decode_raw, element_count, encode_raw
@@ -90,6 +90,9 @@ def to_response(result: InferResult) -> Any:
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane, metrics: ServerMetrics) -> None:
         self.plane, self.metrics = plane, metrics
+        # The metrics' children for the served model, looked up once (labels() takes a lock and a dict lookup).
+        self.success = metrics.success.labels(plane.service.name)
+        self.latency = metrics.request_latency.labels("grpc_infer")
 
     async def guarded(self, context: Any, work: Any) -> Any:
         try:
@@ -135,12 +138,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             started = time.perf_counter()
-            model = self.plane.model(request.model_name, request.model_version)
-            call = await self.plane.offload(to_call, request)
-            result = await self.plane.infer(call)
-            response = await self.plane.offload(to_response, result)
-            self.metrics.success.labels(model.name).inc()
-            self.metrics.request_latency.labels("grpc_infer").observe(time.perf_counter() - started)
+            plane = self.plane
+            plane.model(request.model_name, request.model_version)
+            call = await plane.offload_if(request.ByteSize() > INLINE_BYTES, to_call, request)
+            result = await plane.infer(call)
+            # Every output is raw here and none is flagged binary, so json_values counts them all: a bound.
+            response = await plane.offload_if(result.json_values() > INLINE_VALUES, to_response, result)
+            self.success.inc()
+            self.latency.observe(time.perf_counter() - started)
             return response
         return await self.guarded(context, work)
 

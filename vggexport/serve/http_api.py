@@ -14,12 +14,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from vggexport.serve.dataplane import DataPlane
-from vggexport.serve.errors import PayloadTooLargeError, ProtocolError
+from vggexport.serve.errors import ProtocolError
+from vggexport.serve.infer_http import InferEndpoint, read_body
 from vggexport.serve.metrics import ServerMetrics
 from vggexport.serve.model_config import config_json
 from vggexport.serve.openapi import (CLASSIFY, CLASSIFY_REQUEST, EVERY_ROUTE, INFER, INFER_REQUEST, METRICS,
                                      MODEL_READY, NOT_FOUND, READY, Live, ModelMetadata, ServerMetadata)
-from vggexport.serve.protocol import HEADER_LENGTH, encode_response, parse_request
 
 router = APIRouter(responses=EVERY_ROUTE)  # every status a route answers is in the OpenAPI document
 
@@ -30,19 +30,6 @@ def plane(request: Request) -> DataPlane:
 
 def status(ok: bool, body: dict[str, Any] | None = None) -> JSONResponse:
     return JSONResponse(body or {}, status_code=200 if ok else 503)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the {limit}-byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def observe_success(request: Request, model: str, endpoint: str, started: float) -> None:
@@ -95,17 +82,10 @@ INFER_ROUTE: dict[str, Any] = {"responses": INFER, "openapi_extra": INFER_REQUES
 @router.post("/v2/models/{name}/infer", **INFER_ROUTE)
 @router.post("/v2/models/{name}/versions/{version}/infer", **INFER_ROUTE)
 async def infer(name: str, request: Request, version: str | None = None) -> Response:
-    started = time.perf_counter()
-    data = plane(request)
-    model = data.model(name, version)  # 404 before reading a body meant for another model
-    body = await read_body(request, model.config.max_body_bytes)
-    call = await data.offload(parse_request, body, request.headers.get(HEADER_LENGTH), name, version)
-    result = await data.infer(call)
-    payload, header_length = await data.offload(encode_response, result)
-    observe_success(request, model.name, "infer", started)
-    if header_length is None:
-        return Response(payload, media_type="application/json")
-    return Response(payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+    """Answered by ``infer_http.InferEndpoint``, which ``ServingApp`` calls ahead of FastAPI on these paths; the
+    route declares them (the OpenAPI document, 405 for other methods) and answers through the same endpoint."""
+    endpoint: InferEndpoint = request.app.state.infer
+    return await endpoint.respond(request.scope, request.receive, name, version)
 
 
 @router.post("/v2/models/{name}/classify", responses=CLASSIFY, openapi_extra=CLASSIFY_REQUEST)
@@ -114,7 +94,7 @@ async def classify(name: str, request: Request, top_k: int = 3, return_input: bo
     started = time.perf_counter()
     data = plane(request)
     model = data.model(name, None)
-    raw = await read_body(request, model.config.max_body_bytes)
+    raw = await read_body(request.receive, request.headers.get("content-length"), model.config.max_body_bytes)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         raw = await image_from_multipart(request, raw)
     answer = await data.classify_image(name, raw, top_k=top_k, return_input=return_input)

@@ -1,7 +1,7 @@
 """What the OpenAPI document (``/openapi.json``) declares: every status each route answers, with its body.
 
 The models here only describe answers; the routes never validate or serialize through them, so they cost
-the hot path nothing. Every error is ``{"error": "..."}`` (``app.error``); 503 from inference carries
+the hot path nothing. Every error is ``{"error": "..."}`` (``infer_http.error``); 503 from inference carries
 ``Retry-After``, every 405 ``Allow``. FastAPI's own 422 is dropped: this server answers invalid parameters
 with 400. ``tests/serve/test_openapi_conformance.py`` holds the server to this document with Schemathesis.
 """
@@ -15,7 +15,8 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
-from vggexport.serve.protocol import HEADER_LENGTH, InferenceRequest
+from vggexport.serve.protocol import HEADER_LENGTH
+from vggexport.serve.request_schema import InferenceRequest
 
 
 class ErrorBody(BaseModel):

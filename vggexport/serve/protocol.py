@@ -3,54 +3,34 @@
 JSON tensors and the binary tensor extension (``Inference-Header-Content-Length``)
 as Triton's clients speak them, BYTES tensors included (4-byte little-endian length
 before each element). Every malformed request becomes a ``ProtocolError`` (a 400),
-never an exception from numpy or pydantic. Shapes are strict integers (pydantic
-would otherwise turn ``true`` into 1 and ``1.0`` into 1) and element counts are
-Python ints, so no shape can overflow.
+never an exception from numpy or pydantic. Shapes are strict integers
+(``request_schema``) and element counts are Python ints, so no shape can overflow.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
+import sys
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from vggexport.names import V2_TO_NUMPY
 from vggexport.serve.dataplane import InferCall, InferResult, OutputRequest
 from vggexport.serve.errors import ProtocolError
+from vggexport.serve.request_schema import checked_request
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES = "BYTES"
 DATATYPES: dict[str, np.dtype[Any]] = {v2: np.dtype(numpy) for v2, numpy in V2_TO_NUMPY.items()}
+WIRE = {v2: dtype.newbyteorder("<") for v2, dtype in DATATYPES.items()}  # the byte order on the wire
+V2_NAMES = {dtype: v2 for v2, dtype in DATATYPES.items()}  # dtype -> v2 datatype, for the answers
 INT64_MAX = 2**63 - 1
+LITTLE_ENDIAN = sys.byteorder == "little"
 MAX_ELEMENTS = 1 << 28  # far above any real request here; a guard against allocating a crafted shape
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-
-class RequestInput(Strict):
-    name: StrictStr
-    shape: list[StrictInt]
-    datatype: StrictStr
-    parameters: dict[str, Any] | None = None
-    data: Any = None
-
-
-class RequestOutput(Strict):
-    name: StrictStr
-    parameters: dict[str, Any] | None = None
-
-
-class InferenceRequest(Strict):
-    id: StrictStr | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: list[RequestInput] = Field(min_length=1)
-    outputs: list[RequestOutput] | None = None
 
 
 def parse_json(raw: bytes) -> Any:
@@ -62,16 +42,17 @@ def parse_json(raw: bytes) -> Any:
         raise ProtocolError(f"malformed JSON: {exc}") from None
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """(JSON header, binary tail); the tail is empty without the binary extension."""
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """(JSON header, binary tail); the tail is empty without the binary extension. The tail is a view of the
+    body, not a copy: the tensors decoded from it are views of the body too."""
     if header_length is None:
-        return body, b""
+        return body, memoryview(b"")
     if not header_length.strip().isascii() or not header_length.strip().isdigit() or len(header_length) > 18:
         raise ProtocolError(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length[:40]!r}")
     length = int(header_length)
     if not 0 < length <= len(body):
         raise ProtocolError(f"{HEADER_LENGTH} {length} is outside the body's {len(body)} bytes")
-    return body[:length], body[length:]
+    return body[:length], memoryview(body)[length:]
 
 
 def element_count(name: str, shape: list[int]) -> int:
@@ -89,17 +70,22 @@ def dtype_of(name: str, datatype: str) -> np.dtype[Any]:
     return DATATYPES[datatype]
 
 
-def decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
-    """Binary tensor bytes (HTTP binary extension or gRPC raw_input_contents) -> array of ``shape``."""
+def decode_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
+    """Binary tensor bytes (HTTP binary extension or gRPC raw_input_contents) -> array of ``shape``.
+
+    A read-only view of ``raw``, not a copy, where the wire's little-endian order is the machine's: the batcher
+    copies each request once, into its batch, and a batch of one goes to ONNX Runtime as it is.
+    """
     dtype, count = dtype_of(name, datatype), element_count(name, shape)
     if datatype == BYTES:
         return decode_bytes_elements(name, raw, count).reshape(shape)
     if len(raw) != count * dtype.itemsize:
         raise ProtocolError(f"input {name!r}: {len(raw)} bytes for shape {shape} of {datatype}")
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    array = np.frombuffer(raw, dtype=WIRE[datatype])
+    return (array if array.dtype.isnative else array.astype(dtype)).reshape(shape)
 
 
-def decode_bytes_elements(name: str, raw: bytes, count: int) -> np.ndarray:
+def decode_bytes_elements(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
     items, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
@@ -107,7 +93,7 @@ def decode_bytes_elements(name: str, raw: bytes, count: int) -> np.ndarray:
         (length,) = struct.unpack_from("<I", raw, offset)
         if offset + 4 + length > len(raw):
             raise ProtocolError(f"input {name!r}: BYTES element runs past the data")
-        items.append(raw[offset + 4 : offset + 4 + length])
+        items.append(bytes(raw[offset + 4 : offset + 4 + length]))
         offset += 4 + length
     if len(items) != count:
         raise ProtocolError(f"input {name!r}: {len(items)} BYTES elements for {count} in the shape")
@@ -117,26 +103,28 @@ def decode_bytes_elements(name: str, raw: bytes, count: int) -> np.ndarray:
 def encode_raw(array: np.ndarray) -> bytes:
     if array.dtype == np.object_:
         return b"".join(struct.pack("<I", len(item)) + item for item in array.reshape(-1))
-    return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+    if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not LITTLE_ENDIAN):
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array.tobytes()  # C order, whatever the array's strides
 
 
-def decode_json_tensor(item: RequestInput) -> np.ndarray:
-    dtype, count = dtype_of(item.name, item.datatype), element_count(item.name, item.shape)
-    if item.data is None:
-        raise ProtocolError(f"input {item.name!r} has no data")
-    if item.datatype == BYTES:
-        flat = list(flatten(item.data))
+def decode_json_tensor(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
+    dtype, count = dtype_of(name, datatype), element_count(name, shape)
+    if data is None:
+        raise ProtocolError(f"input {name!r} has no data")
+    if datatype == BYTES:
+        flat = list(flatten(data))
         if not all(isinstance(x, str) for x in flat):
-            raise ProtocolError(f"input {item.name!r}: BYTES data must be strings")
+            raise ProtocolError(f"input {name!r}: BYTES data must be strings")
         array = np.array([x.encode() for x in flat], dtype=np.object_)
     else:
         try:
-            array = np.asarray(item.data, dtype=dtype)
+            array = np.asarray(data, dtype=dtype)
         except (ValueError, TypeError, OverflowError):
-            raise ProtocolError(f"input {item.name!r}: data is not a list of {item.datatype} numbers") from None
+            raise ProtocolError(f"input {name!r}: data is not a list of {datatype} numbers") from None
     if array.size != count:
-        raise ProtocolError(f"input {item.name!r}: {array.size} values for shape {item.shape}")
-    return array.reshape(item.shape)
+        raise ProtocolError(f"input {name!r}: {array.size} values for shape {shape}")
+    return array.reshape(shape)
 
 
 def flatten(data: Any) -> Any:
@@ -154,41 +142,38 @@ def classification_count(name: str, parameters: dict[str, Any] | None) -> int:
     return value
 
 
-def wants_binary(request: InferenceRequest, output: RequestOutput | None) -> bool:
-    if output is not None and output.parameters and "binary_data" in output.parameters:
-        return output.parameters["binary_data"] is True
-    return (request.parameters or {}).get("binary_data_output") is True
+def wants_binary(request: dict[str, Any], output: dict[str, Any] | None) -> bool:
+    parameters = output.get("parameters") if output is not None else None
+    if parameters and "binary_data" in parameters:
+        return parameters["binary_data"] is True
+    return (request.get("parameters") or {}).get("binary_data_output") is True
 
 
 def parse_request(body: bytes, header_length: str | None, model: str, version: str | None) -> InferCall:
     """An HTTP infer body (JSON, or JSON plus binary tail) -> the transport-neutral call."""
     header, binary = split_body(body, header_length)
-    try:
-        request = InferenceRequest.model_validate(parse_json(header))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "request"
-        raise ProtocolError(f"invalid inference request at {where}: {first['msg']}") from None
+    request = checked_request(parse_json(header))
     tensors: dict[str, np.ndarray] = {}
     offset = 0
-    for item in request.inputs:
-        if item.name in tensors:
-            raise ProtocolError(f"input {item.name!r} appears twice")
-        size = (item.parameters or {}).get("binary_data_size")
+    for item in request["inputs"]:
+        name, datatype, shape = item["name"], item["datatype"], item["shape"]
+        if name in tensors:
+            raise ProtocolError(f"input {name!r} appears twice")
+        size = (item.get("parameters") or {}).get("binary_data_size")
         if size is None:
-            tensors[item.name] = decode_json_tensor(item)
+            tensors[name] = decode_json_tensor(name, datatype, shape, item.get("data"))
             continue
         if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise ProtocolError(f"input {item.name!r}: binary_data_size {size!r} runs past the body")
-        tensors[item.name] = decode_raw(item.name, item.datatype, item.shape, binary[offset : offset + size])
+            raise ProtocolError(f"input {name!r}: binary_data_size {size!r} runs past the body")
+        tensors[name] = decode_raw(name, datatype, shape, binary[offset : offset + size])
         offset += size
     if offset != len(binary):
         raise ProtocolError(f"{len(binary) - offset} bytes of binary data belong to no input")
     outputs = None
-    if request.outputs:  # absent or empty: every output
-        outputs = [OutputRequest(o.name, classification_count(o.name, o.parameters), wants_binary(request, o))
-                   for o in request.outputs]
-    return InferCall(model=model, version=version, id=request.id or "", inputs=tensors, outputs=outputs,
+    if request.get("outputs"):  # absent or empty: every output
+        outputs = [OutputRequest(o["name"], classification_count(o["name"], o.get("parameters")),
+                                 wants_binary(request, o)) for o in request["outputs"]]
+    return InferCall(model=model, version=version, id=request.get("id") or "", inputs=tensors, outputs=outputs,
                      binary_output=wants_binary(request, None))
 
 
@@ -205,29 +190,49 @@ def json_data(array: np.ndarray, name: str = "output") -> list[Any]:
 
 
 def encode_response(result: InferResult) -> tuple[bytes, int | None]:
-    """(body, JSON header length or None): binary outputs go after the JSON, as the client asked."""
-    described, blobs = [], []
-    for output, array in result.outputs:
-        entry: dict[str, Any] = {"name": output.name, "shape": list(array.shape), "datatype": datatype_name(array)}
+    """(body, JSON header length or None): binary outputs go after the JSON, as the client asked.
+
+    The JSON is ``{"model_name", "model_version", "id" (echoed, and left out when the request had none, as
+    Triton does), "outputs": [{"name", "shape", "datatype", then "parameters": {"binary_data_size"} or
+    "data"}]}``, compact. What repeats from answer to answer (the names, an output's description for its
+    shape) is encoded once and kept; only the id, the sizes and the JSON data are encoded per answer.
+    """
+    parts, blobs = [answer_head(result.model_name, result.model_version)], []
+    if result.id:
+        parts.append(b',"id":' + compact(result.id))
+    parts.append(b',"outputs":[')
+    for index, (output, array) in enumerate(result.outputs):
+        parts.append(output_head(output.name, array.shape, datatype_name(array), index > 0))
         if output.binary:
             blob = encode_raw(array)
-            entry["parameters"] = {"binary_data_size": len(blob)}
+            parts.append(b',"parameters":{"binary_data_size":%d}}' % len(blob))
             blobs.append(blob)
         else:
-            entry["data"] = json_data(array, output.name)
-        described.append(entry)
-    answer: dict[str, Any] = {"model_name": result.model_name, "model_version": result.model_version}
-    if result.id:
-        answer["id"] = result.id  # echoed, and left out when the request had none, as Triton does
-    answer["outputs"] = described
-    header = json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()
+            parts += (b',"data":', compact(json_data(array, output.name)), b"}")
+    parts.append(b"]}")
+    header = b"".join(parts)
     if not blobs:
         return header, None
-    return header + b"".join(blobs), len(header)
+    return b"".join((header, *blobs)), len(header)
+
+
+def compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+@functools.lru_cache(maxsize=8)
+def answer_head(model_name: str, model_version: str) -> bytes:
+    return b'{"model_name":%s,"model_version":%s' % (compact(model_name), compact(model_version))
+
+
+@functools.lru_cache(maxsize=1024)  # an output's name, shape and type: a few per batch size the model sees
+def output_head(name: str, shape: tuple[int, ...], datatype: str, after_another: bool) -> bytes:
+    head = b'{"name":%s,"shape":%s,"datatype":%s' % (compact(name), compact(list(shape)), compact(datatype))
+    return b"," + head if after_another else head
 
 
 def datatype_name(array: np.ndarray) -> str:
-    for name, known in DATATYPES.items():
-        if known == array.dtype:
-            return name
-    raise ValueError(f"no v2 datatype for {array.dtype}")
+    name = V2_NAMES.get(array.dtype)
+    if name is None:
+        raise ValueError(f"no v2 datatype for {array.dtype}")
+    return name

@@ -26,19 +26,21 @@ class ServingRunner(OnnxRuntimeRunner):
                  phase: Callable[[str], None] | None = None) -> None:
         super().__init__(source, provider=provider, threads=threads, spinning=False, phase=phase)
         self.output_names: list[str] = []
+        self.feed_name, self.cuda = "", False  # the session's, read once per session: infer_all runs per batch
 
     def activate_impl(self) -> None:
         if self.source is None:
             raise RuntimeError("a ServingRunner made from bytes loads them once; make a new runner to load again")
         self.open_session(self.source)  # the session's own metadata: no second parse of the file at start-up
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.feed_name, self.cuda = self.input_name, self.session.get_providers()[0] == CUDA_EP
         if isinstance(self.source, ArtifactBytes):
             # The session holds the model now; another copy of the file per worker would only cost memory.
             self.source = None
 
     @property
     def on_cuda(self) -> bool:
-        return self.session is not None and self.session.get_providers()[0] == CUDA_EP
+        return self.session is not None and self.cuda
 
     @property
     def input_spec(self) -> Any:
@@ -60,14 +62,14 @@ class ServingRunner(OnnxRuntimeRunner):
     def infer_all(self, batch: np.ndarray) -> list[np.ndarray]:
         if not self.is_active:
             raise RuntimeError(f"{self.name} runner used before activate()")
-        if self.on_cuda:
+        if self.cuda:
             binding = self.session.io_binding()
-            binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
+            binding.bind_cpu_input(self.feed_name, np.ascontiguousarray(batch))
             for name in self.output_names:
                 binding.bind_output(name, "cpu")
             self.session.run_with_iobinding(binding)
             return list(binding.copy_outputs_to_cpu())
-        return list(self.session.run(None, {self.input_name: batch}))
+        return list(self.session.run(None, {self.feed_name: batch}))
 
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         return self.infer_all(batch)[0]

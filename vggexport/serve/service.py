@@ -86,6 +86,15 @@ class BatchedRunner:
             # so the CPU verdict decides too (the same bytes, not a second read of the file).
             gated_bytes(artifact, replace(config, provider="cpu"))
         self.warmup_batch_sizes: tuple[int, ...] = ()  # what warm_up ran, for the served model configuration
+        # Read from the session once: every request is checked against them (the session's own accessors
+        # build new objects on each call).
+        self.input_name, self.input_datatype = self.runner.input_name, self.runner.input_datatype
+        self.input_shape = self.runner.input_shape
+        self.takes_pixels = self.input_datatype == "UINT8"
+        known = V2_TO_NUMPY.get(self.input_datatype)  # the one table; None: a type no request can carry
+        self.input_dtype = np.dtype(known) if known else None
+        fixed = self.input_shape[1:]
+        self.row_shape = tuple(fixed) if -1 not in fixed else None  # None: H and W vary (the pixel model)
         self.batcher = DynamicBatcher(self.runner.infer_all, max_batch_size=config.max_batch_size,
                                       max_queue_delay_ms=config.max_queue_delay_ms,
                                       max_queue_size=config.max_queue_size, timeout_ms=config.timeout_ms,
@@ -96,7 +105,7 @@ class BatchedRunner:
     def warm_up(self, max_batch_size: int, phase: Callable[[str], None]) -> None:
         """Run batch 1 and the largest batch once, so CUDA's first-run costs (and failures) come before ready."""
         side = self.image_size
-        shape = [side if d == -1 else d for d in self.runner.input_shape[1:]]
+        shape = [side if d == -1 else d for d in self.input_shape[1:]]
         dtype = np.uint8 if self.takes_pixels else np.float32
         self.warmup_batch_sizes = tuple(sorted({1, max_batch_size}))
         for rows in self.warmup_batch_sizes:
@@ -111,10 +120,6 @@ class BatchedRunner:
     def image_size(self) -> int:
         """The side warm-up images get where the input's H and W are dynamic."""
         return int(self.runner.metadata.get("image_size", "32"))
-
-    @property
-    def takes_pixels(self) -> bool:
-        return self.runner.input_datatype == "UINT8"
 
     async def run(self, batch: np.ndarray) -> list[np.ndarray]:
         try:
@@ -185,7 +190,7 @@ class ModelService:
             return None
         engine = BatchedRunner(path, self.config, metrics, phase)
         if not engine.takes_pixels:
-            raise VggExportError(f"{path} takes {engine.runner.input_datatype}, not uint8 pixels: "
+            raise VggExportError(f"{path} takes {engine.input_datatype}, not uint8 pixels: "
                                  "it is not a preprocessing model")
         if engine.runner.metadata.get("checkpoint_sha256") != self.engine.runner.metadata.get("checkpoint_sha256"):
             raise VggExportError(f"{path} was exported from another checkpoint than {self.config.model}; "
@@ -206,26 +211,28 @@ class ModelService:
 
     @property
     def input_name(self) -> str:
-        return self.engine.runner.input_name
+        return self.engine.input_name
 
     @property
     def input_datatype(self) -> str:
-        return self.engine.runner.input_datatype
+        return self.engine.input_datatype
 
     @property
     def input_shape(self) -> list[int]:
-        return self.engine.runner.input_shape
+        return self.engine.input_shape
 
     def check_input(self, name: str, array: np.ndarray) -> np.ndarray:
-        if name != self.input_name:
-            raise ProtocolError(f"unknown input {name[:40]!r}: this model takes {self.input_name!r}")
-        if array.dtype.name != V2_TO_NUMPY.get(self.input_datatype):  # names, as the one table spells them
-            raise ProtocolError(f"input {name!r} must be {self.input_datatype}")
-        return self.check_batch(array, self.engine)
+        engine = self.engine
+        if name != engine.input_name:
+            raise ProtocolError(f"unknown input {name[:40]!r}: this model takes {engine.input_name!r}")
+        if engine.input_dtype is None or array.dtype != engine.input_dtype:  # dtype.name is slow: not per request
+            raise ProtocolError(f"input {name!r} must be {engine.input_datatype}")
+        return self.check_batch(array, engine)
 
     def check_batch(self, array: np.ndarray, engine: BatchedRunner) -> np.ndarray:
-        wanted = engine.runner.input_shape
-        if array.ndim != len(wanted) or any(w not in (-1, n) for w, n in zip(wanted[1:], array.shape[1:])):
+        wanted, shape = engine.input_shape, array.shape
+        if len(shape) != len(wanted) or (shape[1:] != engine.row_shape if engine.row_shape is not None
+                                         else any(w not in (-1, n) for w, n in zip(wanted[1:], shape[1:]))):
             raise ProtocolError(f"input has shape {list(array.shape)}; expected {wanted} (-1: any size >= 1)")
         if 0 in array.shape:
             raise ProtocolError(f"input has shape {list(array.shape)}: every dimension must be >= 1")
@@ -234,7 +241,8 @@ class ModelService:
         if engine.takes_pixels and array.shape[-1] * array.shape[-2] > self.config.max_image_pixels:
             raise PayloadTooLargeError(f"{array.shape[-1]}x{array.shape[-2]} image exceeds --max-image-pixels "
                                        f"{self.config.max_image_pixels}")
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+        # logical_and.reduce: ndarray.all() is the same reduction behind a Python-level wrapper.
+        if array.dtype.kind == "f" and not np.logical_and.reduce(np.isfinite(array), axis=None):
             raise ProtocolError("input contains NaN or infinity")
         return array
 
