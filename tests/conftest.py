@@ -27,7 +27,8 @@ os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(os.environ.get("T
 # test starts inherit the same count (OMP_NUM_THREADS): two workers never run four compute threads on two cores,
 # where each parallel region waits for its slowest, descheduled thread.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-THREADS = max(1, min(2, torch.get_num_threads()) // WORKERS)
+SERIAL_THREADS = min(2, torch.get_num_threads())
+THREADS = max(1, SERIAL_THREADS // WORKERS)
 torch.set_num_threads(THREADS)
 if WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
@@ -174,8 +175,14 @@ def trained_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vggexport.training import TrainConfig, train
 
     def build(root: Path) -> None:
-        train(TrainConfig(dataset="synthetic", width=0.0625, head=32, dropout=0.0, epochs=8, batch_size=64,
-                          device="cpu", precision="fp32", artifacts=str(root)))
+        # The thread count changes fp32 sums, so the weights: the same model whether the suite runs in one
+        # process or in workers (the int8 tests judge how this model takes a bad calibration).
+        torch.set_num_threads(SERIAL_THREADS)
+        try:
+            train(TrainConfig(dataset="synthetic", width=0.0625, head=32, dropout=0.0, epochs=8, batch_size=64,
+                              device="cpu", precision="fp32", artifacts=str(root)))
+        finally:
+            torch.set_num_threads(THREADS)
 
     root = built_once(tmp_path_factory, "artifacts", build)
     accuracy = load_checkpoint(root / "vgg11_bn" / "best.pt").payload["metrics"]["test_accuracy"]

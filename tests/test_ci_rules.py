@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def ci_test(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """.ci/test in ``folder``, with this interpreter as its `python`."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run([str(ROOT / ".ci" / "test"), "-p", "no:cacheprovider"], cwd=folder, text=True,
+    # -n 0 after the script's -n auto: one process, since these folders hold a test or none and workers would
+    # only add their start-up (the suite's own run under -n auto is CI itself).
+    return subprocess.run([str(ROOT / ".ci" / "test"), "-p", "no:cacheprovider", "-n", "0"], cwd=folder, text=True,
                           capture_output=True, env={**env, "PATH": path}, timeout=120)
 
 
