@@ -13,7 +13,7 @@ from torchvision.transforms import functional as TF
 from tests.conftest import tiny_config
 from vggexport.data.load import load_dataset
 from vggexport.errors import VggExportError
-from vggexport.data.imagefolder import decode_photo, default_resize, fit_to_model, photo_batches, raw_photos
+from vggexport.data.imagefolder import default_resize, fit_to_model, photo_batches, raw_photos
 from vggexport.transforms import centre_offset, resize_crop, resized_size
 
 MODES = ("RGB", "L", "RGBA", "P")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -114,10 +115,10 @@ def test_failed_batch_fails_every_request_and_the_batcher_goes_on() -> None:
 
 
 class WorkerKiller(BaseException):
-    """Not an Exception: escapes the per-batch handler and kills the worker task itself."""
+    """Not an Exception: no batch may raise it, so it fails the batcher itself, not only its batch."""
 
 
-def test_a_dead_worker_fails_every_waiting_request_and_the_next_request_restarts_it() -> None:
+def test_a_batcher_failure_fails_every_waiting_request_and_the_next_request_is_batched_afresh() -> None:
     calls = {"n": 0}
 
     def dies_once(batch: np.ndarray) -> list[np.ndarray]:
@@ -144,7 +145,7 @@ def test_a_dead_worker_fails_every_waiting_request_and_the_next_request_restarts
     np.testing.assert_array_equal(after[0], [[1.0]])
 
 
-def test_an_observer_that_raises_kills_the_worker_without_stranding_anyone() -> None:
+def test_an_observer_that_raises_fails_the_queue_without_stranding_anyone() -> None:
     def observe(rows: int, queued: float, computed: float) -> None:
         raise RuntimeError("metrics backend down")
 
@@ -239,3 +240,42 @@ def test_batches_merged_into_the_kept_buffer_answer_each_request_with_its_own_ro
     for i, (same, first) in enumerate(asyncio.run(scenario()), start=1):
         np.testing.assert_array_equal(same, np.full((1, 2), i))
         np.testing.assert_array_equal(first, np.full((1, 1), i))
+
+
+def test_a_partial_batch_waits_for_requests_that_arrive_within_the_queue_delay() -> None:
+    seen: list[int] = []
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(double_unless_negative, max_batch_size=8, max_queue_delay_ms=1000,
+                                 observe=lambda rows, q, c: seen.append(rows))
+        first = asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32)))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(batcher.submit(np.ones((2, 1), np.float32)))
+        await asyncio.sleep(0.05)
+        assert not first.done() and batcher.queued_rows == 3  # both still wait out the delay
+        await asyncio.wait_for(asyncio.gather(first, second), 10)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert seen == [3]
+
+
+def test_the_queue_delay_counts_from_arrival_not_from_when_the_batcher_is_free() -> None:
+    """As Triton counts it: a request that already waited out the delay behind a running batch starts the next
+    batch the moment that one ends, instead of waiting a second delay for company."""
+
+    async def scenario() -> float:
+        gate = Gate(double_unless_negative)
+        batcher = DynamicBatcher(gate, max_batch_size=8, max_queue_delay_ms=1000)
+        held = await gate.hold(batcher, np.zeros((8, 1), np.float32))
+        behind = asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32)))
+        await asyncio.sleep(1.05)  # longer than the delay, while the first batch still runs
+        opened = time.perf_counter()
+        gate.opened.set()
+        await asyncio.wait_for(asyncio.gather(held, behind), 10)
+        answered = time.perf_counter() - opened
+        await batcher.stop()
+        return answered
+
+    # A second delay would be 1 s; the margin is far above a batch's hand-off, even on a loaded machine.
+    assert asyncio.run(scenario()) < 0.8

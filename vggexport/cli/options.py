@@ -262,7 +262,8 @@ serving_options = compose(
     click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
                  help="Dynamic batching limit; 1 turns batching off."),
     click.option("--max-queue-delay-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
-                 help="How long a batch waits for more requests (0: take whatever queued while the last batch ran)."),
+                 help="How long a batch waits for more requests, from its first request's arrival (0: take whatever "
+                      "queued while the last batch ran)."),
     click.option("--max-queue-size", type=click.IntRange(min=1), default=None,
                  help="Images allowed to wait; beyond it requests get 503 + Retry-After [default: 4 x max batch]."),
     click.option("--timeout-ms", type=click.FloatRange(min=0), default=30_000.0, show_default=True,
