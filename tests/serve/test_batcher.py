@@ -279,3 +279,83 @@ def test_the_queue_delay_counts_from_arrival_not_from_when_the_batcher_is_free()
 
     # A second delay would be 1 s; the margin is far above a batch's hand-off, even on a loaded machine.
     assert asyncio.run(scenario()) < 0.8
+
+
+def test_a_request_with_more_rows_than_a_batch_runs_alone_and_the_queue_goes_on() -> None:
+    seen: list[int] = []
+
+    async def scenario() -> list[list[np.ndarray]]:
+        batcher = DynamicBatcher(double_unless_negative, max_batch_size=4, max_queue_size=16,
+                                 observe=lambda rows, q, c: seen.append(rows))
+        big = batcher.submit(np.ones((6, 1), np.float32))
+        small = batcher.submit(np.full((1, 1), 3, np.float32))
+        results = await asyncio.wait_for(asyncio.gather(big, small), 10)
+        await batcher.stop()
+        return results
+
+    big, small = asyncio.run(scenario())
+    assert big[0].shape == (6, 1) and small[0].tolist() == [[6.0]]
+    assert seen == [6, 1]  # never split, never merged past the limit
+
+
+class MergeFails(DynamicBatcher):
+    """Rows that cannot be joined (a MemoryError from numpy, say) in every batch of more than one request."""
+
+    def merge(self) -> np.ndarray:
+        if len(self.running) > 1:
+            raise MemoryError("cannot allocate the batch")
+        return super().merge()
+
+
+def test_a_long_run_of_batches_that_fail_to_start_fails_each_and_the_batcher_goes_on() -> None:
+    count = 1200  # 600 failed batches in a row: deeper than Python's stack, were each started by the last
+
+    async def scenario() -> tuple[list[object], list[np.ndarray]]:
+        gate = Gate(double_unless_negative)
+        batcher = MergeFails(gate, max_batch_size=2, max_queue_size=count + 2)
+        held = await gate.hold(batcher, np.ones((1, 1), np.float32))  # alone: no merge
+        queued = [asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32))) for _ in range(count)]
+        await asyncio.sleep(0)
+        gate.opened.set()
+        await asyncio.wait_for(held, 10)
+        failed = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 20)
+        after = await asyncio.wait_for(batcher.submit(np.ones((1, 1), np.float32)), 5)
+        await batcher.stop()
+        return failed, after
+
+    failed, after = asyncio.run(scenario())
+    assert all(isinstance(f, MemoryError) for f in failed), {type(f) for f in failed}
+    np.testing.assert_array_equal(after[0], [[2.0]])
+
+
+def test_rows_whose_client_left_do_not_count_against_the_queue() -> None:
+    async def scenario() -> list[np.ndarray]:
+        batcher = DynamicBatcher(double_unless_negative, max_batch_size=4, max_queue_size=4, max_queue_delay_ms=500)
+        gone = asyncio.ensure_future(batcher.submit(np.ones((3, 1), np.float32)))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # the client disconnected while its request waited out the delay
+        await asyncio.sleep(0)
+        answer = await asyncio.wait_for(batcher.submit(np.ones((2, 1), np.float32)), 5)  # 3 + 2 > 4 were it counted
+        await batcher.stop()
+        return answer
+
+    assert asyncio.run(scenario())[0].shape == (2, 1)
+
+
+def test_system_exit_from_inference_fails_the_waiting_requests_and_ends_the_loop() -> None:
+    answers: list[asyncio.Future[list[np.ndarray]]] = []
+
+    def exits(batch: np.ndarray) -> list[np.ndarray]:
+        raise SystemExit(3)
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(exits, max_batch_size=1)
+        for _ in range(3):
+            asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32)))
+        await asyncio.sleep(0)  # each submit queues its request; the first is running
+        answers.extend(p.future for p in (*batcher.running, *batcher.waiting))
+        await asyncio.sleep(10)  # the loop ends long before this
+
+    with pytest.raises(SystemExit):
+        asyncio.run(scenario())
+    assert len(answers) == 3 and all(isinstance(a.exception(), InternalError) for a in answers)

@@ -97,6 +97,7 @@ class DynamicBatcher:
         """Queue ``batch`` (N rows) and wait for each output's N rows."""
         self.start()
         rows = len(batch)
+        self.drop_gone()  # rows whose clients left or timed out are not waiting any more
         if self.queued_rows + rows > self.max_queue_size:
             raise UnavailableError(f"the queue is full ({self.queued_rows} of {self.max_queue_size} images "
                                    "waiting); retry later")
@@ -121,35 +122,34 @@ class DynamicBatcher:
             future.set_exception(DeadlineError(f"the request timed out after {self.timeout_ms:.0f} ms"))
 
     def dispatch(self, delay_over: bool = False) -> None:
-        """Hand the next batch to the inference thread, if it is free and a batch is due (on the event loop)."""
-        if self.running or self.closed:
-            return
-        group = self.due_group(delay_over)
-        if not group:
-            return
-        if self.delay_timer is not None:
-            self.delay_timer.cancel()
-            self.delay_timer = None
-        self.running = group
-        self.started = time.perf_counter()
-        try:
-            merged = self.merge()
-        except Exception as exc:  # rows numpy cannot join: this batch fails, the next one may not
-            self.finished(None, exc)
-            return
-        self.inference.run(merged, self.finished)
+        """Hand the next batch to the inference thread, if it is free and a batch is due (on the event loop).
+        A loop, not a recursion through ``finished``: a long run of batches that fail to start cannot overflow
+        the stack."""
+        while not self.running and not self.closed:
+            group = self.due_group(delay_over)
+            if not group:
+                return
+            if self.delay_timer is not None:
+                self.delay_timer.cancel()
+                self.delay_timer = None
+            self.running = group
+            self.started = time.perf_counter()
+            try:
+                self.inference.run(self.merge(), self.finished)
+                return
+            except Exception as exc:  # rows numpy cannot join (MemoryError), say: this batch fails, not the next
+                self.fail_running(exc)
 
     def due_group(self, delay_over: bool) -> list[Pending]:
         """The head of the queue as a batch, taken off it, once that batch is due; else [] (and the queue delay's
         timer set, when it is what the batch waits for). Requests that timed out while queued are dropped."""
+        self.drop_gone()
         waiting = self.waiting
-        while waiting and waiting[0].future.done():
-            self.take()
         if not waiting:
             return []
         first, count, rows, closed = waiting[0], 0, 0, False
-        for item in waiting:
-            if rows + len(item.batch) > self.max_batch_size or not item.fits_with(first):
+        for item in waiting:  # the first always goes, alone if it has more rows than a batch (never split)
+            if count and (rows + len(item.batch) > self.max_batch_size or not item.fits_with(first)):
                 closed = True  # the next request starts the next batch
                 break
             count, rows = count + 1, rows + len(item.batch)
@@ -162,6 +162,11 @@ class DynamicBatcher:
                 return []
         group = [self.take() for _ in range(count)]
         return [p for p in group if not p.future.done()]
+
+    def drop_gone(self) -> None:
+        """Take the requests at the queue's head that are answered already (timed out, or their client left)."""
+        while self.waiting and self.waiting[0].future.done():
+            self.take()
 
     def delay_ended(self) -> None:
         self.delay_timer = None
@@ -180,9 +185,7 @@ class DynamicBatcher:
             if error is not None and not isinstance(error, Exception):
                 raise error  # what no batch may raise: handled below, as a failure of the batcher itself
             if error is not None:  # the batch failed: its requests learn it, the batcher goes on
-                for pending in self.running:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
+                self.fail_running(error)
             else:
                 rows = self.deliver(self.unshared(outputs or []))
                 self.observe(rows, self.started - min(p.enqueued for p in self.running),
@@ -190,8 +193,17 @@ class DynamicBatcher:
         except BaseException as exc:
             log.error("finishing a batch failed; failing every waiting request", exc_info=exc)
             self.fail_waiting(InternalError("inference failed"))
+            if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                raise  # the process is meant to end: out of the event loop, as from any of its callbacks
         self.running = []
         self.dispatch()
+
+    def fail_running(self, error: BaseException) -> None:
+        """Fail the running batch's requests with ``error``; the inference thread is free."""
+        for pending in self.running:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self.running = []
 
     def merge(self) -> np.ndarray:
         """The running requests' rows as one batch: a request's own array when it is alone (no copy), else
@@ -253,8 +265,9 @@ class InferenceThread:
     def run(self, batch: np.ndarray, finished: Finished) -> None:
         """Run ``batch``; ``finished(outputs, error)`` is called on this event loop when it has run."""
         if self.thread is None:  # started on first use: a --workers parent builds its app but never serves
-            self.thread = threading.Thread(target=self.serve, name="vggexport-infer", daemon=True)
-            self.thread.start()
+            thread = threading.Thread(target=self.serve, name="vggexport-infer", daemon=True)
+            thread.start()  # kept only once started: a thread that failed to start is tried again next batch
+            self.thread = thread
         self.inbox.put((asyncio.get_running_loop(), finished, batch))
 
     def serve(self) -> None:
