@@ -240,16 +240,13 @@ class DynamicBatcher:
 
     def fail_waiting(self, exc: Exception) -> None:
         """Fail the running batch and everything queued, so no request waits for a batch that will not come."""
-        pending = [*self.running, *self.waiting]
-        self.running = []
+        self.running = [*self.running, *self.waiting]
         self.waiting.clear()
         self.queued_rows = 0
         if self.delay_timer is not None:
             self.delay_timer.cancel()
             self.delay_timer = None
-        for item in pending:
-            if not item.future.done():
-                item.future.set_exception(exc)
+        self.fail_running(exc)
 
 
 class InferenceThread:
