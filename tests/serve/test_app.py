@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from vggexport.backend.onnxrt import default_threads
 from tests.conftest import ServerProcess
 from tests.serve.conftest import Served
 
@@ -337,7 +338,7 @@ def test_sigterm_turns_not_ready_at_once_and_drains_in_flight_requests(served_fo
 def test_workers_share_one_port_and_sum_their_metrics(served_onnx: Path) -> None:
     import subprocess
 
-    process = Served(served_onnx, "--workers", "2").wait_ready(timeout=120)
+    process = Served(served_onnx, "--workers", "2", "--instances", "2").wait_ready(timeout=120)
     try:
         children = subprocess.run(["pgrep", "-P", str(process.process.pid)], capture_output=True, text=True).stdout
         body = {"inputs": [{"name": "input", "shape": [1, 1, 32, 32], "datatype": "FP32", "data": [0.0] * 1024}]}
@@ -350,7 +351,9 @@ def test_workers_share_one_port_and_sum_their_metrics(served_onnx: Path) -> None
                       if line.startswith("nv_inference_count_total"))
         assert counted == 24, text[:2000]
         assert len([pid for pid in children.split() if pid]) >= 2
-        config = httpx.get(f"{process.url}/v2/models/{MODEL}/config").json()  # each worker: one session
-        assert config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
+        config = httpx.get(f"{process.url}/v2/models/{MODEL}/config").json()  # each worker: 2 runs at once
+        assert config["instance_group"] == [{"count": 4, "kind": "KIND_CPU"}]
     finally:
         assert process.stop() in (0, -signal.SIGTERM)
+    # the cores split between a worker's instances, unless --threads says otherwise
+    assert f"2 worker(s), 2 instance(s) of {default_threads(2)} thread(s)" in process.output()

@@ -10,6 +10,7 @@ import pytest
 
 from vggexport.serve.batcher import DynamicBatcher
 from vggexport.serve.errors import DeadlineError, InternalError, UnavailableError
+from vggexport.serve.instance import ModelInstance
 
 
 def double_unless_negative(batch: np.ndarray) -> list[np.ndarray]:
@@ -216,10 +217,11 @@ def test_batch_size_one_turns_batching_off() -> None:
     assert seen == [1] * 5
 
 
-@pytest.mark.parametrize(("size", "queue", "message"), [(0, None, "max_batch_size"), (8, 4, "max_queue_size")])
-def test_invalid_sizes(size: int, queue: int | None, message: str) -> None:
+@pytest.mark.parametrize(("size", "queue", "instances", "message"),
+                         [(0, None, 1, "max_batch_size"), (8, 4, 1, "max_queue_size"), (8, None, 0, "instances")])
+def test_invalid_sizes(size: int, queue: int | None, instances: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        DynamicBatcher(double_unless_negative, max_batch_size=size, max_queue_size=queue)
+        DynamicBatcher(double_unless_negative, max_batch_size=size, max_queue_size=queue, instances=instances)
 
 
 def test_batches_merged_into_the_kept_buffer_answer_each_request_with_its_own_rows() -> None:
@@ -298,13 +300,15 @@ def test_a_request_with_more_rows_than_a_batch_runs_alone_and_the_queue_goes_on(
     assert seen == [6, 1]  # never split, never merged past the limit
 
 
-class MergeFails(DynamicBatcher):
+def merge_fails(batcher: DynamicBatcher) -> DynamicBatcher:
     """Rows that cannot be joined (a MemoryError from numpy, say) in every batch of more than one request."""
-
-    def merge(self) -> np.ndarray:
-        if len(self.running) > 1:
-            raise MemoryError("cannot allocate the batch")
-        return super().merge()
+    for instance in batcher.instances:
+        def merge(instance: ModelInstance = instance, merge: Callable[[], np.ndarray] = instance.merge) -> np.ndarray:
+            if len(instance.running) > 1:
+                raise MemoryError("cannot allocate the batch")
+            return merge()
+        instance.merge = merge  # type: ignore[method-assign]
+    return batcher
 
 
 def test_a_long_run_of_batches_that_fail_to_start_fails_each_and_the_batcher_goes_on() -> None:
@@ -312,7 +316,7 @@ def test_a_long_run_of_batches_that_fail_to_start_fails_each_and_the_batcher_goe
 
     async def scenario() -> tuple[list[object], list[np.ndarray]]:
         gate = Gate(double_unless_negative)
-        batcher = MergeFails(gate, max_batch_size=2, max_queue_size=count + 2)
+        batcher = merge_fails(DynamicBatcher(gate, max_batch_size=2, max_queue_size=count + 2))
         held = await gate.hold(batcher, np.ones((1, 1), np.float32))  # alone: no merge
         queued = [asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32))) for _ in range(count)]
         await asyncio.sleep(0)
@@ -353,9 +357,67 @@ def test_system_exit_from_inference_fails_the_waiting_requests_and_ends_the_loop
         for _ in range(3):
             asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32)))
         await asyncio.sleep(0)  # each submit queues its request; the first is running
-        answers.extend(p.future for p in (*batcher.running, *batcher.waiting))
+        answers.extend(p.future for p in (*batcher.instances[0].running, *batcher.waiting))
         await asyncio.sleep(10)  # the loop ends long before this
 
     with pytest.raises(SystemExit):
         asyncio.run(scenario())
     assert len(answers) == 3 and all(isinstance(a.exception(), InternalError) for a in answers)
+
+
+def test_two_instances_run_two_batches_at_once_from_one_queue() -> None:
+    """Each batch waits inside inference until another is running beside it: one instance could never pass."""
+    meeting = threading.Barrier(2, timeout=10)
+    seen: list[int] = []
+
+    def meets(batch: np.ndarray) -> list[np.ndarray]:
+        meeting.wait()
+        return double_unless_negative(batch)
+
+    async def scenario() -> list[list[np.ndarray]]:
+        batcher = DynamicBatcher(meets, max_batch_size=2, instances=2, observe=lambda rows, q, c: seen.append(rows))
+        requests = [batcher.submit(np.full((2, 1), i, np.float32)) for i in range(4)]
+        results = await asyncio.wait_for(asyncio.gather(*requests), 20)
+        await batcher.stop()
+        return results
+
+    for i, (doubled, plus_one) in enumerate(asyncio.run(scenario())):
+        assert doubled.tolist() == [[2.0 * i]] * 2 and plus_one.tolist() == [[i + 1.0]] * 2
+    assert seen == [2, 2, 2, 2]
+
+
+def test_a_fatal_batch_fails_the_other_instances_batch_but_its_buffer_stays_its_own_until_it_returns() -> None:
+    """A batcher failure on one instance fails every request, the other instance's running batch too; that
+    instance takes no new batch until its run has returned (its buffer is ONNX Runtime's until then)."""
+
+    class Fatal(BaseException):
+        pass
+
+    held, release = threading.Event(), threading.Event()
+
+    def infer(batch: np.ndarray) -> list[np.ndarray]:
+        if batch[0, 0] == 7:
+            held.set()
+            assert release.wait(10)
+        if batch[0, 0] == 9:
+            raise Fatal
+        return double_unless_negative(batch)
+
+    async def scenario() -> tuple[list[object], list[np.ndarray], list[np.ndarray]]:
+        batcher = DynamicBatcher(infer, max_batch_size=2, instances=2)
+        slow = asyncio.ensure_future(batcher.submit(np.full((2, 1), 7, np.float32)))
+        assert await asyncio.get_running_loop().run_in_executor(None, held.wait, 10)
+        failed = await asyncio.gather(slow, batcher.submit(np.full((2, 1), 9, np.float32)), return_exceptions=True)
+        slow_instance = next(i for i in batcher.instances if i.busy)
+        assert batcher.busy == 1 and slow_instance.running  # failed, yet still running: not free
+        after = await asyncio.wait_for(batcher.submit(np.full((2, 1), 1, np.float32)), 5)  # the free instance
+        release.set()
+        while slow_instance.busy:
+            await asyncio.sleep(0.01)
+        again = await asyncio.wait_for(batcher.submit(np.full((2, 1), 2, np.float32)), 5)
+        await batcher.stop()
+        return failed, after, again
+
+    failed, after, again = asyncio.run(scenario())
+    assert all(isinstance(f, InternalError) for f in failed), failed
+    assert after[0].tolist() == [[2.0], [2.0]] and again[0].tolist() == [[4.0], [4.0]]

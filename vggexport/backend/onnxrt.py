@@ -157,16 +157,21 @@ def preload_cuda_libraries(ort: Any, phase: Callable[[str], None]) -> list[str]:
     return problems
 
 
-def session_options(*, threads: int | None = None, spinning: bool = True) -> Any:
-    """The tuned CPU session (see tools/bench_infer.py and BENCHMARKS.md for why these values)."""
+def default_threads(runs_at_once: int = 1) -> int:
+    """Intra-op threads when none are asked for: the cores this process may use, shared by the runs at once."""
     import os
 
+    return max(1, len(os.sched_getaffinity(0)) // runs_at_once)
+
+
+def session_options(*, threads: int | None = None, spinning: bool = True) -> Any:
+    """The tuned CPU session (see tools/bench_infer.py and BENCHMARKS.md for why these values)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3
     if not spinning:
         # A server shares its cores with the event loop: idle ORT threads must sleep, not spin.

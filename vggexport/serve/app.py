@@ -208,7 +208,8 @@ def serve_forever(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8
     service: ModelService = app.state.service
     grpc_note = f", gRPC on {host}:{grpc_port}" if grpc_port else ""
     phase(f"serving {service.name} on http://{host}:{port}/v2/models/{service.name}{grpc_note} "
-          f"({service.provider}, max batch {config.max_batch_size}, {config.workers} worker(s))")
+          f"({service.provider}, max batch {config.max_batch_size}, {config.workers} worker(s), "
+          f"{config.instances} instance(s) of {service.engines[0].threads} thread(s))")
     # access_log off: at log level warning its INFO lines were never shown, yet uvicorn built each one's
     # arguments (client address, quoted path) for every response.
     quiet = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 30}

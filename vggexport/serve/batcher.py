@@ -1,10 +1,11 @@
 """Dynamic batching (Triton's dynamic batcher is the model), bounded and fail-safe.
 
-Requests wait in a queue. Whenever the inference thread is free, the queue's head
-becomes a batch of as many requests as fit in ``max_batch_size`` rows, once the
-batch is full, the next request cannot join it, or its first request has waited
-``max_queue_delay_ms`` (counted from its arrival, as Triton counts it). The batch
-runs off the event loop, and each request gets its slice of every output. Requests
+Requests wait in one queue. Whenever one of the ``instances`` (vggexport/serve/instance.py)
+is free, the queue's head becomes a batch of as many requests as fit in
+``max_batch_size`` rows, once the batch is full, the next request cannot join it,
+or its first request has waited ``max_queue_delay_ms`` (counted from its arrival,
+as Triton counts it). The batch runs off the event loop, on that instance's thread,
+and each request gets its slice of every output. Requests
 batch together only when their rows have the same shape and dtype (images of one
 size, for the uint8 preprocessing model); a request is never split.
 
@@ -25,40 +26,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 from vggexport.serve.errors import DeadlineError, InternalError, UnavailableError
+from vggexport.serve.instance import ModelInstance, Outputs, Pending
 
 log = logging.getLogger("vggexport.serve")
 BatchObserver = Callable[[int, float, float], None]  # (batch rows, queue seconds, compute seconds)
-Outputs = list[np.ndarray]
-Finished = Callable[[Outputs | None, BaseException | None], None]
-MAX_BUFFER_BYTES = 64 * 1024 * 1024  # the largest batch buffer kept between batches
-
-
-class Pending:
-    __slots__ = ("batch", "future", "enqueued")
-
-    def __init__(self, batch: np.ndarray, future: asyncio.Future[Outputs]) -> None:
-        self.batch, self.future, self.enqueued = batch, future, time.perf_counter()
-
-    def fits_with(self, other: Pending) -> bool:
-        return self.batch.shape[1:] == other.batch.shape[1:] and self.batch.dtype == other.batch.dtype
 
 
 class DynamicBatcher:
     def __init__(self, infer: Callable[[np.ndarray], Sequence[np.ndarray]], *, max_batch_size: int = 64,
                  max_queue_delay_ms: float = 0.0, max_queue_size: int | None = None, timeout_ms: float = 0.0,
-                 observe: BatchObserver | None = None) -> None:
+                 instances: int = 1, observe: BatchObserver | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if instances < 1:
+            raise ValueError("instances must be >= 1")
         self.infer, self.max_batch_size = infer, max_batch_size
         self.max_delay = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size if max_queue_size is not None else 4 * max_batch_size
@@ -69,29 +57,25 @@ class DynamicBatcher:
         self.observe = observe or (lambda rows, queued, computed: None)
         self.waiting: deque[Pending] = deque()
         self.queued_rows = 0  # the rows in ``waiting``
-        self.inference = InferenceThread(infer)
-        self.running: list[Pending] = []  # the batch on the inference thread now; empty when it is free
-        self.started = 0.0  # when that batch was handed to the thread
+        self.instances = [ModelInstance(infer, max_batch_size, f"vggexport-infer-{i}") for i in range(instances)]
+        self.busy = 0  # the instances running a batch now
         self.delay_timer: asyncio.TimerHandle | None = None
         self.closed = False
-        # merge()'s batch buffer: ONNX Runtime reads it only during its run, and the next batch is merged only
-        # after that run has returned.
-        self.buffer: np.ndarray | None = None
-        self.buffer_key: tuple[tuple[int, ...], np.dtype] | None = None
 
     @property
     def alive(self) -> bool:
         return not self.closed
 
     def start(self) -> None:
-        """Nothing to start (the inference thread starts with the first batch); refused once stopped."""
+        """Nothing to start (an instance's thread starts with its first batch); refused once stopped."""
         if self.closed:
             raise UnavailableError("the server is shutting down")
 
     async def stop(self) -> None:
         self.closed = True
         self.fail_waiting(UnavailableError("the server is shutting down"))
-        self.inference.stop()
+        for instance in self.instances:
+            instance.stop()
 
     async def submit(self, batch: np.ndarray) -> Outputs:
         """Queue ``batch`` (N rows) and wait for each output's N rows."""
@@ -105,7 +89,7 @@ class DynamicBatcher:
         future: asyncio.Future[Outputs] = loop.create_future()
         self.waiting.append(Pending(batch, future))
         self.queued_rows += rows
-        if not self.running:
+        if self.busy < len(self.instances):
             self.dispatch()
         if self.timeout is None:
             return await future
@@ -122,23 +106,23 @@ class DynamicBatcher:
             future.set_exception(DeadlineError(f"the request timed out after {self.timeout_ms:.0f} ms"))
 
     def dispatch(self, delay_over: bool = False) -> None:
-        """Hand the next batch to the inference thread, if it is free and a batch is due (on the event loop).
+        """Hand due batches to free instances (on the event loop), as many as are free and due.
         A loop, not a recursion through ``finished``: a long run of batches that fail to start cannot overflow
         the stack."""
-        while not self.running and not self.closed:
+        while self.busy < len(self.instances) and not self.closed:
             group = self.due_group(delay_over)
             if not group:
                 return
             if self.delay_timer is not None:
                 self.delay_timer.cancel()
                 self.delay_timer = None
-            self.running = group
-            self.started = time.perf_counter()
+            instance = next(i for i in self.instances if not i.busy)
+            self.busy += 1
             try:
-                self.inference.run(self.merge(), self.finished)
-                return
+                instance.start(group, self.finished)
             except Exception as exc:  # rows numpy cannot join (MemoryError), say: this batch fails, not the next
-                self.fail_running(exc)
+                fail(group, exc)
+                self.release(instance)
 
     def due_group(self, delay_over: bool) -> list[Pending]:
         """The head of the queue as a batch, taken off it, once that batch is due; else [] (and the queue delay's
@@ -177,7 +161,7 @@ class DynamicBatcher:
         self.queued_rows -= len(item.batch)
         return item
 
-    def finished(self, outputs: Outputs | None, error: BaseException | None) -> None:
+    def finished(self, instance: ModelInstance, outputs: Outputs | None, error: BaseException | None) -> None:
         """A batch's end (on the event loop): answer its requests, then start the next batch."""
         if self.closed:
             return  # stop() has failed the batch's requests already
@@ -185,104 +169,39 @@ class DynamicBatcher:
             if error is not None and not isinstance(error, Exception):
                 raise error  # what no batch may raise: handled below, as a failure of the batcher itself
             if error is not None:  # the batch failed: its requests learn it, the batcher goes on
-                self.fail_running(error)
+                fail(instance.running, error)
             else:
-                rows = self.deliver(self.unshared(outputs or []))
-                self.observe(rows, self.started - min(p.enqueued for p in self.running),
-                             time.perf_counter() - self.started)
+                rows = instance.deliver(outputs or [])
+                self.observe(rows, instance.started - min(p.enqueued for p in instance.running),
+                             time.perf_counter() - instance.started)
         except BaseException as exc:
             log.error("finishing a batch failed; failing every waiting request", exc_info=exc)
             self.fail_waiting(InternalError("inference failed"))
             if isinstance(exc, (SystemExit, KeyboardInterrupt)):
                 raise  # the process is meant to end: out of the event loop, as from any of its callbacks
-        self.running = []
+        finally:
+            self.release(instance)
         self.dispatch()
 
-    def fail_running(self, error: BaseException) -> None:
-        """Fail the running batch's requests with ``error``; the inference thread is free."""
-        for pending in self.running:
-            if not pending.future.done():
-                pending.future.set_exception(error)
-        self.running = []
-
-    def merge(self) -> np.ndarray:
-        """The running requests' rows as one batch: a request's own array when it is alone (no copy), else
-        one copy of each into a buffer kept from batch to batch while the row shape stays the same."""
-        if len(self.running) == 1:
-            return self.running[0].batch
-        first = self.running[0].batch
-        rows = sum(len(p.batch) for p in self.running)
-        key = (first.shape[1:], first.dtype)
-        if self.buffer is None or self.buffer_key != key:
-            self.buffer_key = key
-            size = self.max_batch_size * first[:1].nbytes
-            self.buffer = np.empty((self.max_batch_size, *key[0]), key[1]) if size <= MAX_BUFFER_BYTES else None
-        if self.buffer is None:  # rows too large to keep a whole batch of them around
-            return np.concatenate([p.batch for p in self.running])
-        return np.concatenate([p.batch for p in self.running], out=self.buffer[:rows])
-
-    def unshared(self, outputs: Outputs) -> Outputs:
-        """Outputs that are views of the buffer (an identity graph's, say) copied out: the next batch is merged
-        into it before the requests that get these slices have answered."""
-        if self.buffer is None:
-            return outputs
-        return [out.copy() if np.may_share_memory(out, self.buffer) else out for out in outputs]
-
-    def deliver(self, outputs: Outputs) -> int:
-        """Each running request's slice of every output; the batch's rows."""
-        offset = 0
-        for pending in self.running:
-            rows = len(pending.batch)
-            if not pending.future.done():
-                pending.future.set_result([out[offset : offset + rows] for out in outputs])
-            offset += rows
-        return offset
+    def release(self, instance: ModelInstance) -> None:
+        instance.release()
+        self.busy -= 1
 
     def fail_waiting(self, exc: Exception) -> None:
-        """Fail the running batch and everything queued, so no request waits for a batch that will not come."""
-        self.running = [*self.running, *self.waiting]
+        """Fail every running batch and everything queued, so no request waits for a batch that will not come.
+        The instances stay busy until their runs return: their buffers are in use until then."""
+        for instance in self.instances:
+            fail(instance.running, exc)
+        fail(self.waiting, exc)
         self.waiting.clear()
         self.queued_rows = 0
         if self.delay_timer is not None:
             self.delay_timer.cancel()
             self.delay_timer = None
-        self.fail_running(exc)
 
 
-class InferenceThread:
-    """The one thread batches run on (ONNX Runtime parallelises inside a run). A batch goes in through a
-    SimpleQueue and its outputs come back in one ``call_soon_threadsafe``: about half of what ``run_in_executor``
-    costs the event loop per batch (a second future, its chaining callbacks and the executor's locks)."""
-
-    def __init__(self, infer: Callable[[np.ndarray], Sequence[np.ndarray]]) -> None:
-        self.infer = infer
-        self.inbox: queue.SimpleQueue[tuple[Any, Finished, np.ndarray] | None] = queue.SimpleQueue()
-        self.thread: threading.Thread | None = None
-
-    def run(self, batch: np.ndarray, finished: Finished) -> None:
-        """Run ``batch``; ``finished(outputs, error)`` is called on this event loop when it has run."""
-        if self.thread is None:  # started on first use: a --workers parent builds its app but never serves
-            thread = threading.Thread(target=self.serve, name="vggexport-infer", daemon=True)
-            thread.start()  # kept only once started: a thread that failed to start is tried again next batch
-            self.thread = thread
-        self.inbox.put((asyncio.get_running_loop(), finished, batch))
-
-    def serve(self) -> None:
-        while (item := self.inbox.get()) is not None:
-            loop, finished, batch = item
-            outputs, error = None, None
-            try:
-                outputs = list(self.infer(batch))
-            except BaseException as exc:  # all of them, as an executor would: the batcher decides what is fatal
-                error = exc
-            try:
-                loop.call_soon_threadsafe(finished, outputs, error)
-            except RuntimeError:
-                pass  # the loop has closed: no one is waiting for this batch any more
-
-    def stop(self) -> None:
-        """Wait for the batch running now, if any (as ``executor.shutdown(wait=True)`` did), then end the thread."""
-        if self.thread is not None:
-            self.inbox.put(None)
-            self.thread.join()
-            self.thread = None
+def fail(requests: Iterable[Pending], error: BaseException) -> None:
+    """The one place requests fail: each one not answered yet gets ``error``."""
+    for pending in requests:
+        if not pending.future.done():
+            pending.future.set_exception(error)

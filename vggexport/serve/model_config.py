@@ -22,7 +22,8 @@ def served_model_config(model: ModelService) -> Any:
     outputs = [(name, "FP32", classes) for name in OUTPUTS]
     return build_model_config(ConfigFields(
         name=model.name, inputs=[(model.input_name, model.input_datatype, model.input_shape)], outputs=outputs,
-        max_batch_size=config.max_batch_size, kind="gpu" if runner.on_cuda else "cpu", instances=config.workers,
+        max_batch_size=config.max_batch_size, kind="gpu" if runner.on_cuda else "cpu",
+        instances=config.workers * config.instances,  # the batches that can run at once, all processes together
         batching=config.max_batch_size > 1, max_queue_delay_us=round(config.max_queue_delay_ms * 1000),
         label_filename=LABELS_FILE if model.labelled else None,
         warmup_batch_sizes=model.engine.warmup_batch_sizes, image_size=model.engine.image_size))

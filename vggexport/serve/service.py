@@ -27,7 +27,7 @@ from vggexport.errors import VggExportError, first_line
 from vggexport.store.fileio import ArtifactBytes
 from vggexport.store.manifest import read_checked
 from vggexport.backend.base import softmax
-from vggexport.backend.onnxrt import resolve_provider
+from vggexport.backend.onnxrt import default_threads, resolve_provider
 from vggexport.serve.batcher import DynamicBatcher
 from vggexport.names import V2_TO_NUMPY
 from vggexport.serve.runner import ServingRunner
@@ -53,7 +53,8 @@ class ServeConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     preprocessing_model: str | None = None
-    threads: int | None = None
+    threads: int | None = None  # None: the cores this process may use / instances
+    instances: int = 1  # batches run at once on the one session, from one queue (Triton's instance_group count)
     workers: int = 1
     grpc_port: int = 0
     warmup: bool | None = None  # None: on CUDA only (CPU start-up stays under a second)
@@ -71,6 +72,8 @@ class ServeConfig:
             raise VggExportError("--max-queue-size must be at least --max-batch-size")
         if self.max_image_pixels < 1:
             raise VggExportError("--max-image-pixels must be >= 1")
+        if self.instances < 1:
+            raise VggExportError("--instances must be >= 1")
 
 
 class BatchedRunner:
@@ -79,7 +82,8 @@ class BatchedRunner:
     def __init__(self, path: Path, config: ServeConfig, metrics: ServerMetrics, phase: Callable[[str], None]) -> None:
         artifact = gated_bytes(path, config)
         phase(f"read {artifact.path.name}: {artifact.size} bytes, sha256 {artifact.sha256}")
-        self.runner = ServingRunner(artifact, provider=config.provider, threads=config.threads, phase=phase)
+        self.threads = config.threads or default_threads(config.instances)  # each run's intra-op threads
+        self.runner = ServingRunner(artifact, provider=config.provider, threads=self.threads, phase=phase)
         self.runner.activate()
         if config.gate != "off" and not self.runner.on_cuda and resolve_provider(config.provider) == "cuda":
             # auto was gated as CUDA but ORT fell back to its CPU provider: these bytes now run on the CPU,
@@ -98,7 +102,7 @@ class BatchedRunner:
         self.batcher = DynamicBatcher(self.runner.infer_all, max_batch_size=config.max_batch_size,
                                       max_queue_delay_ms=config.max_queue_delay_ms,
                                       max_queue_size=config.max_queue_size, timeout_ms=config.timeout_ms,
-                                      observe=metrics.observe_batch)
+                                      instances=config.instances, observe=metrics.observe_batch)
         if config.warmup or (config.warmup is None and self.runner.on_cuda):
             self.warm_up(config.max_batch_size, phase)
 
