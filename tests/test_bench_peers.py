@@ -132,6 +132,21 @@ def test_the_triton_model_folder_says_python_backend_batch_64_no_delay(tmp_path:
     assert report.parent == tmp_path / "repo"
 
 
+def test_instances_give_both_servers_the_same_sessions_and_threads(tmp_path: Path) -> None:
+    """--instances 2: Triton's instance group of 2 and vggexport's 2 instances, each run on 1 thread."""
+    io = {"input": ["input", [1, 32, 32]], "output": ["logits", [10]]}
+    peer_servers.write_repository(tmp_path / "repo", "vgg11_bn", tmp_path / "model.onnx", io, 1, instances=2)
+    config = (tmp_path / "repo" / "vgg11_bn" / "config.pbtxt").read_text()
+    assert "count: 2 kind: KIND_CPU" in config and 'key: "intra_op_num_threads" value: { string_value: "1" }' in config
+    server = peer_servers.start_vggexport(tmp_path / "missing.onnx", tmp_path, 1, 2, instances=2, threads=1)
+    server.process.wait(timeout=60)  # the model is missing: it exits at once, after its command was built
+    command = server.process.args
+    assert command[command.index("--instances") + 1] == "2" and command[command.index("--threads") + 1] == "1"
+    single = peer_servers.start_vggexport(tmp_path / "missing.onnx", tmp_path, 1, 2)
+    single.process.wait(timeout=60)
+    assert "--instances" not in single.process.args and "--threads" not in single.process.args
+
+
 def test_a_folder_that_is_not_a_venv_is_refused_not_replaced(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(RuntimeError, match="not a virtual environment"):

@@ -1,14 +1,15 @@
 """`vggexport serve` beside NVIDIA Triton (Python backend, one ONNX Runtime CPU session), same model, same clients.
 
     python tools/bench_peers.py [--model artifacts/vgg11_bn/model.onnx] [--seconds 5] [--rounds 3]
-                                [--clients 1 8 64] [--venv DIR] [--logs DIR]
+                                [--clients 1 8 64] [--instances 1] [--venv DIR] [--logs DIR]
 
 Both servers run at once on 127.0.0.1 with dynamic batching at max batch 64 and no
 queue delay: `vggexport serve --provider cpu` with its defaults, and Triton's
 tritonserver (from nvidia-pytriton, in its own Python 3.12 venv, built once; see
 tools/peer_servers.py) with tools/triton_python/model.py. Both ONNX Runtime sessions get
 the same release and options (intra-op threads = the cores this process may use, the
-serve default). Closed-loop single-image clients (tools/loadgen.py, in their own process,
+serve default; with --instances N, N runs at once of CORES/N threads each, from one queue in
+both). Closed-loop single-image clients (tools/loadgen.py, in their own process,
 binary tensor extension) drive each server in alternating rounds at each client count; the
 median round is reported, every answer is checked against offline ONNX Runtime on the same
 inputs, and the raw session at batch 64 is measured in the same run. Exit code 1 when an
@@ -51,6 +52,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
                         help="raw: keep-alive HTTP/1.1 on asyncio streams, several times cheaper per request than "
                              "aiohttp on the cores the servers share [default: raw].")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="Batches run at once, the cores split between them: vggexport serve --instances N "
+                             "--threads CORES/N against Triton's instance_group count N [default: 1].")
     parser.add_argument("--images", type=int, default=64, help="Distinct inputs the clients cycle through.")
     parser.add_argument("--venv", type=Path, default=peer_servers.DEFAULT_VENV,
                         help="Triton's venv, built there once and reused [default: %(default)s].")
@@ -121,10 +125,13 @@ def start_servers(args: argparse.Namespace, io: dict[str, Any], logs: Path,
     from vggexport.serve.smoke import free_port
 
     venv = peer_servers.ensure_venv(args.venv, args.python, logs / "triton-venv-pip.log")
-    report = peer_servers.write_repository(logs / "triton-repository", io["name"], args.model, io, threads)
+    report = peer_servers.write_repository(logs / "triton-repository", io["name"], args.model, io, threads,
+                                           args.instances)
     servers: dict[str, peer_servers.ServerProcess] = {}
     try:  # both load at once; neither is measured while the other starts
-        servers["vggexport"] = peer_servers.start_vggexport(args.model, logs, free_port(), free_port())
+        servers["vggexport"] = peer_servers.start_vggexport(
+            args.model, logs, free_port(), free_port(), args.instances,
+            threads if args.instances > 1 else None)  # one instance: the serve default, which is `threads`
         servers["triton"] = peer_servers.start_triton(venv, logs / "triton-repository", logs, free_port(),
                                                       free_port())
         for server in servers.values():
@@ -146,20 +153,22 @@ def stop_all(servers: dict[str, peer_servers.ServerProcess]) -> None:
             signal.signal(sig, handler)
 
 
-def describe(servers: dict[str, peer_servers.ServerProcess], report: Path, threads: int) -> None:
+def describe(servers: dict[str, peer_servers.ServerProcess], report: Path, threads: int, instances: int) -> None:
     """Versions and settings beside the numbers: what ran, read back from each server where it can say."""
     ours, theirs = servers["vggexport"].get("/v2"), servers["triton"].get("/v2")
     session = json.loads(report.read_text())
-    print(f"CPU: {os.cpu_count()} cores, {threads} usable; flags: {cpu_flags()}")
+    print(f"CPU: {os.cpu_count()} cores, {threads * instances} usable; flags: {cpu_flags()}")
     import numpy as np
 
     print(f"vggexport serve: {ours['name']} {ours['version']}, Python {sys.version.split()[0]}, "
           f"onnxruntime {peer_servers.ort_version()} (CPUExecutionProvider), numpy {np.__version__}, "
-          f"max batch 64, delay 0 (its defaults)")
+          f"max batch 64, delay 0 (its defaults), {instances} instance(s)")
     print(f"Triton: {theirs['name']} {theirs['version']} from {peer_servers.PYTRITON}, Python backend on "
           f"{session['python']}, onnxruntime {session['onnxruntime']} ({', '.join(session['providers'])}), "
-          f"numpy {session['numpy']} (pytriton needs < 2), dynamic batcher max batch 64, delay 0 us, 1 CPU instance")
-    print(f"ORT sessions: all graph optimisations, sequential; intra-op threads {threads} (Triton's model reports "
+          f"numpy {session['numpy']} (pytriton needs < 2), dynamic batcher max batch 64, delay 0 us, "
+          f"{instances} CPU instance(s)")
+    print(f"ORT sessions: all graph optimisations, sequential; intra-op threads {threads} in each of {instances} "
+          f"(Triton's model reports "
           f"{session['intra_op_num_threads']}), inter-op default, spinning off "
           f"(Triton's model reports {session['allow_spinning']!r})")
 
@@ -251,7 +260,10 @@ def main() -> None:
 
     logs = args.logs or Path(tempfile.mkdtemp(prefix="bench-peers-"))
     logs.mkdir(parents=True, exist_ok=True)
-    threads = len(os.sched_getaffinity(0))  # what vggexport serve gives ORT by default (session_options)
+    cores = len(os.sched_getaffinity(0))  # what vggexport serve gives ORT by default (session_options)
+    if not 1 <= args.instances <= cores:
+        raise SystemExit(f"--instances must be 1 to {cores} (the cores this process may use), not {args.instances}")
+    threads = cores // args.instances
     io = model_io(args.model)
     images = np.random.default_rng(0).standard_normal((args.images, *io["input"][1]), dtype=np.float32)
     inputs = logs / "inputs.f32"
@@ -260,7 +272,7 @@ def main() -> None:
     print(f"model {args.model} ({io['name']}: {io['input']} -> {io['output']}); logs in {logs}", flush=True)
     servers, session_report = start_servers(args, io, logs, threads)
     try:
-        describe(servers, session_report, threads)
+        describe(servers, session_report, threads, args.instances)
         print(f"client: {loadgen.client_name(args.client)}, {args.client_processes} process(es) of its own; "
               f"{args.images} distinct images; {args.rounds} rounds x {args.seconds:g} s "
               f"(+{args.warmup:g} s warm-up) per server and client count, alternating", flush=True)

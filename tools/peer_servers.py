@@ -102,10 +102,19 @@ class ServerProcess:
                 pass
 
 
-def start_vggexport(model: Path, logs: Path, port: int, grpc_port: int) -> ServerProcess:
-    """`vggexport serve` as tools/bench_serve.py starts it (--model), on the CPU, its batching defaults."""
+def start_vggexport(model: Path, logs: Path, port: int, grpc_port: int, instances: int = 1,
+                    threads: int | None = None) -> ServerProcess:
+    """`vggexport serve` as tools/bench_serve.py starts it (--model), on the CPU, its batching defaults.
+
+    instances > 1: that many batches run at once from the one queue (--instances, Triton's instance group), each
+    on `threads` intra-op threads.
+    """
     command = [sys.executable, "-m", "vggexport", "serve", "--model", str(model), "--provider", "cpu",
                "--port", str(port), "--grpc-port", str(grpc_port)]
+    if instances > 1:
+        command += ["--instances", str(instances)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path[1:]])}
     return ServerProcess("vggexport serve", command, port, logs / "vggexport.log", env)
 
@@ -178,8 +187,11 @@ def stage_backend(venv: Path) -> Path:
     return backends
 
 
-def write_repository(repo: Path, name: str, model: Path, io: dict[str, list], threads: int) -> Path:
+def write_repository(repo: Path, name: str, model: Path, io: dict[str, list], threads: int,
+                     instances: int = 1) -> Path:
     """A model repository with one Python-backend model: config.pbtxt and 1/model.py. Returns the report path.
+
+    instances: the CPU instance group's count, each instance a stub process with its own session.
 
     io: {"input": [name, [dims without batch]], "output": [name, [dims]]}, FP32 both (the ONNX's).
     """
@@ -192,7 +204,7 @@ def write_repository(repo: Path, name: str, model: Path, io: dict[str, list], th
         f'input [ {{ name: "{io["input"][0]}" data_type: TYPE_FP32 dims: {io["input"][1]} }} ]',
         f'output [ {{ name: "{io["output"][0]}" data_type: TYPE_FP32 dims: {io["output"][1]} }} ]',
         "dynamic_batching { max_queue_delay_microseconds: 0 }",
-        'instance_group [ { count: 1 kind: KIND_CPU } ]',
+        f'instance_group [ {{ count: {instances} kind: KIND_CPU }} ]',
         *(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()), ""]))
     return report
 
