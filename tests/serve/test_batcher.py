@@ -10,7 +10,7 @@ import pytest
 
 from vggexport.serve.batcher import DynamicBatcher
 from vggexport.serve.errors import DeadlineError, InternalError, UnavailableError
-from vggexport.serve.instance import ModelInstance
+from vggexport.serve.instance import ModelInstance, Pending
 
 
 def double_unless_negative(batch: np.ndarray) -> list[np.ndarray]:
@@ -421,3 +421,18 @@ def test_a_fatal_batch_fails_the_other_instances_batch_but_its_buffer_stays_its_
     failed, after, again = asyncio.run(scenario())
     assert all(isinstance(f, InternalError) for f in failed), failed
     assert after[0].tolist() == [[2.0], [2.0]] and again[0].tolist() == [[4.0], [4.0]]
+
+
+def test_a_failed_buffer_allocation_fails_one_batch_and_the_next_merges(monkeypatch: pytest.MonkeyPatch) -> None:
+    instance = ModelInstance(double_unless_negative, max_batch_size=4)
+    loop = asyncio.new_event_loop()
+    instance.running = [Pending(np.zeros((1, 3), np.float32), loop.create_future()) for _ in range(2)]
+    instance.merge()  # a buffer for rows of 3
+    instance.running = [Pending(np.full((1, 2), i, np.float32), loop.create_future()) for i in range(2)]
+    real_empty = np.empty
+    monkeypatch.setattr(np, "empty", lambda *a, **k: (_ for _ in ()).throw(MemoryError("no memory")))
+    with pytest.raises(MemoryError):
+        instance.merge()
+    monkeypatch.setattr(np, "empty", real_empty)
+    np.testing.assert_array_equal(instance.merge(), [[0.0, 0.0], [1.0, 1.0]])  # not "wrong shape" from a stale buffer
+    loop.close()

@@ -79,9 +79,10 @@ class ModelInstance:
         rows = sum(len(p.batch) for p in self.running)
         key = (first.shape[1:], first.dtype)
         if self.buffer is None or self.buffer_key != key:
-            self.buffer_key = key
             size = self.max_batch_size * first[:1].nbytes
+            self.buffer = None  # a failed allocation below must not leave the old buffer under the new key
             self.buffer = np.empty((self.max_batch_size, *key[0]), key[1]) if size <= MAX_BUFFER_BYTES else None
+            self.buffer_key = key
         if self.buffer is None:  # rows too large to keep a whole batch of them around
             return np.concatenate([p.batch for p in self.running])
         return np.concatenate([p.batch for p in self.running], out=self.buffer[:rows])
