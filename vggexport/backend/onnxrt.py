@@ -158,10 +158,11 @@ def preload_cuda_libraries(ort: Any, phase: Callable[[str], None]) -> list[str]:
 
 
 def default_threads(runs_at_once: int = 1) -> int:
-    """Intra-op threads when none are asked for: the cores this process may use, shared by the runs at once."""
+    """Intra-op threads when none are asked for: a session's runs share its one pool of this many - 1 threads,
+    and each run adds its calling thread, so N runs at once fill the cores this process may use with cores - N + 1."""
     import os
 
-    return max(1, len(os.sched_getaffinity(0)) // runs_at_once)
+    return max(1, len(os.sched_getaffinity(0)) - runs_at_once + 1)
 
 
 def session_options(*, threads: int | None = None, spinning: bool = True) -> Any:

@@ -53,7 +53,7 @@ class ServeConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     preprocessing_model: str | None = None
-    threads: int | None = None  # None: the cores this process may use / instances
+    threads: int | None = None  # None: what fills the cores with ``instances`` runs at once (default_threads)
     instances: int = 1  # batches run at once on the one session, from one queue (Triton's instance_group count)
     workers: int = 1
     grpc_port: int = 0
