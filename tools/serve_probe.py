@@ -1,13 +1,19 @@
 """Starts `vggexport serve` on a verified model and asks it once over HTTP and once over gRPC with the
 official tritonclient; both answers must be finite and agree. The GPU run's serving check.
 
-    python tools/serve_probe.py --artifacts ART [--provider cuda|cpu|auto] [--logs DIR] [--ready-timeout 90]
+    python tools/serve_probe.py --artifacts ART [--provider cuda|cpu|auto] [--instances N] [--logs DIR]
+                                [--ready-timeout 90]
+
+With ``--instances N`` > 1 the server runs N batches at once on its one session (each instance warmed up on its
+own thread), and 8 × N concurrent HTTP requests follow: each answer must be finite, give the same top-1 and lie
+within 1e-3 of the largest logit of the single answer (batches of other sizes may pick other kernels).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +40,31 @@ def ask(server: Server, grpc_port: int, name: str, batch: np.ndarray) -> tuple[n
     return over_http, over_grpc
 
 
+def concurrent_answers(server: Server, name: str, batch: np.ndarray, count: int) -> list[np.ndarray]:
+    """``count`` HTTP requests at once, a client each (tritonclient's HTTP client is not shared across threads)."""
+    import tritonclient.http as httpclient
+
+    def one(_: int) -> np.ndarray:
+        client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+        given = httpclient.InferInput("input", list(batch.shape), "FP32")
+        given.set_data_from_numpy(batch, binary_data=True)
+        return client.infer(name, [given]).as_numpy("logits")
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def agree(single: np.ndarray, answers: list[np.ndarray]) -> bool:
+    tolerance = 1e-3 * float(np.abs(single).max())
+    return all(np.isfinite(a).all() and a.shape == single.shape and (a.argmax(1) == single.argmax(1)).all()
+               and float(np.abs(a - single).max()) <= tolerance for a in answers)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, required=True)
     parser.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="cuda")
+    parser.add_argument("--instances", type=int, default=1, help="vggexport serve --instances [default: 1]")
     parser.add_argument("--logs", type=Path, default=Path("serve-probe-logs"))
     parser.add_argument("--ready-timeout", type=float, default=90.0)
     args = parser.parse_args()
@@ -47,7 +74,9 @@ def main() -> int:
         return 2
     args.logs.mkdir(parents=True, exist_ok=True)
     grpc_port = free_port()
-    server = Server(models[0], args.logs / "serve.log", "--provider", args.provider, "--grpc-port", str(grpc_port))
+    server = Server(models[0], args.logs / "serve.log", "--provider", args.provider, "--grpc-port", str(grpc_port),
+                    "--instances", str(args.instances))
+    together: list[np.ndarray] = []
     try:
         print(f"ready in {server.wait_ready(args.ready_timeout):.1f} s, RSS {server.rss_mb():.0f} MB", flush=True)
         import httpx
@@ -57,12 +86,19 @@ def main() -> int:
         side = 32 if shape[-1] == -1 else shape[-1]
         batch = np.random.default_rng(0).standard_normal((4, shape[1], side, side)).astype(np.float32)
         over_http, over_grpc = ask(server, grpc_port, name, batch)
+        if args.instances > 1:
+            together = concurrent_answers(server, name, batch, 8 * args.instances)
     finally:
         server.stop()
     print(f"model {name}: HTTP {over_http.shape}, gRPC {over_grpc.shape}, top-1 {over_http.argmax(1).tolist()}")
     if not (np.isfinite(over_http).all() and np.array_equal(over_http, over_grpc)):
         print("error: the HTTP and gRPC answers are not finite and equal", file=sys.stderr)
         return 1
+    if together:
+        print(f"{len(together)} concurrent requests over {args.instances} instances", flush=True)
+        if not agree(over_http, together):
+            print("error: the concurrent answers do not agree with the single one", file=sys.stderr)
+            return 1
     return 0
 
 

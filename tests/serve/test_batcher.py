@@ -436,3 +436,35 @@ def test_a_failed_buffer_allocation_fails_one_batch_and_the_next_merges(monkeypa
     monkeypatch.setattr(np, "empty", real_empty)
     np.testing.assert_array_equal(instance.merge(), [[0.0, 0.0], [1.0, 1.0]])  # not "wrong shape" from a stale buffer
     loop.close()
+
+
+def test_warm_up_runs_on_every_instance_thread_and_those_threads_then_serve() -> None:
+    """CUDA sets up a thread's cuDNN and cuBLAS handles on its first run: the warm-up must be that first run on
+    each instance's own thread, not on the thread that builds the server."""
+    threads: list[str] = []
+
+    def infer(batch: np.ndarray) -> list[np.ndarray]:
+        threads.append(threading.current_thread().name)
+        return double_unless_negative(batch)
+
+    batcher = DynamicBatcher(infer, max_batch_size=2, instances=2)
+    batcher.warm_up(np.zeros((2, 1), np.float32))
+    assert threads == ["vggexport-infer-0", "vggexport-infer-1"]
+    started = [instance.thread for instance in batcher.instances]
+
+    async def serve() -> list[np.ndarray]:
+        answer = await asyncio.wait_for(batcher.submit(np.full((1, 1), 3, np.float32)), 5)
+        await batcher.stop()
+        return answer
+
+    doubled, _ = asyncio.run(serve())
+    assert doubled.tolist() == [[6.0]] and threads[-1] in {"vggexport-infer-0", "vggexport-infer-1"}
+    assert all(thread is not None and not thread.is_alive() for thread in started)  # stop() ended them
+
+
+def test_a_warm_up_that_fails_raises_its_error_to_the_caller() -> None:
+    batcher = DynamicBatcher(double_unless_negative, max_batch_size=2, instances=2)
+    with pytest.raises(ValueError, match="negative input"):
+        batcher.warm_up(np.full((1, 1), -1, np.float32))
+    batcher.stop_instances()
+    assert all(instance.thread is None for instance in batcher.instances)

@@ -74,8 +74,17 @@ class DynamicBatcher:
     async def stop(self) -> None:
         self.closed = True
         self.fail_waiting(UnavailableError("the server is shutting down"))
+        self.stop_instances()
+
+    def stop_instances(self) -> None:
         for instance in self.instances:
             instance.stop()
+
+    def warm_up(self, batch: np.ndarray) -> None:
+        """Run ``batch`` once on every instance's own thread, before serving (no event loop needed); raises what
+        a run raises. Each thread's first run is the one that pays CUDA's per-thread set-up."""
+        for instance in self.instances:
+            instance.run_here(batch)
 
     async def submit(self, batch: np.ndarray) -> Outputs:
         """Queue ``batch`` (N rows) and wait for each output's N rows."""

@@ -10,11 +10,11 @@ a CPU or a GPU busy while the next batch is merged and the last one answered.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -35,6 +35,7 @@ class Pending:
 
 
 Finished = Callable[["ModelInstance", "Outputs | None", "BaseException | None"], None]
+Reply = Callable[["Outputs | None", "BaseException | None"], None]  # called on the instance's thread
 
 
 class ModelInstance:
@@ -52,7 +53,7 @@ class ModelInstance:
         # is merged only after that run has returned.
         self.buffer: np.ndarray | None = None
         self.buffer_key: tuple[tuple[int, ...], np.dtype] | None = None
-        self.inbox: queue.SimpleQueue[tuple[Any, Finished, np.ndarray] | None] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[tuple[Reply, np.ndarray] | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
 
     def start(self, group: list[Pending], finished: Finished) -> None:
@@ -60,11 +61,37 @@ class ModelInstance:
         Raises (the batch never reached the thread) when its rows cannot be merged or the thread cannot start."""
         self.running, self.busy, self.started = group, True, time.perf_counter()
         batch = self.merge()
+        loop = asyncio.get_running_loop()
+        self.hand_over(lambda outputs, error: self.post(loop, finished, outputs, error), batch)
+
+    def run_here(self, batch: np.ndarray) -> Outputs:
+        """Run ``batch`` on this instance's thread and wait for its outputs, with no event loop: the warm-up.
+        On CUDA, ONNX Runtime makes a thread's cuDNN and cuBLAS handles on that thread's first run, so each
+        instance's thread warms up, not the thread that builds the server."""
+        done: concurrent.futures.Future[Outputs] = concurrent.futures.Future()
+
+        def reply(outputs: Outputs | None, error: BaseException | None) -> None:
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(outputs or [])
+
+        self.hand_over(reply, batch)
+        return done.result()
+
+    def hand_over(self, reply: Reply, batch: np.ndarray) -> None:
         if self.thread is None:  # started on first use: a --workers parent builds its app but never serves
             thread = threading.Thread(target=self.serve, name=self.name, daemon=True)
             thread.start()  # kept only once started: a thread that failed to start is tried again next batch
             self.thread = thread
-        self.inbox.put((asyncio.get_running_loop(), finished, batch))
+        self.inbox.put((reply, batch))
+
+    def post(self, loop: asyncio.AbstractEventLoop, finished: Finished, outputs: Outputs | None,
+             error: BaseException | None) -> None:
+        try:
+            loop.call_soon_threadsafe(finished, self, outputs, error)
+        except RuntimeError:
+            pass  # the loop has closed: no one is waiting for this batch any more
 
     def release(self) -> None:
         """The batcher is done with this instance's batch: it may take the next one."""
@@ -103,16 +130,13 @@ class ModelInstance:
 
     def serve(self) -> None:
         while (item := self.inbox.get()) is not None:
-            loop, finished, batch = item
+            reply, batch = item
             outputs, error = None, None
             try:
                 outputs = list(self.infer(batch))
             except BaseException as exc:  # all of them, as an executor would: the batcher decides what is fatal
                 error = exc
-            try:
-                loop.call_soon_threadsafe(finished, self, outputs, error)
-            except RuntimeError:
-                pass  # the loop has closed: no one is waiting for this batch any more
+            reply(outputs, error)
 
     def stop(self) -> None:
         """Wait for the batch running now, if any (as ``executor.shutdown(wait=True)`` did), then end the thread."""

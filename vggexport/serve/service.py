@@ -107,7 +107,8 @@ class BatchedRunner:
             self.warm_up(config.max_batch_size, phase)
 
     def warm_up(self, max_batch_size: int, phase: Callable[[str], None]) -> None:
-        """Run batch 1 and the largest batch once, so CUDA's first-run costs (and failures) come before ready."""
+        """Run batch 1 and the largest batch once on each instance, so CUDA's first-run costs (and failures) come
+        before ready."""
         side = self.image_size
         shape = [side if d == -1 else d for d in self.input_shape[1:]]
         dtype = np.uint8 if self.takes_pixels else np.float32
@@ -115,7 +116,7 @@ class BatchedRunner:
         for rows in self.warmup_batch_sizes:
             phase(f"warm-up: batch {rows} on {self.runner.path.name}")
             try:
-                self.runner.infer_all(np.zeros((rows, *shape), dtype))
+                self.batcher.warm_up(np.zeros((rows, *shape), dtype))
             except Exception as exc:
                 raise VggExportError(f"warm-up inference failed on {self.runner.provider}: "
                                      f"{first_line(exc)}") from None
