@@ -167,3 +167,14 @@ def test_pip_check_stops_the_run_only_for_what_it_relies_on() -> None:
               "jax 0.11.2 requires jaxlib, which is not installed.\n")
     found = preflight.pip_check_problems(report, {"tritonclient", "numpy", "protobuf"}, {"tritonclient", "protobuf"})
     assert found == [report.splitlines()[1], report.splitlines()[2]]
+
+
+def test_the_carried_requirements_expand_the_projects_own_extras() -> None:
+    """The test extra names ``vggexport[signing]``: pip cannot resolve the project from an index, so the build
+    must carry what that extra names instead (a build once stopped there)."""
+    wanted = build.requirements()
+    names = {build.requirement_name(r) for r in wanted}
+    assert "vggexport" not in names
+    assert {"model-signing", "pyopenssl", "schemathesis"} <= names
+    project = {"name": "demo", "optional-dependencies": {"a": ["x>=1", "demo[b,c]"], "b": ["y"], "c": ["demo[b]", "z"]}}
+    assert build.own_extra(project, "a") == ["x>=1", "y", "y", "z"]

@@ -68,8 +68,24 @@ def rehearsal_venv() -> Path:
 def requirements() -> list[str]:
     """What the GPU run imports: the project's dependencies and test extra, less what the machine has or skips."""
     project = tomllib.loads((layout.ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    wanted = [*project["dependencies"], *own_extra(project, "test")]
     return [r for r in wanted if requirement_name(r) not in NOT_CARRIED]
+
+
+def own_extra(project: dict, extra: str) -> list[str]:
+    """An extra's requirements, with the project's own extras it names (``vggexport[signing]``) expanded in
+    place: pip cannot resolve the project itself from an index, and the device never installs it (the checkout
+    is imported where it lies)."""
+    own = requirement_name(project["name"])
+    found: list[str] = []
+    for requirement in project["optional-dependencies"][extra]:
+        if requirement_name(requirement) != own:
+            found.append(requirement)
+            continue
+        named = requirement.split("[", 1)[1].split("]", 1)[0] if "[" in requirement else ""
+        for inner in filter(None, (e.strip() for e in named.split(","))):
+            found += own_extra(project, inner)
+    return found
 
 
 def requirement_name(requirement: str) -> str:
