@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,31 @@ def test_without_amx_refuses_the_amx_request_and_runs_the_script(tmp_path: Path)
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "request returned -1 args ['--flag']" in done.stdout and "getpid allowed True" in done.stdout
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc")
+def test_serve_threads_reads_this_process_threads_and_the_machine() -> None:
+    """What tools/serve_threads.py reports rests on these two reads; a thread that computes shows time on a CPU."""
+    import os
+    import threading
+
+    sys.path.insert(0, str(TOOLS))
+    import serve_threads
+
+    stop = threading.Event()
+    worker = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)])
+    worker.start()
+    try:
+        before = serve_threads.threads(os.getpid())
+        end = time.perf_counter() + 0.2
+        while time.perf_counter() < end:
+            pass
+        after = serve_threads.threads(os.getpid())
+    finally:
+        stop.set()
+        worker.join()
+    assert os.getpid() in before and after[os.getpid()][0] > before[os.getpid()][0]  # ns on a CPU grew
+    assert all(len(v) == 4 and all(n >= 0 for n in v) for v in after.values())
+    assert len(after) >= 2  # the worker thread is listed beside the main one
+    stat = serve_threads.machine()
+    assert len(stat) == len(serve_threads.STAT_FIELDS) and sum(stat) > 0
