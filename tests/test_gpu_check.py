@@ -178,3 +178,5 @@ def test_the_carried_requirements_expand_the_projects_own_extras() -> None:
     assert {"model-signing", "pyopenssl", "schemathesis"} <= names
     project = {"name": "demo", "optional-dependencies": {"a": ["x>=1", "demo[b,c]"], "b": ["y"], "c": ["demo[b]", "z"]}}
     assert build.own_extra(project, "a") == ["x>=1", "y", "y", "z"]
+    cyclic = {"name": "demo", "optional-dependencies": {"a": ["demo[b]"], "b": ["demo[a]", "y"]}}
+    assert build.own_extra(cyclic, "a") == ["y"]  # extras that name each other end

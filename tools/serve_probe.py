@@ -5,8 +5,9 @@ official tritonclient; both answers must be finite and agree. The GPU run's serv
                                 [--ready-timeout 90]
 
 With ``--instances N`` > 1 the server runs N batches at once on its one session (each instance warmed up on its
-own thread), and 8 × N concurrent HTTP requests follow: each answer must be finite, give the same top-1 and lie
-within 1e-3 of the largest logit of the single answer (batches of other sizes may pick other kernels).
+own thread), and 8 × N concurrent HTTP requests follow: each answer must be finite, lie within 1e-3 of the largest
+logit of the single answer (batches of other sizes may pick other kernels) and give its top-1 wherever that is
+not a near-tie.
 """
 
 from __future__ import annotations
@@ -55,9 +56,13 @@ def concurrent_answers(server: Server, name: str, batch: np.ndarray, count: int)
 
 
 def agree(single: np.ndarray, answers: list[np.ndarray]) -> bool:
+    """Finite, within the tolerance, and the same top-1 wherever the single answer's top two are further apart
+    than the tolerance (a near-tie may flip between kernels and still be within it)."""
     tolerance = 1e-3 * float(np.abs(single).max())
-    return all(np.isfinite(a).all() and a.shape == single.shape and (a.argmax(1) == single.argmax(1)).all()
-               and float(np.abs(a - single).max()) <= tolerance for a in answers)
+    top2 = np.sort(single, axis=1)[:, -2:]
+    decided = top2[:, 1] - top2[:, 0] > 2 * tolerance
+    return all(np.isfinite(a).all() and a.shape == single.shape and float(np.abs(a - single).max()) <= tolerance
+               and (a.argmax(1) == single.argmax(1))[decided].all() for a in answers)
 
 
 def main() -> int:

@@ -7,8 +7,9 @@ A layout NxT is `--instances N --threads T`. Each round starts that server, driv
 `tools/loadgen.py`'s raw HTTP/1.1 client for one window, and reads over exactly that window
 the machine's /proc/stat (user, system, idle, steal) and, per server thread, its
 /proc/.../schedstat and context switches: the share of the window on a CPU, runnable but
-waiting for one (the run queue), and asleep (waiting for work, I/O or a lock). Rounds
-alternate between layouts. What it answers: whether idle CPU under a layout is threads with
+waiting for one (the run queue), and asleep (waiting for work, I/O or a lock); every
+answer is checked against offline ONNX Runtime. Only the event loop is named (its thread id
+is the process id); Python does not name the others for the OS. Rounds alternate between layouts. What it answers: whether idle CPU under a layout is threads with
 nothing to do, or threads that could run and were not given a CPU.
 """
 
@@ -59,7 +60,8 @@ def threads(pid: int) -> dict[int, tuple[int, ...]]:
     return found
 
 
-def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path, io: dict) -> list[str]:
+def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path, io: dict,
+              expected: object) -> tuple[list[str], list[str]]:
     from vggexport.serve.smoke import free_port
 
     instances, threads_each = (int(x) for x in layout.split("x"))
@@ -72,10 +74,12 @@ def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path
                                probe=lambda: (time.perf_counter(), machine(), threads(pid), server.batch_counts(io["name"])))
     finally:
         server.stop()
+    _, wrong = bench_peers.check_answers(result, expected, io)  # failed or wrong answers are no throughput
     (t0, m0, th0, b0), (t1, m1, th1, b1) = result.probes
     wall, spent = t1 - t0, [b - a for a, b in zip(m0, m1)]
     cores = 100 * (os.cpu_count() or 1) / max(sum(spent), 1)
-    lines = [f"{layout}: {result.rate:.0f} req/s, mean batch {(b1[0] - b0[0]) / max(b1[1] - b0[1], 1):.1f}; machine "
+    lines = [f"{layout}: {result.rate:.0f} req/s, answers {result.requests} "
+             + ("ok" if not wrong else f"{len(wrong)} WRONG") + f", mean batch {(b1[0] - b0[0]) / max(b1[1] - b0[1], 1):.1f}; machine "
              + ", ".join(f"{name} {cores * n:.0f}%" for name, n in zip(STAT_FIELDS, spent) if cores * n >= 0.5)]
     for tid in sorted(set(th0) & set(th1)):
         run, wait, voluntary, involuntary = (b - a for a, b in zip(th0[tid], th1[tid]))
@@ -85,7 +89,7 @@ def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path
         lines.append(f"    {role:<14} on a CPU {100 * run / 1e9 / wall:5.1f}%  run queue {100 * wait / 1e9 / wall:5.1f}%"
                      f"  asleep {100 - 100 * (run + wait) / 1e9 / wall:5.1f}%  switches/s voluntary "
                      f"{voluntary / wall:6.0f} involuntary {involuntary / wall:6.0f}")
-    return lines
+    return lines, [f"{layout}: {problem}" for problem in wrong[:5]]
 
 
 def main() -> int:
@@ -96,12 +100,17 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="serve-threads-"))
     images = np.random.default_rng(0).standard_normal((64, *io["input"][1])).astype(np.float32)
     (logs / "inputs.raw").write_bytes(images.tobytes())
+    expected = bench_peers.offline_answers(args.model, images)
+    problems: list[str] = []
     print(f"CPU flags: {bench_peers.cpu_flags()}; {os.cpu_count()} cores; {args.clients} clients; logs in {logs}")
     for round_no in range(1, args.rounds + 1):
         for layout in args.layouts:
-            print(f"round {round_no}, " + "\n".join(one_round(args.model, layout, args.clients, args.seconds, logs, io)),
-                  flush=True)
-    return 0
+            lines, wrong = one_round(args.model, layout, args.clients, args.seconds, logs, io, expected)
+            print(f"round {round_no}, " + "\n".join(lines), flush=True)
+            problems += wrong
+    for problem in problems:
+        print(f"WRONG: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -468,3 +468,11 @@ def test_a_warm_up_that_fails_raises_its_error_to_the_caller() -> None:
         batcher.warm_up(np.full((1, 1), -1, np.float32))
     batcher.stop_instances()
     assert all(instance.thread is None for instance in batcher.instances)
+
+
+def test_a_stopped_batcher_refuses_a_warm_up_and_starts_no_thread() -> None:
+    batcher = DynamicBatcher(double_unless_negative, max_batch_size=2)
+    asyncio.run(batcher.stop())
+    with pytest.raises(UnavailableError):
+        batcher.warm_up(np.zeros((1, 1), np.float32))
+    assert batcher.instances[0].thread is None

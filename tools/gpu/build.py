@@ -72,7 +72,7 @@ def requirements() -> list[str]:
     return [r for r in wanted if requirement_name(r) not in NOT_CARRIED]
 
 
-def own_extra(project: dict, extra: str) -> list[str]:
+def own_extra(project: dict, extra: str, seen: frozenset[str] = frozenset()) -> list[str]:
     """An extra's requirements, with the project's own extras it names (``vggexport[signing]``) expanded in
     place: pip cannot resolve the project itself from an index, and the device never installs it (the checkout
     is imported where it lies)."""
@@ -84,7 +84,8 @@ def own_extra(project: dict, extra: str) -> list[str]:
             continue
         named = requirement.split("[", 1)[1].split("]", 1)[0] if "[" in requirement else ""
         for inner in filter(None, (e.strip() for e in named.split(","))):
-            found += own_extra(project, inner)
+            if inner not in seen | {extra}:  # extras that name each other are read once
+                found += own_extra(project, inner, seen | {extra})
     return found
 
 

@@ -216,7 +216,7 @@ def serve_forever(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8
     if config.workers == 1:
         uvicorn.run(app, host=host, port=port, **quiet)
         return
-    for engine in service.engines:  # the parent only supervises: its session and warmed-up threads go
+    for engine in service.engines:  # the parent only supervises: its session (GPU memory, on CUDA) and threads go
         engine.batcher.stop_instances()
         engine.runner.deactivate()
     scratch = tempfile.mkdtemp(prefix="vggexport-serve-")

@@ -83,6 +83,7 @@ class DynamicBatcher:
     def warm_up(self, batch: np.ndarray) -> None:
         """Run ``batch`` once on every instance's own thread, before serving (no event loop needed); raises what
         a run raises. Each thread's first run is the one that pays CUDA's per-thread set-up."""
+        self.start()  # refused once stopped: no thread nothing would stop again
         for instance in self.instances:
             instance.run_here(batch)
 

@@ -80,7 +80,7 @@ class ModelInstance:
         return done.result()
 
     def hand_over(self, reply: Reply, batch: np.ndarray) -> None:
-        if self.thread is None:  # started on first use: a --workers parent builds its app but never serves
+        if self.thread is None or not self.thread.is_alive():  # on first use, and after a thread that died
             thread = threading.Thread(target=self.serve, name=self.name, daemon=True)
             thread.start()  # kept only once started: a thread that failed to start is tried again next batch
             self.thread = thread

@@ -118,6 +118,7 @@ class BatchedRunner:
             try:
                 self.batcher.warm_up(np.zeros((rows, *shape), dtype))
             except Exception as exc:
+                self.batcher.stop_instances()  # a server built in code and refused keeps no thread behind
                 raise VggExportError(f"warm-up inference failed on {self.runner.provider}: "
                                      f"{first_line(exc)}") from None
 
