@@ -9,8 +9,9 @@ the machine's /proc/stat (user, system, idle, steal) and, per server thread, its
 /proc/.../schedstat and context switches: the share of the window on a CPU, runnable but
 waiting for one (the run queue), and asleep (waiting for work, I/O or a lock); every
 answer is checked against offline ONNX Runtime. Only the event loop is named (its thread id
-is the process id); Python does not name the others for the OS. Rounds alternate between layouts. What it answers: whether idle CPU under a layout is threads with
-nothing to do, or threads that could run and were not given a CPU.
+is the process id); Python does not name the others for the OS. Rounds alternate between
+layouts. What it answers: whether idle CPU under a layout is threads with nothing to do, or
+threads that could run and were not given a CPU.
 """
 
 from __future__ import annotations
@@ -69,26 +70,31 @@ def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path
     try:
         server.wait_ready(120)
         pid = server.process.pid
+        def probe() -> tuple:
+            return time.perf_counter(), machine(), threads(pid), server.batch_counts(io["name"])
+
         result = loadgen.drive(f"{server.url}/v2/models/{io['name']}/infer", logs / "inputs.raw", [1, *io["input"][1]],
                                clients=clients, seconds=seconds, warmup=1.0, names=(io["input"][0], io["output"][0]),
-                               probe=lambda: (time.perf_counter(), machine(), threads(pid), server.batch_counts(io["name"])))
+                               probe=probe)
     finally:
         server.stop()
     _, wrong = bench_peers.check_answers(result, expected, io)  # failed or wrong answers are no throughput
     (t0, m0, th0, b0), (t1, m1, th1, b1) = result.probes
     wall, spent = t1 - t0, [b - a for a, b in zip(m0, m1)]
     cores = 100 * (os.cpu_count() or 1) / max(sum(spent), 1)
+    batch = (b1[0] - b0[0]) / max(b1[1] - b0[1], 1)
     lines = [f"{layout}: {result.rate:.0f} req/s, answers {result.requests} "
-             + ("ok" if not wrong else f"{len(wrong)} WRONG") + f", mean batch {(b1[0] - b0[0]) / max(b1[1] - b0[1], 1):.1f}; machine "
+             + ("ok" if not wrong else f"{len(wrong)} WRONG") + f", mean batch {batch:.1f}; machine "
              + ", ".join(f"{name} {cores * n:.0f}%" for name, n in zip(STAT_FIELDS, spent) if cores * n >= 0.5)]
     for tid in sorted(set(th0) & set(th1)):
         run, wait, voluntary, involuntary = (b - a for a, b in zip(th0[tid], th1[tid]))
         if run < 0.01 * wall * 1e9:
             continue  # a thread that hardly ran (gRPC's, the signal handler's)
         role = "event loop" if tid == pid else f"thread {tid}"
-        lines.append(f"    {role:<14} on a CPU {100 * run / 1e9 / wall:5.1f}%  run queue {100 * wait / 1e9 / wall:5.1f}%"
-                     f"  asleep {100 - 100 * (run + wait) / 1e9 / wall:5.1f}%  switches/s voluntary "
-                     f"{voluntary / wall:6.0f} involuntary {involuntary / wall:6.0f}")
+        lines.append(f"    {role:<14} on a CPU {100 * run / 1e9 / wall:5.1f}%  "
+                     f"run queue {100 * wait / 1e9 / wall:5.1f}%  "
+                     f"asleep {100 - 100 * (run + wait) / 1e9 / wall:5.1f}%  "
+                     f"switches/s voluntary {voluntary / wall:6.0f} involuntary {involuntary / wall:6.0f}")
     return lines, [f"{layout}: {problem}" for problem in wrong[:5]]
 
 
