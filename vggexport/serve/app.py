@@ -217,8 +217,7 @@ def serve_forever(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8
         uvicorn.run(app, host=host, port=port, **quiet)
         return
     for engine in service.engines:  # the parent only supervises: its session (GPU memory, on CUDA) and threads go
-        engine.batcher.stop_instances()
-        engine.runner.deactivate()
+        engine.close()
     scratch = tempfile.mkdtemp(prefix="vggexport-serve-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(scratch, "metrics")
     os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])

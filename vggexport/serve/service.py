@@ -118,9 +118,15 @@ class BatchedRunner:
             try:
                 self.batcher.warm_up(np.zeros((rows, *shape), dtype))
             except Exception as exc:
-                self.batcher.stop_instances()  # a server built in code and refused keeps no thread behind
+                self.close()  # a server built in code and refused keeps no thread behind
                 raise VggExportError(f"warm-up inference failed on {self.runner.provider}: "
                                      f"{first_line(exc)}") from None
+
+    def close(self) -> None:
+        """Stop the instance threads (each waits for its running batch) and release the session: what a refused
+        server, built in code, must not keep alive behind its error."""
+        self.batcher.stop_instances()
+        self.runner.deactivate()
 
     @property
     def image_size(self) -> int:
@@ -173,6 +179,14 @@ class ModelService:
     def __init__(self, config: ServeConfig, metrics: ServerMetrics, phase: Callable[[str], None]) -> None:
         self.config = config
         self.engine = BatchedRunner(Path(config.model), config, metrics, phase)
+        try:
+            self.describe_and_find_images(metrics, phase)
+        except BaseException:
+            self.engine.close()  # refused after the model warmed up: its threads and session go with the error
+            raise
+
+    def describe_and_find_images(self, metrics: ServerMetrics, phase: Callable[[str], None]) -> None:
+        config = self.config
         meta = self.engine.runner.metadata
         self.name = meta["model_name"]
         try:
@@ -195,13 +209,20 @@ class ModelService:
             phase(f"no {PREPROCESSING_FILE} beside the model: /classify is off")
             return None
         engine = BatchedRunner(path, self.config, metrics, phase)
+        try:
+            self.check_preprocessing(engine, path)
+        except BaseException:
+            engine.close()
+            raise
+        return engine
+
+    def check_preprocessing(self, engine: BatchedRunner, path: Path) -> None:
         if not engine.takes_pixels:
             raise VggExportError(f"{path} takes {engine.input_datatype}, not uint8 pixels: "
                                  "it is not a preprocessing model")
         if engine.runner.metadata.get("checkpoint_sha256") != self.engine.runner.metadata.get("checkpoint_sha256"):
             raise VggExportError(f"{path} was exported from another checkpoint than {self.config.model}; "
                                  "re-export both with `vggexport export --with-preprocessing`")
-        return engine
 
     @property
     def engines(self) -> list[BatchedRunner]:

@@ -1,0 +1,41 @@
+"""The served model's engines: what a server built in code and then refused leaves behind."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from vggexport.errors import VggExportError
+from vggexport.serve.metrics import create_metrics
+from vggexport.serve.service import ModelService, ServeConfig
+
+
+def infer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("vggexport-infer-") and t.is_alive()]
+
+
+def test_a_refused_preprocessing_model_stops_both_engines_instance_threads(served_folder: Path) -> None:
+    """Refused after both engines warmed up (so after both started their instance threads): none stays alive."""
+    model = served_folder / "model.onnx"
+    config = ServeConfig(model=str(model), provider="cpu", gate="off", warmup=True, instances=2,
+                         preprocessing_model=str(model))  # FP32 in: not a preprocessing model
+    said: list[str] = []
+    before = infer_threads()
+    with pytest.raises(VggExportError, match="not uint8 pixels"):
+        ModelService(config, create_metrics(), said.append)
+    # Both engines did warm up (each instance thread ran a batch) before the refusal, so threads were started.
+    assert sum("warm-up: batch 64 on model.onnx" in line for line in said) == 2
+    assert infer_threads() == before
+
+
+def test_a_served_model_that_warmed_up_and_closes_leaves_no_thread(served_folder: Path) -> None:
+    config = ServeConfig(model=str(served_folder / "model.onnx"), provider="cpu", gate="off", warmup=True,
+                         instances=2)
+    before = infer_threads()
+    service = ModelService(config, create_metrics(), lambda line: None)
+    assert len(infer_threads()) == len(before) + 2 * len(service.engines)  # the image engine warmed up too
+    for engine in service.engines:
+        engine.close()
+    assert infer_threads() == before and not any(e.runner.is_active for e in service.engines)
