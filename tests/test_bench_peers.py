@@ -88,6 +88,13 @@ def test_round_survives_the_json_between_processes_and_merges() -> None:
     assert again.answers == {0: {b"\x01", b"\x02"}} and again.rate == 3.0
 
 
+def test_every_benchmark_cuts_latency_the_same_way() -> None:
+    """p50 and p99 of 1..100 ms, in ms; NaN, not an error, when a round got fewer than two answers."""
+    p50, p99 = loadgen.Round(latencies=[i / 1000 for i in range(1, 101)]).latency_ms()
+    assert p50 == pytest.approx(50.5) and p99 == pytest.approx(99.99)
+    assert all(v != v for v in loadgen.Round(latencies=[0.1]).latency_ms())
+
+
 def test_drive_runs_the_clients_in_processes_of_their_own(tmp_path: Path) -> None:
     import threading
 

@@ -90,7 +90,7 @@ def main() -> int:
                     _, wrong = bench_peers.check_answers(result, expected, io)
                     problems += [f"{name}, {clients} clients, round {round_no}: {p}" for p in wrong[:5]]
                     cpu_us = (result.probes[1] - result.probes[0]) / max(1, result.requests) * 1e6
-                    p99 = float(np.percentile(result.latencies, 99)) * 1e3 if result.latencies else float("nan")
+                    p99 = result.latency_ms()[1]
                     rows[name].append((result.rate, p99, cpu_us))
                     print(f"  {clients:>3} clients  round {round_no}  {name:<8} {rows[name][-1][0]:7.0f} req/s  "
                           f"p99 {p99:6.2f} ms  server {cpu_us:5.0f} us/req  answers {result.requests} "

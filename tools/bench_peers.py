@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -204,10 +203,10 @@ def measure(servers: dict[str, peer_servers.ServerProcess], args: argparse.Names
 
 def summarize(result: loadgen.Round, worst: float) -> dict[str, float]:
     """One round's numbers; the server-side ones come from the probes taken as its window opened and closed."""
-    cuts = statistics.quantiles(result.latencies, n=100) if len(result.latencies) > 1 else [float("nan")] * 99
+    p50, p99 = result.latency_ms()
     requests = max(result.requests, 1)
     (cpu0, idle0, images0, batches0), (cpu1, idle1, images1, batches1) = result.probes
-    return {"rate": result.rate, "p50": cuts[49] * 1e3, "p99": cuts[98] * 1e3, "requests": result.requests,
+    return {"rate": result.rate, "p50": p50, "p99": p99, "requests": result.requests,
             "client_us": result.cpu_s / requests * 1e6, "client_core": result.cpu_s / result.seconds,
             "server_us": (cpu1 - cpu0) / requests * 1e6, "server_core": (cpu1 - cpu0) / result.seconds,
             "idle_core": (idle1 - idle0) / result.seconds, "batch": (images1 - images0) / max(batches1 - batches0, 1),

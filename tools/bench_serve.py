@@ -138,8 +138,7 @@ def main() -> None:
                                                      client=args.client))
                     if result.errors:
                         raise RuntimeError(f"{result.errors} requests failed, first: {result.first_error}")
-                    rate, latencies = result.rate, result.latencies
-                    p50, p99 = (statistics.quantiles(latencies, n=100)[i] * 1e3 for i in (49, 98))
+                    rate, (p50, p99) = result.rate, result.latency_ms()
                     results[(mode, clients)] = rate
                     print(f"{mode:<12} {clients:>3} clients: {rate:8.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms",
                           flush=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,13 @@ class Round:
     @property
     def rate(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    def latency_ms(self) -> tuple[float, float]:
+        """p50 and p99 in ms, the one way every serving benchmark cuts them (NaN with fewer than two)."""
+        if len(self.latencies) < 2:
+            return float("nan"), float("nan")
+        cuts = statistics.quantiles(self.latencies, n=100)
+        return cuts[49] * 1e3, cuts[98] * 1e3
 
     def merge(self, other: Round) -> None:
         """Add another process's result of the same window."""
