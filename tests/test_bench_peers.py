@@ -114,6 +114,42 @@ def test_drive_runs_the_clients_in_processes_of_their_own(tmp_path: Path) -> Non
     assert set(result.answers) == {0, 1, 2, 3}
 
 
+def test_measure_drives_the_two_servers_abba_and_checks_every_answer(tmp_path: Path) -> None:
+    """Whichever server goes first in a round gains (3-8 % with the same code on both sides): ABBA evens that out."""
+    import argparse
+    import threading
+
+    loop = asyncio.new_event_loop()
+    ports = [loop.run_until_complete(v2_server())[1] for _ in range(2)]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    driven: list[str] = []
+
+    class Stand:  # what measure reads of a server: its URL, its CPU and its batch counters
+        def __init__(self, name: str, port: int) -> None:
+            self.name, self.url = name, f"http://127.0.0.1:{port}"
+
+        def cpu_seconds(self) -> float:
+            return 0.0
+
+        def batch_counts(self, model: str) -> tuple[float, float]:
+            driven.append(self.name)  # read as the driven server's window opens and closes
+            return 0.0, 0.0
+
+    inputs = tmp_path / "inputs.f32"
+    inputs.write_bytes(np.zeros((2, 1, 2, 2), np.float32).tobytes())
+    args = argparse.Namespace(clients=[2], rounds=2, seconds=0.2, warmup=0.05, client_processes=1, client="raw")
+    io = {"name": "m", "input": ["input", [1, 2, 2]], "output": ["logits", [10]]}
+    try:
+        rows, problems = bench_peers.measure({"a": Stand("a", ports[0]), "b": Stand("b", ports[1])}, args, io,
+                                             inputs, np.stack([LOGITS, LOGITS]))
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    assert driven[::2] == ["a", "b", "b", "a"] and driven[1::2] == driven[::2]
+    assert problems == [] and all(row["requests"] > 0 for key in (("a", 2), ("b", 2)) for row in rows[key])
+
+
 def test_check_answers_names_a_wrong_answer_and_a_wrong_header() -> None:
     io = {"output": ["logits", [10]]}
     expected = np.stack([LOGITS, LOGITS + 1])

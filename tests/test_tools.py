@@ -63,3 +63,17 @@ def test_serve_threads_reads_this_process_threads_and_the_machine() -> None:
     assert worker.native_id in before and after[worker.native_id][0] > before[worker.native_id][0]  # it ran too
     stat = serve_threads.machine()
     assert len(stat) == len(serve_threads.STAT_FIELDS) and sum(stat) > 0
+
+
+def test_bench_commits_serves_each_side_from_its_own_tree(tmp_path: Path) -> None:
+    """The baseline's server must import the baseline's vggexport/, not the editable install's or the candidate's."""
+    sys.path.insert(0, str(TOOLS))
+    import bench_commits
+
+    commit = bench_commits.export_tree("HEAD", tmp_path / "baseline")
+    assert len(commit) == 40 and (tmp_path / "baseline" / "vggexport" / "__init__.py").is_file()
+    assert not (tmp_path / "baseline" / "tests").exists()  # the package only
+    where = bench_commits.imported_from(tmp_path / "baseline")
+    assert where == (tmp_path / "baseline" / "vggexport" / "__init__.py").resolve()
+    with pytest.raises(SystemExit, match="no-such-revision"):
+        bench_commits.export_tree("no-such-revision", tmp_path / "other")

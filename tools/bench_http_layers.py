@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
 
 import bench_peers  # noqa: E402
-import loadgen  # noqa: E402
 import peer_servers  # noqa: E402
 
 LAYERS = ("uvicorn", "granian")
@@ -39,7 +38,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=4.0, help="Timed window of one round [default: 4].")
     parser.add_argument("--rounds", type=int, default=3, help="Rounds per server and client count [default: 3].")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
-    return parser.parse_args()
+    args = parser.parse_args()
+    # What bench_peers.measure reads: 1 s of load before each window, one raw-client process (tools/loadgen.py).
+    args.warmup, args.client_processes, args.client = 1.0, 1, "raw"
+    return args
 
 
 def start(model: Path, logs: Path) -> dict[str, peer_servers.ServerProcess]:
@@ -75,35 +77,14 @@ def main() -> int:
     inputs.write_bytes(images.tobytes())
     print(f"CPU flags: {bench_peers.cpu_flags()}; {os.cpu_count()} cores; logs in {logs}", flush=True)
     servers = start(args.model, logs)
-    problems: list[str] = []
     try:
         for server in servers.values():
             server.wait_ready(120)
-        for clients in args.clients:
-            rows: dict[str, list[tuple[float, float, float]]] = {name: [] for name in LAYERS}
-            for round_no in range(1, args.rounds + 1):
-                for name in LAYERS:
-                    server = servers[name]
-                    result = loadgen.drive(f"{server.url}/v2/models/{io['name']}/infer", inputs,
-                                           [1, *io["input"][1]], clients=clients, seconds=args.seconds, warmup=1.0,
-                                           names=(io["input"][0], io["output"][0]), probe=server.cpu_seconds)
-                    _, wrong = bench_peers.check_answers(result, expected, io)
-                    problems += [f"{name}, {clients} clients, round {round_no}: {p}" for p in wrong[:5]]
-                    cpu_us = (result.probes[1] - result.probes[0]) / max(1, result.requests) * 1e6
-                    p99 = result.latency_ms()[1]
-                    rows[name].append((result.rate, p99, cpu_us))
-                    print(f"  {clients:>3} clients  round {round_no}  {name:<8} {rows[name][-1][0]:7.0f} req/s  "
-                          f"p99 {p99:6.2f} ms  server {cpu_us:5.0f} us/req  answers {result.requests} "
-                          + ("ok" if not wrong else f"{len(wrong)} WRONG"), flush=True)
-            median = {name: sorted(rows[name])[len(rows[name]) // 2] for name in LAYERS}
-            print(f"{clients:>3} clients, median round: granian / uvicorn "
-                  f"{median['granian'][0] / median['uvicorn'][0]:.2f}x req/s "
-                  f"({median['granian'][0]:.0f} / {median['uvicorn'][0]:.0f}), p99 {median['granian'][1]:.2f} / "
-                  f"{median['uvicorn'][1]:.2f} ms, server CPU {median['granian'][2]:.0f} / {median['uvicorn'][2]:.0f} "
-                  "us a request", flush=True)
+        rows, problems = bench_peers.measure(servers, args, io, inputs, expected)
     finally:
         for server in servers.values():
             server.stop()
+    bench_peers.report_pair(rows, args.clients, *LAYERS)
     for problem in problems:
         print(f"WRONG: {problem}", file=sys.stderr)
     return 1 if problems else 0

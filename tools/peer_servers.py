@@ -35,12 +35,13 @@ MODEL_PY = Path(__file__).resolve().parent / "triton_python" / "model.py"
 class ServerProcess:
     """A server in its own process group, output to a log file (never an unread pipe, which could fill and block)."""
 
-    def __init__(self, name: str, command: list[str], port: int, log: Path, env: dict[str, str]) -> None:
+    def __init__(self, name: str, command: list[str], port: int, log: Path, env: dict[str, str],
+                 cwd: Path | None = None) -> None:
         self.name, self.port, self.log = name, port, log
         self.url = f"http://127.0.0.1:{port}"
         with open(log, "w") as handle:
             # Its own session: a Ctrl-C reaches only this script, which then stops the group in order.
-            self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env,
+            self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                             start_new_session=True)
 
     def get(self, path: str) -> dict:
@@ -103,20 +104,22 @@ class ServerProcess:
 
 
 def start_vggexport(model: Path, logs: Path, port: int, grpc_port: int, instances: int = 1,
-                    threads: int | None = None) -> ServerProcess:
+                    threads: int | None = None, *, root: Path = ROOT, name: str = "vggexport") -> ServerProcess:
     """`vggexport serve` as tools/bench_serve.py starts it (--model), on the CPU, its batching defaults.
 
     instances > 1: that many batches run at once from the one queue (--instances, Triton's instance group), each
-    on `threads` intra-op threads.
+    on `threads` intra-op threads. ``root``: the tree whose vggexport/ it imports (first on PYTHONPATH, ahead of
+    the editable install, and its working directory: `python -m` puts the working directory first of all),
+    logged to ``logs/<name>.log``.
     """
-    command = [sys.executable, "-m", "vggexport", "serve", "--model", str(model), "--provider", "cpu",
+    command = [sys.executable, "-m", "vggexport", "serve", "--model", str(model.resolve()), "--provider", "cpu",
                "--port", str(port), "--grpc-port", str(grpc_port)]
     if instances > 1:
         command += ["--instances", str(instances)]
     if threads is not None:
         command += ["--threads", str(threads)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path[1:]])}
-    return ServerProcess("vggexport serve", command, port, logs / "vggexport.log", env)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(root), *sys.path[1:]])}
+    return ServerProcess("vggexport serve", command, port, logs / f"{name}.log", env, cwd=root)
 
 
 def ort_version() -> str:

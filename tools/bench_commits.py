@@ -1,0 +1,165 @@
+"""`vggexport serve` of two commits side by side: the same model, clients and checks, rounds alternating.
+
+    python tools/bench_commits.py --baseline REV [--candidate REV] [--model artifacts/vgg11_bn/model.onnx]
+                                  [--seconds 5] [--rounds 3] [--clients 1 8 64] [--instances 1] [--logs DIR]
+
+For a change to the serving path, measured in one run on the one machine, since the
+machines are shared and noisy. The baseline is `git archive REV vggexport` unpacked
+into the logs folder; the candidate is the working tree (or --candidate REV, unpacked
+the same way). Both run under this interpreter and its packages, each importing its own
+vggexport/ first on PYTHONPATH (checked before either starts), as `tools/bench_peers.py`
+starts `vggexport serve`: CPU, its batching defaults, the same intra-op threads. Both run
+at once; `tools/loadgen.py`'s raw HTTP/1.1 client drives each in alternating rounds, every
+answer is checked against offline ONNX Runtime, and the median round of each is reported
+with the ratio candidate / baseline. Exit code 1 when an answer was wrong or a request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io as io_module
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parent
+ROOT = TOOLS.parent
+sys.path[:0] = [str(TOOLS), str(ROOT)]
+
+import bench_peers  # noqa: E402  (stdlib-only at import: --help stays cheap)
+import loadgen  # noqa: E402
+import peer_servers  # noqa: E402
+
+NAMES = ("baseline", "candidate")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", required=True, help="The commit (any git revision) to compare against.")
+    parser.add_argument("--candidate", default=None, help="Another revision [default: the working tree].")
+    parser.add_argument("--model", type=Path, default=Path("artifacts/vgg11_bn/model.onnx"),
+                        help="A verified FP32 ONNX (vggexport serve refuses others) [default: %(default)s].")
+    parser.add_argument("--seconds", type=float, default=5.0, help="Timed window of one round [default: 5].")
+    parser.add_argument("--warmup", type=float, default=1.0, help="Load before each round's window [default: 1].")
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds per server and client count [default: 3].")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--client-processes", type=int, default=1,
+                        help="Load-generator processes per round [default: 1].")
+    parser.add_argument("--instances", type=int, default=1, help="vggexport serve --instances [default: 1].")
+    parser.add_argument("--images", type=int, default=64, help="Distinct inputs the clients cycle through.")
+    parser.add_argument("--logs", type=Path, default=None, help="Logs and unpacked trees [default: a new /tmp dir].")
+    parser.add_argument("--ready-timeout", type=float, default=120.0)
+    args = parser.parse_args()
+    args.client = "raw"  # what bench_peers.measure reads: the client that is not the limit (tools/loadgen.py)
+    return args
+
+
+def git(*arguments: str) -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), *arguments], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"git {' '.join(arguments)}: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
+    return done.stdout.strip()
+
+
+def export_tree(revision: str, destination: Path) -> str:
+    """Unpack ``revision``'s vggexport/ into ``destination``; its full commit id."""
+    commit = git("rev-parse", "--verify", f"{revision}^{{commit}}")
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit, "vggexport"],
+                             capture_output=True, check=True).stdout
+    destination.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io_module.BytesIO(archive)) as tar:
+        tar.extractall(destination, filter="data")
+    return commit
+
+
+def imported_from(root: Path) -> Path:
+    """Where `import vggexport` resolves with ``root`` first on PYTHONPATH and as the working directory, as
+    peer_servers.start_vggexport starts the server (`python -c`, like `-m`, puts the working directory first)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *sys.path[1:]])}
+    done = subprocess.run([sys.executable, "-c", "import vggexport; print(vggexport.__file__)"], env=env, cwd=root,
+                          capture_output=True, text=True, check=True, timeout=60)
+    return Path(done.stdout.strip()).resolve()
+
+
+def trees(args: argparse.Namespace, logs: Path) -> dict[str, tuple[Path, str]]:
+    """Each side's tree and what to call it, each checked to be the vggexport its server will import."""
+    found = {"baseline": (logs / "baseline", export_tree(args.baseline, logs / "baseline"))}
+    if args.candidate:
+        found["candidate"] = (logs / "candidate", export_tree(args.candidate, logs / "candidate"))
+    else:
+        dirty = " with uncommitted changes" if git("status", "--porcelain", "--", "vggexport") else ""
+        found["candidate"] = (ROOT, f"{git('rev-parse', 'HEAD')} (the working tree{dirty})")
+    for name, (root, _) in found.items():
+        where = imported_from(root)
+        if not where.is_relative_to(root.resolve() / "vggexport"):
+            raise SystemExit(f"the {name} server would import vggexport from {where}, not from {root}")
+    return found
+
+
+def start(args: argparse.Namespace, found: dict[str, tuple[Path, str]], logs: Path,
+          threads: int) -> dict[str, peer_servers.ServerProcess]:
+    from vggexport.serve.smoke import free_port
+
+    servers: dict[str, peer_servers.ServerProcess] = {}
+    try:  # both load at once; neither is measured while the other starts
+        for name in NAMES:
+            servers[name] = peer_servers.start_vggexport(
+                args.model, logs, free_port(), free_port(), args.instances,
+                threads if args.instances > 1 else None, root=found[name][0], name=name)
+        for server in servers.values():
+            server.wait_ready(args.ready_timeout)
+    except BaseException:
+        bench_peers.stop_all(servers)
+        raise
+    return servers
+
+
+def main() -> int:
+    args = parse_args()
+    started = time.perf_counter()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through the finally that stops both
+    if not args.model.is_file():
+        raise SystemExit(f"no model at {args.model}: train and verify one (vggexport pipeline) or pass --model")
+    import numpy as np
+
+    logs = args.logs or Path(tempfile.mkdtemp(prefix="bench-commits-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    found = trees(args, logs)
+    cores = len(os.sched_getaffinity(0))
+    if not 1 <= args.instances <= cores:
+        raise SystemExit(f"--instances must be 1 to {cores} (the cores this process may use), not {args.instances}")
+    io = bench_peers.model_io(args.model)
+    images = np.random.default_rng(0).standard_normal((args.images, *io["input"][1]), dtype=np.float32)
+    inputs = logs / "inputs.f32"
+    inputs.write_bytes(images.tobytes())
+    expected = bench_peers.offline_answers(args.model, images)
+    print(f"CPU: {os.cpu_count()} cores; flags: {bench_peers.cpu_flags()}", flush=True)
+    for name in NAMES:
+        print(f"{name}: {found[name][1]}", flush=True)
+    print(f"model {args.model}; client: {loadgen.client_name('raw')}, {args.client_processes} process(es); "
+          f"{args.rounds} rounds x {args.seconds:g} s (+{args.warmup:g} s warm-up), alternating ABBA; logs in {logs}",
+          flush=True)
+    servers = start(args, found, logs, cores // args.instances)
+    try:
+        rows, problems = bench_peers.measure(servers, args, io, inputs, expected)
+    finally:
+        bench_peers.stop_all(servers)
+    bench_peers.report_pair(rows, args.clients, *NAMES)
+    for problem in problems:
+        print(f"WRONG: {problem}")
+    checked = sum(r["requests"] for rs in rows.values() for r in rs)
+    print(f"answers checked against offline ONNX Runtime: {checked:.0f}; run took {time.perf_counter() - started:.0f} s")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the finally has stopped both servers and the clients by now
+        print("interrupted: both servers stopped", file=sys.stderr)
+        sys.exit(130)
