@@ -77,3 +77,36 @@ def test_bench_commits_serves_each_side_from_its_own_tree(tmp_path: Path) -> Non
     assert where == (tmp_path / "baseline" / "vggexport" / "__init__.py").resolve()
     with pytest.raises(SystemExit, match="no-such-revision"):
         bench_commits.export_tree("no-such-revision", tmp_path / "other")
+
+
+def switch(cpu: int, t: float, prev: tuple[str, int, int], state: str, following: tuple[str, int]) -> str:
+    """One sched_switch line as `perf script -F comm,pid,tid,cpu,time,event,trace` prints it."""
+    comm, pid, tid = prev
+    return (f"{comm:>16} {pid:>5}/{tid:<5} [{cpu:03d}] {t:12.6f}:       sched:sched_switch: prev_comm={comm} "
+            f"prev_pid={tid} prev_prio=120 prev_state={state} ==> next_comm={following[0]} next_pid={following[1]} "
+            "next_prio=120")
+
+
+def test_sched_trace_sets_a_wait_against_the_other_cpu_idle_and_names_an_incomplete_cpu() -> None:
+    """CPU 0 idles 1.0-1.5 s. Thread 10 of process 5 is preempted on CPU 1 at 1.1 and runs again at 1.3: a 0.2 s
+    wait, all of it with CPU 0 idle. CPU 2 goes idle but its way out of idle is missing: its idle is not known."""
+    sys.path.insert(0, str(TOOLS))
+    import sched_trace
+
+    idle, server, other = ("swapper/0", 0, 0), ("python", 5, 10), ("other", 7, 11)
+    text = "\n".join([
+        switch(0, 1.0, ("worker", 9, 9), "S", ("swapper/0", 0)),
+        switch(1, 1.05, ("worker", 9, 12), "S", ("python", 10)),
+        switch(1, 1.1, server, "R", ("other", 11)),
+        switch(2, 1.15, ("worker", 9, 13), "S", ("swapper/2", 0)),
+        switch(1, 1.3, other, "S", ("python", 10)),
+        switch(0, 1.5, idle, "R", ("worker", 9)),
+        switch(2, 1.6, ("worker", 9, 14), "S", ("swapper/2", 0)),  # left idle at 1.15 without a recorded switch
+    ])
+    trace = sched_trace.parse(text)
+    assert trace.complete == {0, 1} and trace.untraced[2] == 1
+    assert [(tid, cpu) for tid, cpu, _, _ in trace.waits] == [(10, 1)]
+    lines = sched_trace.report(trace, pid=5)
+    assert "CPU 0 83%" in lines[0] and "CPU 2 not known (of its 1 switches out of idle, the trace holds 0)" in lines[0]
+    assert any(line.split() [:2] == ["thread", "10"] and "runnable (recorded waits)  33.3%" in line
+               and "another CPU idle  33.3%" in line for line in lines), lines

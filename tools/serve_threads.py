@@ -11,13 +11,17 @@ waiting for one (the run queue), and asleep (waiting for work, I/O or a lock); e
 answer is checked against offline ONNX Runtime. Only the event loop is named (its thread id
 is the process id); Python does not name the others for the OS. Rounds alternate between
 layouts. What it answers: whether idle CPU under a layout is threads with nothing to do, or
-threads that could run and were not given a CPU.
+threads that could run and were not given a CPU. With --sched-trace, tools/sched_trace.py
+also records the window's context switches and says whether those waits fell while another
+CPU was idle (misplaced work) or while every CPU was busy (bursty work).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +33,7 @@ sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
 import bench_peers  # noqa: E402
 import loadgen  # noqa: E402
 import peer_servers  # noqa: E402
+import sched_trace  # noqa: E402
 
 STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
@@ -40,6 +45,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sched-trace", action="store_true",
+                        help="Also record the window's context switches (tools/sched_trace.py, Linux perf) and say "
+                             "how long runnable threads waited while another CPU was idle.")
     return parser.parse_args()
 
 
@@ -62,15 +70,19 @@ def threads(pid: int) -> dict[int, tuple[int, ...]]:
 
 
 def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path, io: dict,
-              expected: object) -> tuple[list[str], list[str]]:
+              expected: object, trace: bool = False) -> tuple[list[str], list[str]]:
     from vggexport.serve.smoke import free_port
 
     instances, threads_each = (int(x) for x in layout.split("x"))
     server = peer_servers.start_vggexport(model, logs, free_port(), 0, instances, threads_each)
+    recordings: list[subprocess.Popen] = []
+    data = logs / f"perf-{layout}.data"
     try:
         server.wait_ready(120)
         pid = server.process.pid
         def probe() -> tuple:
+            if trace and not recordings:  # as the window opens; it ends a little before the window does
+                recordings.append(sched_trace.start_record(data, max(seconds - 0.5, 0.5)))
             return time.perf_counter(), machine(), threads(pid), server.batch_counts(io["name"])
 
         result = loadgen.drive(f"{server.url}/v2/models/{io['name']}/infer", logs / "inputs.raw", [1, *io["input"][1]],
@@ -78,6 +90,8 @@ def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path
                                probe=probe)
     finally:
         server.stop()
+    traced = ["  context switches (perf sched):", *(f"  {line}" for line in sched_trace.finish(recordings[0], data, pid))
+              ] if recordings else []
     _, wrong = bench_peers.check_answers(result, expected, io)  # failed or wrong answers are no throughput
     (t0, m0, th0, b0), (t1, m1, th1, b1) = result.probes
     wall, spent = t1 - t0, [b - a for a, b in zip(m0, m1)]
@@ -95,11 +109,14 @@ def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path
                      f"run queue {100 * wait / 1e9 / wall:5.1f}%  "
                      f"asleep {100 - 100 * (run + wait) / 1e9 / wall:5.1f}%  "
                      f"switches/s voluntary {voluntary / wall:6.0f} involuntary {involuntary / wall:6.0f}")
-    return lines, [f"{layout}: {problem}" for problem in wrong[:5]]
+    return lines + traced, [f"{layout}: {problem}" for problem in wrong[:5]]
 
 
 def main() -> int:
     args = parse_args()
+    if args.sched_trace and shutil.which("perf") is None:
+        print("error: --sched-trace needs Linux perf (with the sched tracepoints) on PATH", file=sys.stderr)
+        return 2
     import numpy as np
 
     io = bench_peers.model_io(args.model)
@@ -111,7 +128,8 @@ def main() -> int:
     print(f"CPU flags: {bench_peers.cpu_flags()}; {os.cpu_count()} cores; {args.clients} clients; logs in {logs}")
     for round_no in range(1, args.rounds + 1):
         for layout in args.layouts:
-            lines, wrong = one_round(args.model, layout, args.clients, args.seconds, logs, io, expected)
+            lines, wrong = one_round(args.model, layout, args.clients, args.seconds, logs, io, expected,
+                                     args.sched_trace)
             print(f"round {round_no}, " + "\n".join(lines), flush=True)
             problems += wrong
     for problem in problems:
