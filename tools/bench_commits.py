@@ -9,7 +9,7 @@ into the logs folder; the candidate is the working tree (or --candidate REV, unp
 the same way). Both run under this interpreter and its packages, each importing its own
 vggexport/ first on PYTHONPATH (checked before either starts), as `tools/bench_peers.py`
 starts `vggexport serve`: CPU, its batching defaults, the same intra-op threads. Both run
-at once; `tools/loadgen.py`'s raw HTTP/1.1 client drives each in alternating rounds, every
+at once; `tools/loadgen.py`'s raw HTTP/1.1 client (by default) drives each in alternating rounds, every
 answer is checked against offline ONNX Runtime, and the median round of each is reported
 with the ratio candidate / baseline. Exit code 1 when an answer was wrong or a request failed.
 """
@@ -42,21 +42,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, help="The commit (any git revision) to compare against.")
     parser.add_argument("--candidate", default=None, help="Another revision [default: the working tree].")
-    parser.add_argument("--model", type=Path, default=Path("artifacts/vgg11_bn/model.onnx"),
-                        help="A verified FP32 ONNX (vggexport serve refuses others) [default: %(default)s].")
-    parser.add_argument("--seconds", type=float, default=5.0, help="Timed window of one round [default: 5].")
-    parser.add_argument("--warmup", type=float, default=1.0, help="Load before each round's window [default: 1].")
-    parser.add_argument("--rounds", type=int, default=3, help="Rounds per server and client count [default: 3].")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
-    parser.add_argument("--client-processes", type=int, default=1,
-                        help="Load-generator processes per round [default: 1].")
+    bench_peers.add_round_options(parser)
     parser.add_argument("--instances", type=int, default=1, help="vggexport serve --instances [default: 1].")
     parser.add_argument("--images", type=int, default=64, help="Distinct inputs the clients cycle through.")
     parser.add_argument("--logs", type=Path, default=None, help="Logs and unpacked trees [default: a new /tmp dir].")
     parser.add_argument("--ready-timeout", type=float, default=120.0)
-    args = parser.parse_args()
-    args.client = "raw"  # what bench_peers.measure reads: the client that is not the limit (tools/loadgen.py)
-    return args
+    return parser.parse_args()
 
 
 def git(*arguments: str) -> str:
@@ -141,7 +132,7 @@ def main() -> int:
     print(f"CPU: {os.cpu_count()} cores; flags: {bench_peers.cpu_flags()}", flush=True)
     for name in NAMES:
         print(f"{name}: {found[name][1]}", flush=True)
-    print(f"model {args.model}; client: {loadgen.client_name('raw')}, {args.client_processes} process(es); "
+    print(f"model {args.model}; client: {loadgen.client_name(args.client)}, {args.client_processes} process(es); "
           f"{args.rounds} rounds x {args.seconds:g} s (+{args.warmup:g} s warm-up), alternating ABBA; logs in {logs}",
           flush=True)
     servers = start(args, found, logs, cores // args.instances)

@@ -34,14 +34,8 @@ LAYERS = ("uvicorn", "granian")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("artifacts/vgg11_bn/model.onnx"))
-    parser.add_argument("--seconds", type=float, default=4.0, help="Timed window of one round [default: 4].")
-    parser.add_argument("--rounds", type=int, default=3, help="Rounds per server and client count [default: 3].")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
-    args = parser.parse_args()
-    # What bench_peers.measure reads: 1 s of load before each window, one raw-client process (tools/loadgen.py).
-    args.warmup, args.client_processes, args.client = 1.0, 1, "raw"
-    return args
+    bench_peers.add_round_options(parser, seconds=4.0)
+    return parser.parse_args()
 
 
 def start(model: Path, logs: Path) -> dict[str, peer_servers.ServerProcess]:

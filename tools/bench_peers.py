@@ -38,11 +38,12 @@ import peer_servers
 SERVERS = ("vggexport", "triton")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_round_options(parser: argparse.ArgumentParser, seconds: float = 5.0) -> None:
+    """The model and the rounds, as ``measure`` reads them: the options every tool comparing two servers shares."""
     parser.add_argument("--model", type=Path, default=Path("artifacts/vgg11_bn/model.onnx"),
                         help="A verified FP32 ONNX (vggexport serve refuses others) [default: %(default)s].")
-    parser.add_argument("--seconds", type=float, default=5.0, help="Timed window of one round [default: 5].")
+    parser.add_argument("--seconds", type=float, default=seconds,
+                        help=f"Timed window of one round [default: {seconds:g}].")
     parser.add_argument("--warmup", type=float, default=1.0, help="Load before each round's window [default: 1].")
     parser.add_argument("--rounds", type=int, default=3, help="Rounds per server and client count [default: 3].")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
@@ -51,6 +52,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
                         help="raw: keep-alive HTTP/1.1 on asyncio streams, several times cheaper per request than "
                              "aiohttp on the cores the servers share [default: raw].")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_round_options(parser)
     parser.add_argument("--instances", type=int, default=1,
                         help="Batches run at once, the cores split between them: vggexport serve --instances N "
                              "--threads CORES/N against Triton's instance_group count N [default: 1].")
