@@ -39,3 +39,33 @@ def test_a_served_model_that_warmed_up_and_closes_leaves_no_thread(served_folder
     for engine in service.engines:
         engine.close()
     assert infer_threads() == before and not any(e.runner.is_active for e in service.engines)
+
+
+def test_a_preprocessing_model_of_another_checkpoint_is_refused_and_every_engine_closed(
+        served_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both engines were built (sessions open, instance threads warmed up) before the checkpoints were compared:
+    each is closed, its session released."""
+    import onnx
+
+    from vggexport.serve.service import BatchedRunner
+
+    other = onnx.load(str(served_folder / "model.preprocessing.onnx"))
+    for prop in other.metadata_props:
+        if prop.key == "checkpoint_sha256":
+            prop.value = "0" * 64
+    onnx.save(other, str(tmp_path / "other.preprocessing.onnx"))
+    closed: list[BatchedRunner] = []
+    close = BatchedRunner.close
+
+    def recorded(engine: BatchedRunner) -> None:  # the real close, and which engine it closed
+        close(engine)
+        closed.append(engine)
+
+    monkeypatch.setattr(BatchedRunner, "close", recorded)
+    config = ServeConfig(model=str(served_folder / "model.onnx"), provider="cpu", gate="off", warmup=True,
+                         preprocessing_model=str(tmp_path / "other.preprocessing.onnx"))
+    before = infer_threads()
+    with pytest.raises(VggExportError, match="exported from another checkpoint"):
+        ModelService(config, create_metrics(), lambda line: None)
+    assert sorted(e.runner.path.name for e in closed) == ["model.onnx", "other.preprocessing.onnx"]
+    assert not any(e.runner.is_active for e in closed) and infer_threads() == before

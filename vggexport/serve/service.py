@@ -121,12 +121,17 @@ class BatchedRunner:
                 self.close()  # a server built in code and refused keeps no thread behind
                 raise VggExportError(f"warm-up inference failed on {self.runner.provider}: "
                                      f"{first_line(exc)}") from None
+            except BaseException:  # Ctrl-C during a warm-up batch: the same clean-up, the interrupt goes on
+                self.close()
+                raise
 
     def close(self) -> None:
         """Stop the instance threads (each waits for its running batch) and release the session: what a refused
         server, built in code, must not keep alive behind its error."""
-        self.batcher.stop_instances()
-        self.runner.deactivate()
+        try:
+            self.batcher.stop_instances()
+        finally:
+            self.runner.deactivate()
 
     @property
     def image_size(self) -> int:
