@@ -187,10 +187,11 @@ def download_wheels(python: Path, closure: dict[str, str]) -> None:
 def build_parts(version: str) -> None:
     """onnxruntime-gpu in parts, and their list with sha256 in the wheels' folder (it travels with the run),
     so the machine unpacks only a complete, unchanged set."""
-    marker = layout.ROOT / layout.PARTS / "version.txt"
-    if not (marker.is_file() and marker.read_text().strip() == version and layout.part_folders()):
-        run(["bash", str(layout.ROOT / "tools" / "ort_gpu_parts.sh"), str(layout.ROOT / layout.PARTS), version])
-        marker.write_text(version + "\n")
+    marker, made = layout.ROOT / layout.PARTS / "version.txt", f"{version} in parts of {layout.PART_MIB} MiB"
+    if not (marker.is_file() and marker.read_text().strip() == made and layout.part_folders()):
+        run(["bash", str(layout.ROOT / "tools" / "ort_gpu_parts.sh"), str(layout.ROOT / layout.PARTS), version,
+             str(layout.PART_MIB)])
+        marker.write_text(made + "\n")
     pieces = sorted(layout.ROOT.glob(f"{layout.PARTS}/p*/ort.tar.xz.*"), key=lambda p: p.name)
     listing = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.parent.name}/{p.name}\n" for p in pieces)
     (layout.ROOT / layout.WHEELS / PARTS_LIST).write_text(listing)

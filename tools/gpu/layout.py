@@ -15,6 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PARTS, WHEELS, DATA = ".ortgpu", ".gpuwheels", ".gpudata"
 MIB = 1024 * 1024
 CALL_LIMIT = 60 * MIB  # what one device call may carry, the checkout included (the tool's own limit is 64 MiB)
+# onnxruntime-gpu's xz (194.4 MiB for 1.31.1) is cut into parts of this size: three fill a call each, and the
+# remainder (26.4 MiB) shares one with the data (29.2), with room for the checkout to grow to about 4 MiB. At 55
+# the remainder (29.4) and the data no longer fit together once the checkout passed 1.4 MiB: one call more.
+PART_MIB = 56
 DEVICE_ROOT = Path("/tmp")
 DATASET_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                  "t10k-labels-idx1-ubyte.gz")

@@ -19,7 +19,10 @@ MACHINE_START_S = 120  # estimate: "a minute or more" (device README)
 CARRY_CALL_S = 15  # estimate: a call that carries <= 60 MiB and copies it into /tmp ("a few seconds each")
 # Measured here on 2026-12-01 (onnxruntime-gpu 1.31.1 in xz parts of 55 MiB; the 45 wheels pip resolved; the
 # four Fashion-MNIST files): used by --plan where nothing is built yet.
-ESTIMATED_SIZES = {"parts": [55 * layout.MIB] * 3 + [int(29.4 * layout.MIB)], layout.WHEELS: int(32.2 * layout.MIB),
+ORT_XZ_MIB = 194.4  # onnxruntime-gpu 1.31.1 packed (tools/ort_gpu_parts.sh), measured 2026-12-01
+ESTIMATED_SIZES = {"parts": [layout.PART_MIB * layout.MIB] * int(ORT_XZ_MIB // layout.PART_MIB)
+                   + [int(ORT_XZ_MIB % layout.PART_MIB * layout.MIB)],
+                   layout.WHEELS: int(52.8 * layout.MIB),  # measured 2026-12-02, with the signing extra's wheels
                    layout.DATA: int(29.2 * layout.MIB)}
 H200 = "H200 2026-11-26"
 
