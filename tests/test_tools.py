@@ -70,11 +70,19 @@ def test_bench_commits_serves_each_side_from_its_own_tree(tmp_path: Path) -> Non
     sys.path.insert(0, str(TOOLS))
     import bench_commits
 
-    commit = bench_commits.export_tree("HEAD", tmp_path / "baseline")
-    assert len(commit) == 40 and (tmp_path / "baseline" / "vggexport" / "__init__.py").is_file()
-    assert not (tmp_path / "baseline" / "tests").exists()  # the package only
-    where = bench_commits.imported_from(tmp_path / "baseline")
-    assert where == (tmp_path / "baseline" / "vggexport" / "__init__.py").resolve()
+    baseline = tmp_path / "baseline"
+    (baseline / "vggexport").mkdir(parents=True)
+    (baseline / "vggexport" / "stale.py").write_text("")  # left by an earlier revision: must go
+    commit = bench_commits.export_tree("HEAD", baseline)
+    assert len(commit) == 40 and (baseline / "vggexport" / "__init__.py").is_file()
+    assert not (baseline / "tests").exists() and not (baseline / "vggexport" / "stale.py").exists()
+    loaded = bench_commits.imported_from(baseline)
+    assert (baseline / "vggexport" / "serve" / "app.py").resolve() in loaded
+    assert all(p.is_relative_to(baseline.resolve()) for p in loaded)
+    # A module the baseline lacks is missing there: the editable install must not hand over this checkout's.
+    (baseline / "vggexport" / "names.py").unlink()
+    with pytest.raises(SystemExit, match="does not import from"):
+        bench_commits.imported_from(baseline)
     with pytest.raises(SystemExit, match="no-such-revision"):
         bench_commits.export_tree("no-such-revision", tmp_path / "other")
 
@@ -87,26 +95,75 @@ def switch(cpu: int, t: float, prev: tuple[str, int, int], state: str, following
             "next_prio=120")
 
 
-def test_sched_trace_sets_a_wait_against_the_other_cpu_idle_and_names_an_incomplete_cpu() -> None:
-    """CPU 0 idles 1.0-1.5 s. Thread 10 of process 5 is preempted on CPU 1 at 1.1 and runs again at 1.3: a 0.2 s
-    wait, all of it with CPU 0 idle. CPU 2 goes idle but its way out of idle is missing: its idle is not known."""
+def event(cpu: int, t: float, name: str, tid: int, tail: str) -> str:
+    """A sched_waking or sched_migrate_task line for thread ``tid`` (named python), fired on ``cpu``."""
+    return (f"{'swapper':>16} {0:>5}/{0:<5} [{cpu:03d}] {t:12.6f}:       sched:{name}: comm=python pid={tid} "
+            f"prio=120 {tail}")
+
+
+IDLE0, IDLE1, SERVER, OTHER = ("swapper/0", 0, 0), ("swapper/1", 0, 0), ("python", 5, 10), ("other", 7, 11)
+
+
+def traced(*lines: str) -> tuple[object, list[str]]:
     sys.path.insert(0, str(TOOLS))
     import sched_trace
 
-    idle, server, other = ("swapper/0", 0, 0), ("python", 5, 10), ("other", 7, 11)
-    text = "\n".join([
+    trace = sched_trace.parse("\n".join(lines))
+    return trace, sched_trace.report(trace, pid=5)
+
+
+def waited_line(lines: list[str]) -> str:
+    return next(line for line in lines if line.split()[:2] == ["thread", "10"])
+
+
+def test_sched_trace_sets_a_wait_against_the_other_cpu_idle_and_names_an_incomplete_cpu() -> None:
+    """CPU 0 idles 1.0-1.5 s. Thread 10 of process 5 is preempted on CPU 1 at 1.1 and runs again there at 1.3: a
+    0.2 s wait, all of it with CPU 0 idle. CPU 2 goes idle, then a task leaves it: its way out of idle is
+    missing, so its idle is not known."""
+    trace, lines = traced(
         switch(0, 1.0, ("worker", 9, 9), "S", ("swapper/0", 0)),
         switch(1, 1.05, ("worker", 9, 12), "S", ("python", 10)),
-        switch(1, 1.1, server, "R", ("other", 11)),
+        switch(1, 1.1, SERVER, "R", ("other", 11)),
         switch(2, 1.15, ("worker", 9, 13), "S", ("swapper/2", 0)),
-        switch(1, 1.3, other, "S", ("python", 10)),
-        switch(0, 1.5, idle, "R", ("worker", 9)),
+        switch(1, 1.3, OTHER, "S", ("python", 10)),
+        switch(0, 1.5, IDLE0, "R", ("worker", 9)),
         switch(2, 1.6, ("worker", 9, 14), "S", ("swapper/2", 0)),  # left idle at 1.15 without a recorded switch
-    ])
-    trace = sched_trace.parse(text)
+    )
     assert trace.complete == {0, 1} and trace.untraced[2] == 1
-    assert [(tid, cpu) for tid, cpu, _, _ in trace.waits] == [(10, 1)]
-    lines = sched_trace.report(trace, pid=5)
-    assert "CPU 0 83%" in lines[0] and "CPU 2 not known (of its 1 switches out of idle, the trace holds 0)" in lines[0]
-    assert any(line.split() [:2] == ["thread", "10"] and "runnable (recorded waits)  33.3%" in line
-               and "another CPU idle  33.3%" in line for line in lines), lines
+    assert trace.waits == [(10, [(1, 1.1, 1.3)])]
+    assert "CPU 0 83%" in lines[0] and "CPU 2 not known (1 of its 2 switches do not follow" in lines[0]
+    assert "waited  33.3% of the window, another CPU idle meanwhile  33.3%" in waited_line(lines)
+
+
+def test_sched_trace_counts_the_wait_of_a_task_that_an_idle_cpu_then_pulls() -> None:
+    """Preempted on CPU 1 at 1.1 while CPU 0 idles; CPU 0 pulls it at 1.2 (a migration, then a switch out of idle).
+    The 0.1 s it waited on CPU 1's queue all had CPU 0 idle: misplaced work, not excused by where it ran."""
+    trace, lines = traced(
+        switch(0, 1.0, ("worker", 9, 9), "S", ("swapper/0", 0)),
+        switch(1, 1.05, ("worker", 9, 12), "S", ("python", 10)),
+        switch(1, 1.1, SERVER, "R", ("other", 11)),
+        event(0, 1.2, "sched_migrate_task", 10, "orig_cpu=1 dest_cpu=0"),
+        switch(0, 1.2, IDLE0, "R", ("python", 10)),
+        switch(0, 1.4, SERVER, "S", ("worker", 9)),
+    )
+    assert trace.waits == [(10, [(1, 1.1, 1.2), (0, 1.2, 1.2)])]
+    assert "waited  25.0% of the window, another CPU idle meanwhile  25.0%" in waited_line(lines)
+
+
+def test_sched_trace_adds_up_two_other_cpus_idle_at_different_moments() -> None:
+    """Asleep since 1.0, woken onto busy CPU 2's queue at 1.1, run there at 1.3: CPU 0 idles 1.1-1.2 and CPU 1 1.2-1.3, so some
+    other CPU was idle for the whole 0.2 s wait (not just the longer of the two)."""
+    trace, lines = traced(
+        switch(0, 1.0, ("worker", 9, 9), "S", ("worker", 20)),
+        switch(1, 1.0, ("worker", 9, 12), "S", ("worker", 21)),
+        switch(2, 1.0, SERVER, "S", ("worker", 22)),  # thread 10 sleeps: only a task seen asleep can be woken
+        event(1, 1.1, "sched_waking", 10, "target_cpu=002"),
+        switch(0, 1.1, ("worker", 9, 20), "S", ("swapper/0", 0)),
+        switch(0, 1.2, IDLE0, "R", ("worker", 9)),
+        switch(1, 1.2, ("worker", 9, 21), "S", ("swapper/1", 0)),
+        switch(1, 1.3, IDLE1, "R", ("worker", 12)),
+        switch(2, 1.3, ("worker", 9, 22), "S", ("python", 10)),
+        switch(2, 1.4, SERVER, "S", ("worker", 13)),
+    )
+    assert trace.complete == {0, 1, 2} and trace.waits == [(10, [(2, 1.1, 1.3)])]
+    assert "waited  50.0% of the window, another CPU idle meanwhile  50.0%" in waited_line(lines)

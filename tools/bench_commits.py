@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io as io_module
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,31 +51,42 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def git(*arguments: str) -> str:
-    done = subprocess.run(["git", "-C", str(ROOT), *arguments], capture_output=True, text=True, check=False)
+def git(*arguments: str) -> bytes:
+    done = subprocess.run(["git", "-C", str(ROOT), *arguments], capture_output=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"git {' '.join(arguments)}: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
-    return done.stdout.strip()
+        last = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise SystemExit(f"git {' '.join(arguments)}: {last[0] if last else f'exit {done.returncode}'}")
+    return done.stdout
 
 
 def export_tree(revision: str, destination: Path) -> str:
-    """Unpack ``revision``'s vggexport/ into ``destination``; its full commit id."""
-    commit = git("rev-parse", "--verify", f"{revision}^{{commit}}")
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit, "vggexport"],
-                             capture_output=True, check=True).stdout
-    destination.mkdir(parents=True, exist_ok=True)
+    """Unpack ``revision``'s vggexport/ into ``destination`` (emptied first: no module of an earlier revision
+    stays behind); its full commit id."""
+    commit = git("rev-parse", "--verify", f"{revision}^{{commit}}").decode().strip()
+    archive = git("archive", "--format=tar", commit, "vggexport")
+    shutil.rmtree(destination, ignore_errors=True)
+    destination.mkdir(parents=True)
     with tarfile.open(fileobj=io_module.BytesIO(archive)) as tar:
-        tar.extractall(destination, filter="data")
+        # git's own archive of this repository; the "data" filter where this Python has it (3.10.12+, 3.11.4+)
+        tar.extractall(destination, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     return commit
 
 
-def imported_from(root: Path) -> Path:
-    """Where `import vggexport` resolves with ``root`` first on PYTHONPATH and as the working directory, as
-    peer_servers.start_vggexport starts the server (`python -c`, like `-m`, puts the working directory first)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *sys.path[1:]])}
-    done = subprocess.run([sys.executable, "-c", "import vggexport; print(vggexport.__file__)"], env=env, cwd=root,
-                          capture_output=True, text=True, check=True, timeout=60)
-    return Path(done.stdout.strip()).resolve()
+def imported_from(root: Path) -> list[Path]:
+    """Every vggexport module file the server's main modules load, launched from ``root`` as the server is
+    (peer_servers.vggexport_launch, in ``root``)."""
+    _, env = peer_servers.vggexport_launch(root)
+    code = (f"{peer_servers.WITHOUT_EDITABLE if root.resolve() != ROOT.resolve() else 'import sys'}; "
+            "import vggexport.serve.app, vggexport.cli.group; "
+            "print('\\n'.join(m.__file__ for n, m in sys.modules.items() "
+            "if n.split('.')[0] == 'vggexport' and getattr(m, '__file__', None)))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                              check=True, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        detail = (getattr(exc, "stderr", "") or "").strip().splitlines()[-1:]
+        raise SystemExit(f"vggexport does not import from {root}: {detail[0] if detail else exc}") from None
+    return [Path(line).resolve() for line in done.stdout.splitlines() if line]
 
 
 def trees(args: argparse.Namespace, logs: Path) -> dict[str, tuple[Path, str]]:
@@ -83,12 +95,12 @@ def trees(args: argparse.Namespace, logs: Path) -> dict[str, tuple[Path, str]]:
     if args.candidate:
         found["candidate"] = (logs / "candidate", export_tree(args.candidate, logs / "candidate"))
     else:
-        dirty = " with uncommitted changes" if git("status", "--porcelain", "--", "vggexport") else ""
-        found["candidate"] = (ROOT, f"{git('rev-parse', 'HEAD')} (the working tree{dirty})")
+        dirty = " with uncommitted changes" if git("status", "--porcelain", "--", "vggexport").strip() else ""
+        found["candidate"] = (ROOT, f"{git('rev-parse', 'HEAD').decode().strip()} (the working tree{dirty})")
     for name, (root, _) in found.items():
-        where = imported_from(root)
-        if not where.is_relative_to(root.resolve() / "vggexport"):
-            raise SystemExit(f"the {name} server would import vggexport from {where}, not from {root}")
+        outside = [p for p in imported_from(root) if not p.is_relative_to(root.resolve() / "vggexport")]
+        if outside:
+            raise SystemExit(f"the {name} server would import {outside[0]}, not from {root}")
     return found
 
 

@@ -46,12 +46,11 @@ def start(model: Path, logs: Path) -> dict[str, peer_servers.ServerProcess]:
     port = free_port()
     config = {"config": {"model": str(model.resolve()), "provider": "cpu"},
               "listen": {"host": "127.0.0.1", "grpc_port": 0}}
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", CONFIG_ENV: json.dumps(config),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path[1:]])}
+    env = {**peer_servers.vggexport_launch(ROOT)[1], CONFIG_ENV: json.dumps(config)}
     servers["granian"] = peer_servers.ServerProcess(
         "granian", [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
                     "vggexport.serve.app:app_from_environment", "--host", "127.0.0.1", "--port", str(port),
-                    "--workers", "1", "--log-level", "warning"], port, logs / "granian.log", env)
+                    "--workers", "1", "--log-level", "warning"], port, logs / "granian.log", env, cwd=ROOT)
     return servers
 
 

@@ -38,6 +38,13 @@ import peer_servers
 SERVERS = ("vggexport", "triton")
 
 
+def even_rounds(text: str) -> int:
+    rounds = int(text)
+    if rounds < 2 or rounds % 2:
+        raise argparse.ArgumentTypeError(f"{text} is not an even number >= 2 (ABBA order needs pairs of rounds)")
+    return rounds
+
+
 def add_round_options(parser: argparse.ArgumentParser, seconds: float = 5.0) -> None:
     """The model and the rounds, as ``measure`` reads them: the options every tool comparing two servers shares."""
     parser.add_argument("--model", type=Path, default=Path("artifacts/vgg11_bn/model.onnx"),
@@ -45,7 +52,9 @@ def add_round_options(parser: argparse.ArgumentParser, seconds: float = 5.0) -> 
     parser.add_argument("--seconds", type=float, default=seconds,
                         help=f"Timed window of one round [default: {seconds:g}].")
     parser.add_argument("--warmup", type=float, default=1.0, help="Load before each round's window [default: 1].")
-    parser.add_argument("--rounds", type=int, default=3, help="Rounds per server and client count [default: 3].")
+    parser.add_argument("--rounds", type=even_rounds, default=4,
+                        help="Rounds per server and client count, an even number: ABBA gives each server the first "
+                             "turn in half of them [default: 4].")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--client-processes", type=int, default=1,
                         help="Load-generator processes per round, the clients split between them [default: 1].")
@@ -181,8 +190,9 @@ def describe(servers: dict[str, peer_servers.ServerProcess], report: Path, threa
 def measure(servers: dict[str, peer_servers.ServerProcess], args: argparse.Namespace, io: dict[str, Any],
             inputs: Path, expected: Any) -> tuple[dict[tuple[str, int], list[dict[str, float]]], list[str]]:
     """Alternating rounds over the two ``servers`` at each client count, in ABBA order (the first, the second, the
-    second, the first, ...): measured with the same code on both sides, the server driven first in every round was
-    3-8 % faster at its median. Every answer checked; each round's probe also reads the other server's CPU."""
+    second, the first, ...; an even number of rounds, so each goes first in half): measured with the same code on
+    both sides, the server driven first in every round was 3-8 % faster at its median. Every answer checked; each
+    round's probe also reads the other server's CPU."""
     rows: dict[tuple[str, int], list[dict[str, float]]] = {}
     problems: list[str] = []
     first, second = servers
@@ -233,6 +243,9 @@ def report_pair(rows: dict[tuple[str, int], list[dict[str, float]]], clients: li
           f"   {other} / {base}: req/s  p99")
     for c in clients:
         b, n = median_round(rows[(base, c)]), median_round(rows[(other, c)])
+        if not b["rate"] or not b["p99"] == b["p99"]:
+            print(f"{c:>4} clients   {base} answered nothing in its median round: no ratio")
+            continue
         print(f"{c:>4} clients   {b['rate']:17.0f} {b['p99']:7.2f} {b['server_us']:14.0f}   {n['rate']:17.0f} "
               f"{n['p99']:7.2f} {n['server_us']:14.0f}   {n['rate'] / b['rate']:{len(other) + len(base) + 8}.2f}x "
               f"{n['p99'] / b['p99']:4.2f}x")

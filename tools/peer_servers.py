@@ -103,22 +103,39 @@ class ServerProcess:
                 pass
 
 
+# Run vggexport from a tree other than this checkout: without the editable install's finder, which would
+# otherwise hand over this checkout's module for any vggexport.X the other tree lacks.
+WITHOUT_EDITABLE = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+                    "if 'vggexport' not in getattr(f, '__module__', '')]")
+
+
+def vggexport_launch(root: Path) -> tuple[list[str], dict[str, str]]:
+    """How to run `python -m vggexport` from ``root``'s vggexport/ (also run with ``root`` as the working
+    directory, since `python -m` and `-c` put that first): the command's start and its environment."""
+    here = root.resolve() == ROOT.resolve()
+    paths = [p for p in sys.path[1:] if here or not p or Path(p).resolve() != ROOT.resolve()]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(root), *paths])}
+    if here:
+        return [sys.executable, "-m", "vggexport"], env
+    run = f"{WITHOUT_EDITABLE}; import runpy; runpy.run_module('vggexport', run_name='__main__', alter_sys=True)"
+    return [sys.executable, "-c", run], env
+
+
 def start_vggexport(model: Path, logs: Path, port: int, grpc_port: int, instances: int = 1,
                     threads: int | None = None, *, root: Path = ROOT, name: str = "vggexport") -> ServerProcess:
     """`vggexport serve` as tools/bench_serve.py starts it (--model), on the CPU, its batching defaults.
 
     instances > 1: that many batches run at once from the one queue (--instances, Triton's instance group), each
-    on `threads` intra-op threads. ``root``: the tree whose vggexport/ it imports (first on PYTHONPATH, ahead of
-    the editable install, and its working directory: `python -m` puts the working directory first of all),
-    logged to ``logs/<name>.log``.
+    on `threads` intra-op threads. ``root``: the tree whose vggexport/ it imports (``vggexport_launch``), logged
+    to ``logs/<name>.log``.
     """
-    command = [sys.executable, "-m", "vggexport", "serve", "--model", str(model.resolve()), "--provider", "cpu",
+    start, env = vggexport_launch(root)
+    command = [*start, "serve", "--model", str(model.resolve()), "--provider", "cpu",
                "--port", str(port), "--grpc-port", str(grpc_port)]
     if instances > 1:
         command += ["--instances", str(instances)]
     if threads is not None:
         command += ["--threads", str(threads)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(root), *sys.path[1:]])}
     return ServerProcess("vggexport serve", command, port, logs / f"{name}.log", env, cwd=root)
 
 

@@ -2,16 +2,18 @@
 
     python tools/sched_trace.py --pid PID [--seconds 2] [--data perf.data]
 
-Records every CPU's context switches for --seconds (`perf sched record -a`, Linux perf
-with the sched tracepoints), then reads them back (`perf sched timehist --state`): each
-line is one stretch of a task on a CPU, with how long it waited before it. A task that
-was preempted (switched out runnable) waited in the run queue for all of its wait; a task
-that slept waited from its wake-up (the scheduling delay). For each such runnable stretch
-the report sums how much of it another CPU spent idle. Much of it: the kernel (or the
+Records every CPU's context switches and wake-ups for --seconds (`perf sched record -a`,
+Linux perf with the sched tracepoints), then reads the events back (`perf script`). A task
+is runnable from its wake-up (queued on the wake-up's target CPU) or from being switched
+out runnable (preempted: queued where it ran), until a switch puts it on a CPU; a migration
+moves it to another CPU's queue. For each such wait the report sums how long some CPU other
+than the one it was queued on stood idle meanwhile. Much of it: the kernel (or the
 hypervisor under it) left a CPU idle while work waited. Little of it: CPUs were idle at
 other moments than the waits, so the load is bursty, not badly placed. Reported per thread
-of the process --pid names, and for every other task by name. tools/serve_threads.py
---sched-trace runs it over its loaded window.
+of the process --pid names, and for every other task by name. A CPU whose switches do not
+follow one from another (some guest kernels record every switch into idle on a CPU and
+none out of it) has an idle time the trace does not know: it is named, and left out.
+tools/serve_threads.py --sched-trace runs it over its loaded window.
 """
 
 from __future__ import annotations
@@ -33,73 +35,95 @@ LINE = re.compile(r"^\s*(?P<comm>.+?)\s+(?P<pid>-?\d+)/(?P<tid>-?\d+)\s+\[(?P<cp
                   r"\s+sched:(?P<event>\w+):\s+(?P<trace>.*)$")
 SWITCH = re.compile(r"prev_comm=(?P<prev_comm>.*) prev_pid=(?P<prev>\d+) prev_prio=\S+ prev_state=(?P<state>\S+) "
                     r"==> next_comm=(?P<next_comm>.*) next_pid=(?P<next>\d+)")
-WAKING = re.compile(r"comm=(?P<comm>.*) pid=(?P<tid>\d+) prio=")
+WAKING = re.compile(r"comm=(?P<comm>.*) pid=(?P<tid>\d+) prio=\S+ target_cpu=(?P<cpu>\d+)")
+RECORDER = ("perf", "perf-exec")  # perf sched record and the command it times (its `sleep`, still named so)
+MIGRATE = re.compile(r"comm=(?P<comm>.*) pid=(?P<tid>\d+) prio=\S+ orig_cpu=\d+ dest_cpu=(?P<cpu>\d+)")
 
 
 @dataclass
 class Trace:
     """What one recording says: each CPU's idle stretches, and each task's runnable waits that a recorded switch
-    ended. ``untraced``: per CPU, switches out of idle the trace does not hold (seen on some guest kernels, where
-    one CPU records every switch into idle and none out of it); such a CPU's idle is not known."""
+    ended. ``untraced``: per CPU, switches whose outgoing task is not the one the trace last put there."""
 
     idle: dict[int, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
-    waits: list[tuple[int, int, float, float]] = field(default_factory=list)  # (tid, CPU it then ran on, from, to)
+    # (tid, its wait as pieces (CPU queued on, from, to): a migration starts a new piece)
+    waits: list[tuple[int, list[tuple[int, float, float]]]] = field(default_factory=list)
     process: dict[int, int] = field(default_factory=dict)  # tid -> pid, for the tasks seen running
     names: dict[int, str] = field(default_factory=dict)
+    switches: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     untraced: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-    cpus: set[int] = field(default_factory=set)  # every CPU a switch was recorded on
     first: float = 0.0
     last: float = 0.0
 
     @property
-    def complete(self) -> set[int]:
-        """The CPUs whose idle the trace knows: every switch out of idle that it should hold, it holds."""
-        return {cpu for cpu in self.cpus if self.untraced.get(cpu, 0) <= self.exits(cpu) // 100}  # 1 % slack
+    def cpus(self) -> set[int]:
+        return set(self.switches)
 
-    def exits(self, cpu: int) -> int:
-        """Switches out of idle on ``cpu``: those the trace holds, and those it must have missed."""
-        return len(self.idle.get(cpu, [])) + self.untraced.get(cpu, 0)
+    @property
+    def complete(self) -> set[int]:
+        """The CPUs whose idle the trace knows: (nearly) every switch follows from the one before it there."""
+        return {cpu for cpu, n in self.switches.items() if self.untraced.get(cpu, 0) <= n // 100}  # 1 % slack
+
+
+class Parser:
+    """`perf script -F comm,pid,tid,cpu,time,event,trace` of a `perf sched record`, fed in time order."""
+
+    def __init__(self) -> None:
+        self.trace = Trace()
+        self.on_cpu: dict[int, tuple[int, float]] = {}  # CPU -> (tid running, since)
+        self.off: set[int] = set()  # tasks seen switched out and not back in since: only they can be woken
+        # tid -> (the CPU whose queue it is on, since when there, the pieces of its wait before that)
+        self.queued: dict[int, tuple[int, float, list[tuple[int, float, float]]]] = {}
+
+    def feed(self, line: str) -> None:
+        found = LINE.match(line)
+        if found is None:
+            return
+        t, cpu, event, text = float(found["time"]), int(found["cpu"]), found["event"], found["trace"]
+        trace = self.trace
+        trace.first, trace.last = trace.first or t, t
+        if event in ("sched_waking", "sched_wakeup") and (woken := WAKING.match(text)):
+            tid = int(woken["tid"])
+            if tid in self.off:  # the earliest wake-up counts: runnable from then
+                self.queued.setdefault(tid, (int(woken["cpu"]), t, []))
+        elif event == "sched_migrate_task" and (moved := MIGRATE.match(text)):
+            tid = int(moved["tid"])
+            if tid in self.queued:
+                queue, since, pieces = self.queued[tid]
+                self.queued[tid] = (int(moved["cpu"]), t, [*pieces, (queue, since, t)])
+        elif event == "sched_switch" and (switch := SWITCH.match(text)):
+            self.switch(t, cpu, switch, int(found["pid"]))
+
+    def switch(self, t: float, cpu: int, switch: re.Match[str], pid: int) -> None:
+        trace = self.trace
+        prev, following = int(switch["prev"]), int(switch["next"])
+        trace.switches[cpu] += 1
+        trace.process[prev] = pid
+        trace.names[prev], trace.names[following] = switch["prev_comm"], switch["next_comm"]
+        current, since = self.on_cpu.get(cpu, (None, t))
+        if current is not None and prev != current:  # the switch that put prev here is missing
+            trace.untraced[cpu] += 1
+            self.queued.pop(prev, None)  # its wait ended unseen
+        elif prev == 0 and current is not None:
+            trace.idle[cpu].append((since, t))
+        self.off.add(prev)
+        if prev != 0 and switch["state"].startswith("R"):  # preempted: it waits for a CPU, here, from now
+            self.queued[prev] = (cpu, t, [])
+        if following != 0:
+            self.off.discard(following)
+            if following in self.queued:
+                queue, since, pieces = self.queued.pop(following)
+                trace.waits.append((following, [*pieces, (queue, since, t)]))
+        self.on_cpu[cpu] = (following, t)
 
 
 def parse(text: str) -> Trace:
-    """`perf script -F comm,pid,tid,cpu,time,event,trace` of a `perf sched record`, in time order. A task is
-    runnable from its wake-up (sched_waking) or from being switched out runnable (preempted, state R), until a
-    switch puts it on a CPU. What happened on a CPU before its first switch is unknown and left out; so is a wait
-    whose end the trace does not hold (a task seen switched out that was never seen switched in)."""
-    trace = Trace()
-    on_cpu: dict[int, tuple[int, float]] = {}  # CPU -> (tid running, since)
-    runnable: dict[int, float] = {}  # tid -> since when
+    """The trace of ``perf script``'s text. A CPU's time before its first switch is unknown and left out; so is a
+    wait whose end the trace does not hold (a task seen switched out that was never seen switched in)."""
+    parser = Parser()
     for line in text.splitlines():
-        found = LINE.match(line)
-        if found is None:
-            continue
-        t, cpu, event = float(found["time"]), int(found["cpu"]), found["event"]
-        trace.first, trace.last = trace.first or t, t
-        if event == "sched_waking" and (woken := WAKING.match(found["trace"])):
-            tid = int(woken["tid"])
-            if all(current != tid for current, _ in on_cpu.values()):
-                runnable.setdefault(tid, t)
-            continue
-        switch = SWITCH.match(found["trace"]) if event == "sched_switch" else None
-        if switch is None:
-            continue
-        prev, following = int(switch["prev"]), int(switch["next"])
-        trace.cpus.add(cpu)
-        trace.process[prev] = int(found["pid"])
-        trace.names[prev], trace.names[following] = switch["prev_comm"], switch["next_comm"]
-        current, since = on_cpu.get(cpu, (None, t))
-        if prev != current:  # the switch that put prev here is missing from the trace
-            runnable.pop(prev, None)  # its wait ended unseen
-            if current == 0:
-                trace.untraced[cpu] += 1
-        elif prev == 0:
-            trace.idle[cpu].append((since, t))
-        if prev != 0 and switch["state"].startswith("R"):  # preempted: it waits for a CPU from now
-            runnable[prev] = t
-        if following != 0 and following in runnable:
-            trace.waits.append((following, cpu, runnable.pop(following), t))
-        on_cpu[cpu] = (following, t)
-    return trace
+        parser.feed(line)
+    return parser.trace
 
 
 class IdleTimes:
@@ -109,38 +133,48 @@ class IdleTimes:
         self.spans = {cpu: sorted(spans.get(cpu, [])) for cpu in cpus}
         self.starts = {cpu: [a for a, _ in found] for cpu, found in self.spans.items()}
 
-    def on(self, cpu: int, a: float, b: float) -> float:
-        found, total = self.spans.get(cpu, []), 0.0
-        i = max(bisect.bisect_right(self.starts.get(cpu, []), a) - 1, 0)
-        while i < len(found) and found[i][0] < b:
-            total += max(0.0, min(b, found[i][1]) - max(a, found[i][0]))
-            i += 1
-        return total
+    def clipped(self, cpu: int, a: float, b: float) -> list[tuple[float, float]]:
+        """``cpu``'s idle stretches inside [a, b], cut to it."""
+        found, pieces = self.spans[cpu], []
+        for start, end in found[max(bisect.bisect_right(self.starts[cpu], a) - 1, 0):]:
+            if start >= b:
+                break
+            if end > a:
+                pieces.append((max(a, start), min(b, end)))
+        return pieces
 
     def elsewhere(self, cpu: int, a: float, b: float) -> float:
-        """The longest idle time of any other CPU inside [a, b] (one idle CPU is enough to have run the task)."""
-        return max((self.on(other, a, b) for other in self.spans if other != cpu), default=0.0)
+        """How much of [a, b] at least one CPU other than ``cpu`` was idle (any idle one could have run the task)."""
+        pieces = sorted(p for other in self.spans if other != cpu for p in self.clipped(other, a, b))
+        total, reach = 0.0, a
+        for start, end in pieces:  # the union of the pieces, in order
+            if end > reach:
+                total += end - max(start, reach)
+                reach = end
+        return total
 
 
 @dataclass
 class Tally:
     runnable: float = 0.0
-    while_idle: float = 0.0  # of ``runnable``, while another CPU was idle
+    while_idle: float = 0.0  # of ``runnable``, while a CPU other than the one it was queued on was idle
     episodes: int = 0  # runnable stretches with over 20 us of another CPU idle
 
 
 def tally(trace: Trace, pid: int) -> tuple[dict[str, Tally], list[float]]:
-    """Per task (the --pid's threads by thread id, others by name): its recorded waits, and how much of them another
-    CPU with a complete trace was idle; and the lengths of those idle overlaps."""
+    """Per task (the --pid's threads by thread id, others by name): its recorded waits, and how much of them a CPU
+    other than the one it was queued on, with a complete trace, was idle; and the lengths of those overlaps."""
     idle = IdleTimes(trace.idle, trace.complete)
     tallies: dict[str, Tally] = defaultdict(Tally)
     overlaps: list[float] = []
-    for tid, cpu, a, b in trace.waits:
+    for tid, pieces in trace.waits:
+        if trace.names.get(tid) in RECORDER:
+            continue  # the instrument, not the load
         key = (f"thread {tid}" + (" (its main thread)" if tid == pid else "") if trace.process.get(tid) == pid
                else trace.names.get(tid, str(tid)))
         entry = tallies[key]
-        entry.runnable += b - a
-        overlap = idle.elsewhere(cpu, a, b)
+        entry.runnable += sum(b - a for _, a, b in pieces)
+        overlap = sum(idle.elsewhere(cpu, a, b) for cpu, a, b in pieces)
         entry.while_idle += overlap
         if overlap > 20e-6:
             entry.episodes += 1
@@ -156,35 +190,37 @@ def report(trace: Trace, pid: int) -> list[str]:
     pct = lambda seconds: 100 * seconds / window  # noqa: E731  (a share of the window, in %)
     lines = [f"window {window * 1e3:.0f} ms; idle " + ", ".join(
         f"CPU {cpu} {pct(sum(b - a for a, b in trace.idle.get(cpu, []))):.0f}%" if cpu in trace.complete else
-        f"CPU {cpu} not known (of its {trace.exits(cpu)} switches out of idle, the trace holds "
-        f"{len(trace.idle.get(cpu, []))})" for cpu in sorted(trace.cpus))]
+        f"CPU {cpu} not known ({trace.untraced[cpu]} of its {trace.switches[cpu]} switches do not follow from the "
+        "one before)" for cpu in sorted(trace.cpus))]
     ours = sorted((k for k in tallies if k.startswith("thread ")), key=lambda k: -tallies[k].runnable)
     others = sorted((k for k in tallies if not k.startswith("thread ")), key=lambda k: -tallies[k].runnable)[:5]
     for name in [*ours, *others]:
         t = tallies[name]
         if t.runnable < 0.005 * window:
             continue  # a task that hardly waited
-        lines.append(f"    {name[:30]:<30} runnable (recorded waits) {pct(t.runnable):5.1f}%  "
-                     f"of it with another CPU idle {pct(t.while_idle):5.1f}% ({t.episodes} times)")
+        lines.append(f"    {name[:30]:<30} waited {pct(t.runnable):5.1f}% of the window, another CPU idle "
+                     f"meanwhile {pct(t.while_idle):5.1f}% of the window ({t.episodes} times)")
     idle = IdleTimes(trace.idle, trace.complete)
     for cpu in sorted(trace.cpus):
-        others = trace.cpus - {cpu}
-        ended = [(a, b) for _, c, a, b in trace.waits if c == cpu]
-        if not ended or not others <= trace.complete:
+        queued = [(a, b) for tid, pieces in trace.waits if trace.names.get(tid) not in RECORDER
+                  for c, a, b in pieces if c == cpu]
+        if not queued or not trace.cpus - {cpu} <= trace.complete:
             continue  # waits on this CPU can be set against the others' idle only where all of that is known
-        waited = sum(b - a for a, b in ended)
-        overlap = sum(idle.elsewhere(cpu, a, b) for a, b in ended)
-        lines.append(f"waits that ended on CPU {cpu}: {pct(waited):.1f}% of the window; another CPU was idle for "
-                     f"{100 * overlap / waited:.0f}% of them")
+        waited = sum(b - a for a, b in queued)
+        if waited <= 0:
+            continue
+        overlap = sum(idle.elsewhere(cpu, a, b) for a, b in queued)
+        lines.append(f"waits queued on CPU {cpu}: {pct(waited):.1f}% of the window; another CPU was idle for "
+                     f"{100 * overlap / waited:.0f}% of that waiting")
     every = sum(t.runnable for t in tallies.values())
     wasted = sum(t.while_idle for t in tallies.values())
-    lines.append(f"all tasks: recorded waits {pct(every):.1f}% of the window, of it with another CPU idle "
-                 f"{pct(wasted):.1f}%" + (f"; those overlaps: median {statistics.median(overlaps) * 1e6:.0f} us, "
+    lines.append(f"all tasks: waited {pct(every):.1f}% of the window, another CPU idle meanwhile "
+                 f"{pct(wasted):.1f}% of the window" + (f"; those overlaps: median {statistics.median(overlaps) * 1e6:.0f} us, "
                                           f"longest {max(overlaps) * 1e6:.0f} us" if overlaps else ""))
     return lines
 
 
-def start_record(data: Path, seconds: float) -> subprocess.Popen:
+def start_record(data: Path, seconds: float) -> subprocess.Popen[str]:
     """`perf sched record` of every CPU for ``seconds``, in the background (see ``finish``)."""
     if shutil.which("perf") is None:
         raise RuntimeError("perf (Linux perf, with the sched tracepoints) is not installed here")
@@ -192,7 +228,7 @@ def start_record(data: Path, seconds: float) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def finish(recording: subprocess.Popen, data: Path, pid: int) -> list[str]:
+def finish(recording: subprocess.Popen[str], data: Path, pid: int) -> list[str]:
     _, errors = recording.communicate(timeout=120)
     if recording.returncode != 0:
         raise RuntimeError(f"perf sched record failed: {errors.strip().splitlines()[-1:]}")

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
@@ -69,18 +70,28 @@ def threads(pid: int) -> dict[int, tuple[int, ...]]:
     return found
 
 
-def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path, io: dict,
+def context_switches(recording: subprocess.Popen[str], data: Path, pid: int) -> list[str]:
+    """tools/sched_trace.py's report of the round, or the one line saying why there is none (perf refused, say:
+    perf_event_paranoid, no CAP_PERFMON)."""
+    try:
+        return ["  context switches (perf sched):", *(f"  {line}" for line in sched_trace.finish(recording, data, pid))]
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        recording.kill()
+        return [f"  context switches: not recorded ({exc})"]
+
+
+def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path, io: dict[str, Any],
               expected: object, trace: bool = False) -> tuple[list[str], list[str]]:
     from vggexport.serve.smoke import free_port
 
     instances, threads_each = (int(x) for x in layout.split("x"))
     server = peer_servers.start_vggexport(model, logs, free_port(), 0, instances, threads_each)
-    recordings: list[subprocess.Popen] = []
+    recordings: list[subprocess.Popen[str]] = []
     data = logs / f"perf-{layout}.data"
     try:
         server.wait_ready(120)
         pid = server.process.pid
-        def probe() -> tuple:
+        def probe() -> tuple[float, list[int], dict[int, tuple[int, ...]], tuple[float, float]]:
             if trace and not recordings:  # as the window opens; it ends a little before the window does
                 recordings.append(sched_trace.start_record(data, max(seconds - 0.5, 0.5)))
             return time.perf_counter(), machine(), threads(pid), server.batch_counts(io["name"])
@@ -88,10 +99,14 @@ def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path
         result = loadgen.drive(f"{server.url}/v2/models/{io['name']}/infer", logs / "inputs.raw", [1, *io["input"][1]],
                                clients=clients, seconds=seconds, warmup=1.0, names=(io["input"][0], io["output"][0]),
                                probe=probe)
+    except BaseException:
+        for recording in recordings:  # no perf left recording behind a failed round
+            recording.kill()
+            recording.wait()
+        raise
     finally:
         server.stop()
-    traced = ["  context switches (perf sched):", *(f"  {line}" for line in sched_trace.finish(recordings[0], data, pid))
-              ] if recordings else []
+    traced = context_switches(recordings[0], data, pid) if recordings else []
     _, wrong = bench_peers.check_answers(result, expected, io)  # failed or wrong answers are no throughput
     (t0, m0, th0, b0), (t1, m1, th1, b1) = result.probes
     wall, spent = t1 - t0, [b - a for a, b in zip(m0, m1)]
