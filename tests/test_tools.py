@@ -133,6 +133,7 @@ def test_sched_trace_sets_a_wait_against_the_other_cpu_idle_and_names_an_incompl
     assert trace.waits == [(10, [(1, 1.1, 1.3)])]
     assert "CPU 0 83%" in lines[0] and "CPU 2 not known (1 of its 2 switches do not follow" in lines[0]
     assert "waited  33.3% of the window, another CPU idle meanwhile  33.3%" in waited_line(lines)
+    assert "CPU 0 idle 83.3% of the window; a task waited on another CPU's queue for 40% of that idle time" in lines
 
 
 def test_sched_trace_counts_the_wait_of_a_task_that_an_idle_cpu_then_pulls() -> None:

@@ -212,12 +212,31 @@ def report(trace: Trace, pid: int) -> list[str]:
         overlap = sum(idle.elsewhere(cpu, a, b) for a, b in queued)
         lines.append(f"waits queued on CPU {cpu}: {pct(waited):.1f}% of the window; another CPU was idle for "
                      f"{100 * overlap / waited:.0f}% of that waiting")
+    for cpu in sorted(trace.complete):
+        idle_time = sum(b - a for a, b in trace.idle.get(cpu, []))
+        if idle_time > 0:
+            lines.append(f"CPU {cpu} idle {pct(idle_time):.1f}% of the window; a task waited on another CPU's queue "
+                         f"for {100 * idle_with_work_elsewhere(trace, cpu) / idle_time:.0f}% of that idle time")
     every = sum(t.runnable for t in tallies.values())
     wasted = sum(t.while_idle for t in tallies.values())
     lines.append(f"all tasks: waited {pct(every):.1f}% of the window, another CPU idle meanwhile "
                  f"{pct(wasted):.1f}% of the window" + (f"; those overlaps: median {statistics.median(overlaps) * 1e6:.0f} us, "
                                           f"longest {max(overlaps) * 1e6:.0f} us" if overlaps else ""))
     return lines
+
+
+def idle_with_work_elsewhere(trace: Trace, cpu: int) -> float:
+    """How long ``cpu`` stood idle while at least one task (not perf's) was queued on another CPU."""
+    pieces = sorted((a, b) for tid, waits in trace.waits if trace.names.get(tid) not in RECORDER
+                    for queue, a, b in waits if queue != cpu and b > a)
+    merged: list[tuple[float, float]] = []
+    for a, b in pieces:  # the union of the waits, in order
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    idle = IdleTimes({0: merged}, {0})  # the waits' union, asked as if it were a CPU's stretches
+    return sum(idle.elsewhere(-1, a, b) for a, b in trace.idle.get(cpu, []))
 
 
 def start_record(data: Path, seconds: float) -> subprocess.Popen[str]:
