@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ def served_folder(exported_tiny: Exported, tmp_path_factory: pytest.TempPathFact
     for name in ("model.onnx", "model.preprocessing.onnx"):
         shutil.copyfile(exported_tiny.folder / name, folder / name)
     return folder
+
+
+def infer_threads() -> list[threading.Thread]:
+    """The batchers' instance threads alive in this process (each engine's are named vggexport-infer-N)."""
+    return [t for t in threading.enumerate() if t.name.startswith("vggexport-infer-") and t.is_alive()]
 
 
 @pytest.fixture(scope="session")

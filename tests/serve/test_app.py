@@ -357,3 +357,30 @@ def test_workers_share_one_port_and_sum_their_metrics(served_onnx: Path) -> None
         assert process.stop() in (0, -signal.SIGTERM)
     # the cores split between a worker's instances, unless --threads says otherwise
     assert f"2 worker(s), 2 instance(s) of {default_threads(2)} thread(s)" in process.output()
+
+
+def test_a_start_that_fails_stops_the_instance_threads_warm_up_started(served_folder: Path) -> None:
+    """gRPC's port is taken, so the lifespan's start fails after warm-up: a server built in code keeps no thread."""
+    import asyncio
+    import socket
+
+    from tests.serve.conftest import infer_threads
+    from vggexport.errors import VggExportError
+    from vggexport.serve.app import Listen, create_app
+    from vggexport.serve.service import ServeConfig
+
+    before = infer_threads()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        app = create_app(ServeConfig(model=str(served_folder / "model.onnx"), provider="cpu", gate="off", warmup=True),
+                         Listen(host="127.0.0.1", grpc_port=taken.getsockname()[1]), phase=lambda line: None)
+        assert len(infer_threads()) > len(before)  # warm-up ran on the instance's own thread
+
+        async def start() -> None:
+            async with app.router.lifespan_context(app):
+                pass
+
+        with pytest.raises(VggExportError, match="cannot listen for gRPC"):
+            asyncio.run(start())
+    assert infer_threads() == before

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 
+from tests.serve.conftest import infer_threads
 from vggexport.errors import VggExportError
 from vggexport.serve.metrics import create_metrics
 from vggexport.serve.service import ModelService, ServeConfig
-
-
-def infer_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("vggexport-infer-") and t.is_alive()]
 
 
 def test_a_refused_preprocessing_model_stops_both_engines_instance_threads(served_folder: Path) -> None:

@@ -120,16 +120,16 @@ def create_app(config: ServeConfig, listen: Listen | None = None,
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         grpc_server = None
-        if listen.grpc_port:
-            from vggexport.serve.grpc_server import start_grpc
+        try:  # a start that fails (gRPC's port taken, say) stops what warm-up started, as a shutdown does
+            if listen.grpc_port:
+                from vggexport.serve.grpc_server import start_grpc
 
-            grpc_server = await start_grpc(plane, metrics, listen.host, listen.grpc_port, config.max_body_bytes,
-                                           shared_port=config.workers > 1)
-            phase(f"gRPC listening on {listen.host}:{listen.grpc_port}")
-        await service.start()
-        install_drain_hook(plane, GRPC_GRACE_S)
-        phase("ready")
-        try:
+                grpc_server = await start_grpc(plane, metrics, listen.host, listen.grpc_port,
+                                               config.max_body_bytes, shared_port=config.workers > 1)
+                phase(f"gRPC listening on {listen.host}:{listen.grpc_port}")
+            await service.start()
+            install_drain_hook(plane, GRPC_GRACE_S)
+            phase("ready")
             yield
         finally:
             plane.draining = True
