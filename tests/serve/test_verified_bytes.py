@@ -164,12 +164,13 @@ def gate(folder: Path, provider: str, gpus: int, monkeypatch: pytest.MonkeyPatch
     import onnxruntime
 
     from vggexport.backend.onnxrt import CPU_EP, CUDA_EP, resolve_provider
-    from vggexport.serve import service
+    from vggexport.serve import gate as serving_gate
 
-    monkeypatch.setattr(service, "resolve_provider", functools.partial(resolve_provider, gpus=lambda: gpus))
+    monkeypatch.setattr(serving_gate, "resolve_provider", functools.partial(resolve_provider, gpus=lambda: gpus))
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA_EP, CPU_EP])  # onnxruntime-gpu
     try:
-        service.gated_bytes(folder / "model.onnx", ServeConfig(model=str(folder / "model.onnx"), provider=provider))
+        serving_gate.gated_bytes(folder / "model.onnx", ServeConfig(model=str(folder / "model.onnx"),
+                                                                   provider=provider))
     except VggExportError as exc:
         assert "\n" not in str(exc)
         return f"refused: {exc}"
@@ -216,16 +217,21 @@ def test_auto_gated_as_cuda_is_gated_again_when_the_session_falls_back_to_the_cp
 
     from tests.conftest import record_verdict, renamed_report
     from vggexport.backend import onnxrt as onnx_io
+    from vggexport.serve import gate as serving_gate
     from vggexport.serve import service
 
     (folder / "parity.json").unlink()
     record_verdict(renamed_report(cpu_report, "onnxruntime-cuda"), folder / "model.onnx")  # CUDA-only
-    monkeypatch.setattr(service, "resolve_provider", functools.partial(onnx_io.resolve_provider, gpus=lambda: 1))
+    said: list[str] = []
+    with_a_gpu = functools.partial(onnx_io.resolve_provider, gpus=lambda: 1)
+    for module in (serving_gate, service):  # the gate and the fallback check both see a GPU
+        monkeypatch.setattr(module, "resolve_provider", with_a_gpu)
     monkeypatch.setattr(onnx_io, "resolve_provider",  # the session: no CUDA starts
                         functools.partial(onnx_io.resolve_provider, gpus=lambda: 0))
     monkeypatch.setattr("onnxruntime.get_available_providers", lambda: [onnx_io.CUDA_EP, onnx_io.CPU_EP])
     with pytest.raises(VggExportError, match="verified on CUDA only"):
-        create_app(ServeConfig(model=str(folder / "model.onnx"), provider="auto"))
+        create_app(ServeConfig(model=str(folder / "model.onnx"), provider="auto"), phase=said.append)
+    assert any(line.startswith("read model.onnx") for line in said)  # the CUDA gate passed; the CPU one refused
 
 
 def test_an_older_record_is_refused_with_one_line(folder: Path, tmp_path: Path) -> None:

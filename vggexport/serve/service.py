@@ -7,9 +7,9 @@ when it is one, else ``model.preprocessing.onnx`` beside it (or
 ``--preprocessing-model``), so the server, Triton and every embedder share one
 preprocessing, bit for bit.
 
-Each file is read once, in the process that serves it: the verified-only gate (``ServeConfig.gate``)
-checks the sha256 of those bytes against parity.json and the session is created from the same bytes,
-so a file swapped after the check is never served as verified. With ``--require-signature`` the same bytes
+Each file is read once, in the process that serves it: the verified-only gate (``ServeConfig.gate``,
+vggexport/serve/gate.py) checks the sha256 of those bytes against parity.json and the session is created
+from the same bytes, so a file swapped after the check is never served as verified. With ``--require-signature`` the same bytes
 must also be the ones ``model.sig`` signs (``vggexport.store.signature.require_signed``), in every worker.
 """
 
@@ -24,13 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from vggexport.errors import VggExportError, first_line
-from vggexport.store.fileio import ArtifactBytes
-from vggexport.store.manifest import read_checked
 from vggexport.backend.base import softmax
 from vggexport.backend.onnxrt import default_threads, resolve_provider
 from vggexport.serve.batcher import DynamicBatcher
 from vggexport.names import V2_TO_NUMPY
 from vggexport.serve.runner import ServingRunner
+from vggexport.serve.gate import GATES, gated_bytes
 from vggexport.serve.errors import InternalError, NotFoundError, PayloadTooLargeError, ProtocolError
 from vggexport.serve.metrics import ServerMetrics
 
@@ -38,8 +37,6 @@ log = logging.getLogger("vggexport.serve")
 OUTPUT, PROBABILITIES = "logits", "probabilities"
 OUTPUTS = (OUTPUT, PROBABILITIES)
 PREPROCESSING_FILE = "model.preprocessing.onnx"
-# refuse: serve only what parity.json passed (the CLI); warn: --allow-unverified; off: an embedder's own call.
-GATES = ("refuse", "warn", "off")
 
 
 @dataclass(frozen=True)
@@ -146,38 +143,6 @@ class BatchedRunner:
         except Exception:  # a failed batch: the client hears that it failed, the log hears why
             log.exception("inference failed in %s", self.runner.path.name)
             raise InternalError("inference failed; see the server log") from None
-
-
-def gated_bytes(path: Path | ArtifactBytes, config: ServeConfig) -> ArtifactBytes:
-    """The file's bytes, read once; with the gate on, only when parity.json passed those very bytes on the
-    runtime they will run on (``--provider auto`` resolved first: CUDA only where a GPU is present).
-    With ``require_signature`` the signature is checked first, on the bytes then gated and loaded."""
-    if config.require_signature:
-        return signed_bytes(path, config)
-    if config.gate == "off":
-        return read_checked(path, f"no ONNX model at {path}: run `vggexport onnx` first")
-    from vggexport.store.parity_record import require_verified
-
-    return require_verified(path, allow_unverified=config.gate == "warn", runs_on=resolve_provider(config.provider))
-
-
-def signed_bytes(path: Path | ArtifactBytes, config: ServeConfig) -> ArtifactBytes:
-    """Read once, checked against model.sig, then the gate of ``config.gate`` on those same bytes, judged by
-    the signed parity record itself (parity.json is not read again: a swap after the signed read is moot)."""
-    from vggexport.store.fileio import artifact_of
-    from vggexport.store.manifest import check_artifact
-    from vggexport.store.parity_record import require_verified
-    from vggexport.store.signature import require_signed
-
-    if not isinstance(path, ArtifactBytes) and not Path(path).is_file():
-        raise VggExportError(f"no ONNX model at {path}: run `vggexport onnx` first")
-    artifact = artifact_of(path)
-    record = require_signed(artifact, config.require_signature or "")
-    if config.gate == "off":
-        check_artifact(artifact)
-        return artifact
-    return require_verified(artifact, allow_unverified=config.gate == "warn",
-                            runs_on=resolve_provider(config.provider), record=record)
 
 
 class ModelService:
