@@ -19,9 +19,9 @@ import pytest
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 sys.path.insert(0, str(TOOLS))
 
-import bench_peers
 import loadgen
 import peer_servers
+import rounds
 
 LOGITS = np.arange(10, dtype=np.float32)
 
@@ -141,7 +141,7 @@ def test_measure_drives_the_two_servers_abba_and_checks_every_answer(tmp_path: P
     args = argparse.Namespace(clients=[2], rounds=2, seconds=0.2, warmup=0.05, client_processes=1, client="raw")
     io = {"name": "m", "input": ["input", [1, 2, 2]], "output": ["logits", [10]]}
     try:
-        rows, problems = bench_peers.measure({"a": Stand("a", ports[0]), "b": Stand("b", ports[1])}, args, io,
+        rows, problems = rounds.measure({"a": Stand("a", ports[0]), "b": Stand("b", ports[1])}, args, io,
                                              inputs, np.stack([LOGITS, LOGITS]))
     finally:
         loop.call_soon_threadsafe(loop.stop)
@@ -155,9 +155,9 @@ def test_check_answers_names_a_wrong_answer_and_a_wrong_header() -> None:
     expected = np.stack([LOGITS, LOGITS + 1])
     header = json.dumps({"outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 10]}]}).encode()
     good = loadgen.Round(requests=2, answers={0: {LOGITS.tobytes()}, 1: {(LOGITS + 1).tobytes()}}, headers={header})
-    assert bench_peers.check_answers(good, expected, io) == (0.0, [])
+    assert rounds.check_answers(good, expected, io) == (0.0, [])
     bad = loadgen.Round(requests=2, answers={0: {(LOGITS + 0.5).tobytes()}}, headers={header.replace(b"1, 10", b"2")})
-    worst, problems = bench_peers.check_answers(bad, expected, io)
+    worst, problems = rounds.check_answers(bad, expected, io)
     assert worst == 0.5 and len(problems) == 2 and "image 0" in problems[1]
 
 

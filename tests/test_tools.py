@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
-# embed_onnx.py takes no options (its own tests run it); without_amx.py is tested below.
-SCRIPTS = sorted(p.name for p in TOOLS.glob("*.py") if p.name not in ("embed_onnx.py", "without_amx.py"))
+# embed_onnx.py takes no options (its own tests run it); without_amx.py is tested below; rounds.py is no script but
+# the part the two-server tools share (tests/test_bench_peers.py tests it, and each of them runs here).
+SCRIPTS = sorted(p.name for p in TOOLS.glob("*.py") if p.name not in ("embed_onnx.py", "without_amx.py", "rounds.py"))
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

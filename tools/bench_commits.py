@@ -32,7 +32,7 @@ TOOLS = Path(__file__).resolve().parent
 ROOT = TOOLS.parent
 sys.path[:0] = [str(TOOLS), str(ROOT)]
 
-import bench_peers  # noqa: E402  (stdlib-only at import: --help stays cheap)
+import rounds  # noqa: E402
 import loadgen  # noqa: E402
 import peer_servers  # noqa: E402
 
@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, help="The commit (any git revision) to compare against.")
     parser.add_argument("--candidate", default=None, help="Another revision [default: the working tree].")
-    bench_peers.add_round_options(parser)
+    rounds.add_round_options(parser)
     parser.add_argument("--instances", type=int, default=1, help="vggexport serve --instances [default: 1].")
     parser.add_argument("--images", type=int, default=64, help="Distinct inputs the clients cycle through.")
     parser.add_argument("--logs", type=Path, default=None, help="Logs and unpacked trees [default: a new /tmp dir].")
@@ -117,7 +117,7 @@ def start(args: argparse.Namespace, found: dict[str, tuple[Path, str]], logs: Pa
         for server in servers.values():
             server.wait_ready(args.ready_timeout)
     except BaseException:
-        bench_peers.stop_all(servers)
+        rounds.stop_all(servers)
         raise
     return servers
 
@@ -136,12 +136,12 @@ def main() -> int:
     cores = len(os.sched_getaffinity(0))
     if not 1 <= args.instances <= cores:
         raise SystemExit(f"--instances must be 1 to {cores} (the cores this process may use), not {args.instances}")
-    io = bench_peers.model_io(args.model)
+    io = rounds.model_io(args.model)
     images = np.random.default_rng(0).standard_normal((args.images, *io["input"][1]), dtype=np.float32)
     inputs = logs / "inputs.f32"
     inputs.write_bytes(images.tobytes())
-    expected = bench_peers.offline_answers(args.model, images)
-    print(f"CPU: {os.cpu_count()} cores; flags: {bench_peers.cpu_flags()}", flush=True)
+    expected = rounds.offline_answers(args.model, images)
+    print(f"CPU: {os.cpu_count()} cores; flags: {rounds.cpu_flags()}", flush=True)
     for name in NAMES:
         print(f"{name}: {found[name][1]}", flush=True)
     print(f"model {args.model}; client: {loadgen.client_name(args.client)}, {args.client_processes} process(es); "
@@ -149,10 +149,10 @@ def main() -> int:
           flush=True)
     servers = start(args, found, logs, cores // args.instances)
     try:
-        rows, problems = bench_peers.measure(servers, args, io, inputs, expected)
+        rows, problems = rounds.measure(servers, args, io, inputs, expected)
     finally:
-        bench_peers.stop_all(servers)
-    bench_peers.report_pair(rows, args.clients, *NAMES)
+        rounds.stop_all(servers)
+    rounds.report_pair(rows, args.clients, *NAMES)
     for problem in problems:
         print(f"WRONG: {problem}")
     checked = sum(r["requests"] for rs in rows.values() for r in rs)

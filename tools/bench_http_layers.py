@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
 
-import bench_peers  # noqa: E402
+import rounds  # noqa: E402
 import peer_servers  # noqa: E402
 
 LAYERS = ("uvicorn", "granian")
@@ -34,7 +34,7 @@ LAYERS = ("uvicorn", "granian")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    bench_peers.add_round_options(parser, seconds=4.0)
+    rounds.add_round_options(parser, seconds=4.0)
     return parser.parse_args()
 
 
@@ -62,22 +62,22 @@ def main() -> int:
         return 2
     import numpy as np
 
-    io = bench_peers.model_io(args.model)
+    io = rounds.model_io(args.model)
     images = np.random.default_rng(0).standard_normal((64, *io["input"][1])).astype(np.float32)
-    expected = bench_peers.offline_answers(args.model, images)
+    expected = rounds.offline_answers(args.model, images)
     logs = Path(tempfile.mkdtemp(prefix="bench-http-layers-"))
     inputs = logs / "inputs.raw"
     inputs.write_bytes(images.tobytes())
-    print(f"CPU flags: {bench_peers.cpu_flags()}; {os.cpu_count()} cores; logs in {logs}", flush=True)
+    print(f"CPU flags: {rounds.cpu_flags()}; {os.cpu_count()} cores; logs in {logs}", flush=True)
     servers = start(args.model, logs)
     try:
         for server in servers.values():
             server.wait_ready(120)
-        rows, problems = bench_peers.measure(servers, args, io, inputs, expected)
+        rows, problems = rounds.measure(servers, args, io, inputs, expected)
     finally:
         for server in servers.values():
             server.stop()
-    bench_peers.report_pair(rows, args.clients, *LAYERS)
+    rounds.report_pair(rows, args.clients, *LAYERS)
     for problem in problems:
         print(f"WRONG: {problem}", file=sys.stderr)
     return 1 if problems else 0

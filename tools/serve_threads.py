@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
 
-import bench_peers  # noqa: E402
+import rounds  # noqa: E402
 import loadgen  # noqa: E402
 import peer_servers  # noqa: E402
 import sched_trace  # noqa: E402
@@ -107,7 +107,7 @@ def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path
     finally:
         server.stop()
     traced = context_switches(recordings[0], data, pid) if recordings else []
-    _, wrong = bench_peers.check_answers(result, expected, io)  # failed or wrong answers are no throughput
+    _, wrong = rounds.check_answers(result, expected, io)  # failed or wrong answers are no throughput
     (t0, m0, th0, b0), (t1, m1, th1, b1) = result.probes
     wall, spent = t1 - t0, [b - a for a, b in zip(m0, m1)]
     cores = 100 * (os.cpu_count() or 1) / max(sum(spent), 1)
@@ -134,13 +134,13 @@ def main() -> int:
         return 2
     import numpy as np
 
-    io = bench_peers.model_io(args.model)
+    io = rounds.model_io(args.model)
     logs = Path(tempfile.mkdtemp(prefix="serve-threads-"))
     images = np.random.default_rng(0).standard_normal((64, *io["input"][1])).astype(np.float32)
     (logs / "inputs.raw").write_bytes(images.tobytes())
-    expected = bench_peers.offline_answers(args.model, images)
+    expected = rounds.offline_answers(args.model, images)
     problems: list[str] = []
-    print(f"CPU flags: {bench_peers.cpu_flags()}; {os.cpu_count()} cores; {args.clients} clients; logs in {logs}")
+    print(f"CPU flags: {rounds.cpu_flags()}; {os.cpu_count()} cores; {args.clients} clients; logs in {logs}")
     for round_no in range(1, args.rounds + 1):
         for layout in args.layouts:
             lines, wrong = one_round(args.model, layout, args.clients, args.seconds, logs, io, expected,
