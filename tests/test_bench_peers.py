@@ -22,6 +22,7 @@ sys.path.insert(0, str(TOOLS))
 import loadgen
 import peer_servers
 import rounds
+import v2_http
 
 LOGITS = np.arange(10, dtype=np.float32)
 
@@ -55,9 +56,9 @@ async def v2_server(connection: str = "keep-alive") -> tuple[asyncio.AbstractSer
 def test_closed_loop_counts_and_keeps_every_distinct_answer(client: str, connection: str) -> None:
     async def run() -> loadgen.Round:
         server, port = await v2_server(connection)
-        bodies = [loadgen.binary_request(np.full((1, 1, 2, 2), i, np.float32).tobytes(), [1, 1, 2, 2])[0]
+        bodies = [v2_http.binary_request(np.full((1, 1, 2, 2), i, np.float32).tobytes(), [1, 1, 2, 2])[0]
                   for i in range(3)]
-        headers = loadgen.binary_request(b"\0" * 16, [1, 1, 2, 2])[1]
+        headers = v2_http.binary_request(b"\0" * 16, [1, 1, 2, 2])[1]
         async with server:
             return await loadgen.closed_loop(f"http://127.0.0.1:{port}/v2/models/m/infer", 4, 0.5, bodies, headers,
                                              warmup=0.1, client=client)
@@ -73,7 +74,7 @@ def test_a_refused_connection_is_an_error_not_a_crash() -> None:
     from vggexport.serve.smoke import free_port
 
     port = free_port()  # nothing listens there
-    body, headers = loadgen.binary_request(b"\0" * 4, [1])
+    body, headers = v2_http.binary_request(b"\0" * 4, [1])
     result = asyncio.run(loadgen.closed_loop(f"http://127.0.0.1:{port}/x", 2, 0.2, [body], headers))
     assert result.requests == 0 and result.errors > 0 and "Connect" in result.first_error
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
-# embed_onnx.py takes no options (its own tests run it); without_amx.py is tested below; rounds.py is no script but
-# the part the two-server tools share (tests/test_bench_peers.py tests it, and each of them runs here).
-SCRIPTS = sorted(p.name for p in TOOLS.glob("*.py") if p.name not in ("embed_onnx.py", "without_amx.py", "rounds.py"))
+# embed_onnx.py takes no options (its own tests run it); without_amx.py is tested below; rounds.py and v2_http.py are
+# no scripts but parts the benchmarks share (tests/test_bench_peers.py tests them, and each benchmark runs here).
+SCRIPTS = sorted(p.name for p in TOOLS.glob("*.py") if p.name not in ("embed_onnx.py", "without_amx.py", "rounds.py",
+                                                                       "v2_http.py"))
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

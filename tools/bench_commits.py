@@ -33,7 +33,7 @@ ROOT = TOOLS.parent
 sys.path[:0] = [str(TOOLS), str(ROOT)]
 
 import rounds  # noqa: E402
-import loadgen  # noqa: E402
+import v2_http  # noqa: E402
 import peer_servers  # noqa: E402
 
 NAMES = ("baseline", "candidate")
@@ -144,7 +144,7 @@ def main() -> int:
     print(f"CPU: {os.cpu_count()} cores; flags: {rounds.cpu_flags()}", flush=True)
     for name in NAMES:
         print(f"{name}: {found[name][1]}", flush=True)
-    print(f"model {args.model}; client: {loadgen.client_name(args.client)}, {args.client_processes} process(es); "
+    print(f"model {args.model}; client: {v2_http.client_name(args.client)}, {args.client_processes} process(es); "
           f"{args.rounds} rounds x {args.seconds:g} s (+{args.warmup:g} s warm-up), alternating ABBA; logs in {logs}",
           flush=True)
     servers = start(args, found, logs, cores // args.instances)

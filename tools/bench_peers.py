@@ -31,10 +31,10 @@ from typing import Any
 TOOLS = Path(__file__).resolve().parent
 sys.path[:0] = [str(TOOLS), str(TOOLS.parent)]
 
-# Both are stdlib-only at import, so --help stays cheap (numpy, ORT and vggexport are imported in main).
-import loadgen
+# All stdlib-only at import, so --help stays cheap (numpy, ORT and vggexport are imported in main).
 import peer_servers
 import rounds
+import v2_http
 
 SERVERS = ("vggexport", "triton")
 
@@ -151,7 +151,7 @@ def main() -> None:
     servers, session_report = start_servers(args, io, logs, threads)
     try:
         describe(servers, session_report, threads, args.instances)
-        print(f"client: {loadgen.client_name(args.client)}, {args.client_processes} process(es) of its own; "
+        print(f"client: {v2_http.client_name(args.client)}, {args.client_processes} process(es) of its own; "
               f"{args.images} distinct images; {args.rounds} rounds x {args.seconds:g} s "
               f"(+{args.warmup:g} s warm-up) per server and client count, alternating ABBA", flush=True)
         rows, problems = rounds.measure(servers, args, io, inputs, expected)

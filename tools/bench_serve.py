@@ -28,7 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
 
-from loadgen import binary_request, closed_loop
+from loadgen import closed_loop
+from v2_http import binary_request
 
 from vggexport.names import PROVIDERS
 from vggexport.serve.runner import ServingRunner
