@@ -85,13 +85,18 @@ def broadcast_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
             dist.broadcast(buffer, src=0)
 
 
-def rank0_decides(flag: bool, ctx: DistContext, device: torch.device) -> bool:
-    """Rank 0's answer on every rank: choices that change how many steps run must agree, or DDP hangs."""
+def rank0_value(value: int, ctx: DistContext, device: torch.device) -> int:
+    """Rank 0's number on every rank: choices that change how many steps run must agree, or DDP hangs."""
     if not ctx.enabled:
-        return flag
-    value = torch.tensor(int(flag), device=device)
-    dist.broadcast(value, src=0)
-    return bool(value.item())
+        return value
+    chosen = torch.tensor(value, device=device)
+    dist.broadcast(chosen, src=0)
+    return int(chosen.item())
+
+
+def rank0_decides(flag: bool, ctx: DistContext, device: torch.device) -> bool:
+    """Rank 0's yes or no on every rank."""
+    return bool(rank0_value(int(flag), ctx, device))
 
 
 def parameters_identical(model: torch.nn.Module, ctx: DistContext) -> bool:

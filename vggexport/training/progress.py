@@ -11,8 +11,8 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vggexport.console import console
+from vggexport.model import ModelConfig
 from vggexport.store.fileio import write_atomic, write_text_atomic
-
 
 
 @contextmanager
@@ -25,6 +25,17 @@ def epoch_progress(total_steps: int, epoch: int, epochs: int, show: bool = True)
     with Progress(*columns, console=console, transient=True, disable=not show) as progress:
         progress.add_task("train", total=total_steps, loss=float("nan"), acc=0.0, ips=0.0)
         yield progress
+
+
+def run_line(mc: ModelConfig, dataset: str, device: str, precision: str, *, epochs: int, steps: int, batch: int,
+             processes: int, held_out: int) -> str:
+    """What this run trains, on what, and how long: printed once, before the first epoch."""
+    ddp = f", {processes} processes (DDP)" if processes > 1 else ""
+    val = f", {held_out} training images held out for validation" if held_out else ""
+    return (f"training {mc.name} (width {mc.width}, head {mc.head}) on {dataset} at "
+            f"{mc.image_size}x{mc.image_size}, {device}, precision {precision}, "
+            f"{epochs} epochs x {steps} steps, batch {batch}{ddp}{val}"
+            f"{', predictions flip-averaged' if mc.flip_average else ''}")
 
 
 def epoch_line(record: dict[str, Any]) -> str:

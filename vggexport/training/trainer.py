@@ -31,12 +31,13 @@ from vggexport.hardware import (
 from vggexport.store.manifest import dataset_identity
 from vggexport.model import ModelConfig, build_model
 from vggexport.console import console, escape
-from vggexport.training.progress import epoch_line, epoch_progress, shipped_line
+from vggexport.training.progress import epoch_line, epoch_progress, run_line, shipped_line
 from vggexport.training.batches import Augmentation, BatchSource, Split, Splits, make_splits, stream_seed
 from vggexport.training import budget
 from vggexport.training.budget import out_of_time, process_age
 from vggexport.training.checkpointer import Checkpointer
 from vggexport.training.config import TrainConfig, resolve
+from vggexport.training.selection import Selection
 from vggexport.training.setup import build_training_model, make_optimizer, model_config_for
 from vggexport.training.evaluator import Evaluator, soft_cross_entropy
 from vggexport.training.schedule import BudgetPlan, Timings, warmup_cosine
@@ -86,7 +87,7 @@ class Trainer:
             is_main=self.dist.is_main,
             run_info={"train_config": asdict(config), "precision": self.precision,
                       "device": describe_device(self.device)})
-        self.step, self.records, self.candidate = 0, [], None
+        self.step, self.records, self.selection = 0, [], Selection()
         self.epochs, self.plan, self.timings = config.epochs, None, None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
@@ -183,14 +184,9 @@ class Trainer:
             self.evaluator(self.eval_model, sample, "timing")
             return len(sample)
 
-        def broadcast(epochs: int) -> int:
-            chosen = torch.tensor(epochs, device=self.device)
-            if self.dist.enabled:
-                torch.distributed.broadcast(chosen, src=0)
-            return int(chosen.item())
-
         probes = budget.Probes(
-            steps=steps, evaluate=evaluate, broadcast=broadcast,
+            steps=steps, evaluate=evaluate,
+            broadcast=lambda epochs: distributed.rank0_value(epochs, self.dist, self.device),
             save=lambda folder: self.checkpointer.write_sample(folder, self.model, self.optimizer),
             scratch_dir=self.checkpointer.out_dir if self.dist.is_main else None,
             agree=lambda keep_going: distributed.rank0_decides(keep_going, self.dist, self.device),
@@ -204,16 +200,11 @@ class Trainer:
         return result
 
     def announce(self) -> None:
-        mc, config = self.model_config, self.config
-        processes = f", {self.dist.world_size} processes (DDP)" if self.dist.enabled else ""
-        val = f", {len(self.splits.val)} training images held out for validation" if self.splits.val else ""
         self.say(escape(self.data_line))
-        self.say(
-            f"training {mc.name} (width {mc.width}, head {mc.head}) on {self.dataset['name']} at "
-            f"{mc.image_size}x{mc.image_size}, {describe_device(self.device)}, precision {self.precision}, "
-            f"{self.epochs} epochs x {self.steps_per_epoch} steps, batch {config.batch_size}{processes}{val}"
-            f"{', predictions flip-averaged' if mc.flip_average else ''}"
-        )
+        self.say(run_line(self.model_config, self.dataset["name"], describe_device(self.device), self.precision,
+                          epochs=self.epochs, steps=self.steps_per_epoch, batch=self.config.batch_size,
+                          processes=self.dist.world_size if self.dist.enabled else 1,
+                          held_out=len(self.splits.val) if self.splits.val else 0))
 
     def stopping(self) -> bool:
         return self.config.max_steps is not None and self.step >= self.config.max_steps
@@ -265,19 +256,12 @@ class Trainer:
             record["partial"] = True
         if self.splits.val is not None:
             record.update(self.evaluator(self.eval_model, self.splits.val.first(self.config.eval_samples), "val"))
-            self.consider(record)
+            self.selection.consider(record, self.eval_model, self.step)
         self.records.append(record)
         self.checkpointer.save_state(self.state())
         self.checkpointer.write_records(self.records, self.title)
         self.say(epoch_line(record))
         self.dist.barrier()
-
-    def consider(self, record: dict[str, Any]) -> None:
-        """Keep the weights with the best validation accuracy so far (a copy on the CPU)."""
-        if self.candidate is None or record["val_accuracy"] > self.candidate["val_accuracy"]:
-            weights = {k: v.detach().to("cpu", copy=True) for k, v in self.eval_model.state_dict().items()}
-            self.candidate = {"model": weights, "val_accuracy": record["val_accuracy"], "epoch": record["epoch"],
-                              "step": self.step}
 
     @property
     def title(self) -> str:
@@ -292,7 +276,7 @@ class Trainer:
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "step": self.step, "epoch": self.step // self.steps_per_epoch, "epochs": self.epochs,
             "plan": asdict(self.plan) if self.plan else None,
-            "timings": self.timings.to_dict() if self.timings else None, "candidate": self.candidate,
+            "timings": self.timings.to_dict() if self.timings else None, "candidate": self.selection.candidate,
             "train_config": asdict(self.config), "precision": self.precision,
             "metrics": self.records[-1] if self.records else {},
         }
@@ -310,7 +294,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
-        self.step, self.candidate = int(state["step"]), state.get("candidate")
+        self.step, self.selection = int(state["step"]), Selection(state.get("candidate"))
         self.records = self.checkpointer.read_records(self.step)
         if self.step >= self.epochs * self.steps_per_epoch:
             raise VggExportError(f"nothing to train: {ckpt.path} already has {self.step} steps "
@@ -319,14 +303,8 @@ class Trainer:
 
     def ship(self) -> TrainResult:
         """best.pt: the final model, or the one picked on validation; then its one test-set score."""
-        if self.candidate is not None:
-            weights = self.candidate["model"]
-            selection = {"selected_on": "val", "selected_epoch": self.candidate["epoch"],
-                         "selected_step": self.candidate["step"]}
-        else:
-            weights = {k: v.detach().to("cpu", copy=True) for k, v in self.eval_model.state_dict().items()}
-            selection = {"selected_on": "final", "selected_epoch": self.records[-1]["epoch"] if self.records else 0,
-                         "selected_step": self.step}
+        last_epoch = self.records[-1]["epoch"] if self.records else 0
+        weights, selection = self.selection.pick(self.eval_model, last_epoch, self.step)
         shipped = build_model(self.model_config)
         shipped.load_state_dict(weights)
         shipped = shipped.to(self.device, memory_format=self.memory_format)
