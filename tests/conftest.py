@@ -36,6 +36,8 @@ if WORKERS > 1:
 # ../shared/data beside the checkout; VGGEXPORT_TEST_DATA points elsewhere (the CI rules' own tests use it).
 REAL_DATA = Path(os.environ.get("VGGEXPORT_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 TINY = {"width": 0.0625, "head": 32, "dropout": 0.0}
+# Fixtures shared by the signing tests of store/, serve/, deploy/ and report/ (key pairs, signed folders).
+pytest_plugins = ["tests.signed_folders"]
 
 
 def in_ci() -> bool:

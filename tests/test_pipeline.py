@@ -89,7 +89,7 @@ def test_pipeline_sign_key_signs_after_verify_and_the_report_shows_it(pipeline_r
                                                                       tmp_path: Path) -> None:
     import shutil
 
-    from tests.store.test_signing import write_key_pair
+    from tests.signed_folders import write_key_pair
     from vggexport.store.signature import fingerprint, load_public_key
 
     folder = Path(shutil.copytree(pipeline_run[0], tmp_path / "vgg11_bn"))

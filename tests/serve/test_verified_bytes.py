@@ -20,19 +20,6 @@ from vggexport.serve.service import ServeConfig
 BATCH = np.random.default_rng(3).standard_normal((4, 1, 32, 32), dtype=np.float32)
 
 
-@pytest.fixture(scope="module")
-def verified_folder(verified_tiny: Path) -> Path:
-    """model.onnx that verify has passed on the whole (synthetic) test split, so the gate lets it through; its
-    report beside it as cpu-report.json, for other runtimes' verdicts. Shared with other modules: only read."""
-    return verified_tiny
-
-
-@pytest.fixture
-def folder(verified_folder: Path, tmp_path: Path) -> Path:
-    """A private copy (tests here swap and break files)."""
-    return Path(shutil.copytree(verified_folder, tmp_path / "vgg11_bn"))
-
-
 def outputs_of(path: Path) -> np.ndarray:
     with OnnxRuntimeRunner(path) as runner:
         return runner.infer(BATCH)
