@@ -15,6 +15,7 @@ from vggexport.errors import VggExportError
 from vggexport.store.fileio import sha256_file
 from vggexport.backend.onnxrt import OnnxRuntimeRunner
 from vggexport.serve.app import create_app
+from vggexport.serve.runner import ServingRunner
 from vggexport.serve.service import ServeConfig
 
 BATCH = np.random.default_rng(3).standard_normal((4, 1, 32, 32), dtype=np.float32)
@@ -216,9 +217,18 @@ def test_auto_gated_as_cuda_is_gated_again_when_the_session_falls_back_to_the_cp
     monkeypatch.setattr(onnx_io, "resolve_provider",  # the session: no CUDA starts
                         functools.partial(onnx_io.resolve_provider, gpus=lambda: 0))
     monkeypatch.setattr("onnxruntime.get_available_providers", lambda: [onnx_io.CUDA_EP, onnx_io.CPU_EP])
+    opened: list[ServingRunner] = []  # observed, not replaced: the real activation runs
+    activate = ServingRunner.activate_impl
+
+    def observed(runner: ServingRunner) -> None:
+        activate(runner)
+        opened.append(runner)
+
+    monkeypatch.setattr(ServingRunner, "activate_impl", observed)
     with pytest.raises(VggExportError, match="verified on CUDA only"):
         create_app(ServeConfig(model=str(folder / "model.onnx"), provider="auto"), phase=said.append)
     assert any(line.startswith("read model.onnx") for line in said)  # the CUDA gate passed; the CPU one refused
+    assert len(opened) == 1 and not opened[0].is_active  # the refused session closed at once, not at collection
 
 
 def test_an_older_record_is_refused_with_one_line(folder: Path, tmp_path: Path) -> None:

@@ -131,12 +131,16 @@ def create_app(config: ServeConfig, listen: Listen | None = None,
             install_drain_hook(plane, GRPC_GRACE_S)
             phase("ready")
             yield
-        finally:
+        finally:  # each step runs even if the one before it raised
             plane.draining = True
-            if grpc_server is not None:
-                await grpc_server.stop(GRPC_GRACE_S)
-            await service.stop()
-            plane.close()
+            try:
+                if grpc_server is not None:
+                    await grpc_server.stop(GRPC_GRACE_S)
+            finally:
+                try:
+                    await service.stop()
+                finally:
+                    plane.close()
 
     app = ServingApp(title="vggexport", version=__version__, lifespan=lifespan)
     app.endpoint = InferEndpoint(plane, metrics)

@@ -20,11 +20,17 @@ GATES = ("refuse", "warn", "off")
 
 
 class GateSettings(Protocol):
-    """What the gate reads of a server's configuration (``ServeConfig`` has all three)."""
+    """What the gate reads of a server's configuration (``ServeConfig`` has all three). Read-only members, as
+    properties: a frozen dataclass matches them, and the gate never sets them."""
 
-    gate: str
-    provider: str
-    require_signature: str | None
+    @property
+    def gate(self) -> str: ...
+
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def require_signature(self) -> str | None: ...
 
 
 def gated_bytes(path: Path | ArtifactBytes, config: GateSettings) -> ArtifactBytes:

@@ -9,8 +9,9 @@ preprocessing, bit for bit.
 
 Each file is read once, in the process that serves it: the verified-only gate (``ServeConfig.gate``,
 vggexport/serve/gate.py) checks the sha256 of those bytes against parity.json and the session is created
-from the same bytes, so a file swapped after the check is never served as verified. With ``--require-signature`` the same bytes
-must also be the ones ``model.sig`` signs (``vggexport.store.signature.require_signed``), in every worker.
+from the same bytes, so a file swapped after the check is never served as verified. With ``--require-signature``
+the same bytes must also be the ones ``model.sig`` signs (``vggexport.store.signature.require_signed``), in every
+worker.
 """
 
 from __future__ import annotations
@@ -85,7 +86,11 @@ class BatchedRunner:
         if config.gate != "off" and not self.runner.on_cuda and resolve_provider(config.provider) == "cuda":
             # auto was gated as CUDA but ORT fell back to its CPU provider: these bytes now run on the CPU,
             # so the CPU verdict decides too (the same bytes, not a second read of the file).
-            gated_bytes(artifact, replace(config, provider="cpu"))
+            try:
+                gated_bytes(artifact, replace(config, provider="cpu"))
+            except BaseException:
+                self.runner.deactivate()  # refused: the session goes now, not when the traceback is collected
+                raise
         self.warmup_batch_sizes: tuple[int, ...] = ()  # what warm_up ran, for the served model configuration
         # Read from the session once: every request is checked against them (the session's own accessors
         # build new objects on each call).
