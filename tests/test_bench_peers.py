@@ -143,7 +143,7 @@ def test_measure_drives_the_two_servers_abba_and_checks_every_answer(tmp_path: P
     io = {"name": "m", "input": ["input", [1, 2, 2]], "output": ["logits", [10]]}
     try:
         rows, problems = rounds.measure({"a": Stand("a", ports[0]), "b": Stand("b", ports[1])}, args, io,
-                                             inputs, np.stack([LOGITS, LOGITS]))
+                                        inputs, np.stack([LOGITS, LOGITS]))
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
@@ -212,3 +212,31 @@ def test_help_builds_nothing_and_imports_nothing_heavy(script: str, tmp_path: Pa
                           env={**os.environ, "HOME": str(tmp_path)})
     assert done.stdout.strip().endswith("[]"), done.stdout
     assert list(tmp_path.iterdir()) == []  # no venv, no cache
+
+
+def test_start_pair_stops_the_started_server_when_the_other_fails(tmp_path: Path) -> None:
+    """Real processes: one that never answers, beside one that exits at once or one whose start raises."""
+    from vggexport.serve.smoke import free_port
+
+    def process(name: str, code: str) -> peer_servers.ServerProcess:
+        return peer_servers.ServerProcess(name, [sys.executable, "-c", code], free_port(), tmp_path / f"{name}.log",
+                                          dict(os.environ))
+
+    started: list[peer_servers.ServerProcess] = []
+
+    def silent() -> peer_servers.ServerProcess:
+        started.append(process("silent", "import time; time.sleep(120)"))
+        return started[-1]
+
+    def no_start() -> peer_servers.ServerProcess:
+        raise OSError("no such binary")
+
+    with pytest.raises(RuntimeError, match="exits exited"):
+        rounds.start_pair({"exits": lambda: process("exits", "raise SystemExit(3)"), "silent": silent}, 60)
+    with pytest.raises(OSError, match="no such binary"):
+        rounds.start_pair({"silent": silent, "missing": no_start}, 60)
+    assert len(started) == 2 and all(server.process.poll() is not None for server in started)  # stopped, not left
+
+
+def test_a_ratio_over_a_round_that_answered_nothing_is_nan() -> None:
+    assert rounds.ratio(3.0, 2.0) == 1.5 and rounds.ratio(3.0, 0.0) != rounds.ratio(3.0, 0.0)

@@ -106,11 +106,11 @@ def test_no_step_starts_past_the_deadline(tmp_path: Path) -> None:
 
 
 def test_the_server_wait_ends_when_the_server_dies(tmp_path: Path) -> None:
-    from bench_serve import Server
+    from bench_serve import start_server
 
-    server = Server(tmp_path / "missing.onnx", tmp_path / "serve.log")
+    server = start_server(tmp_path / "missing.onnx", tmp_path, "serve", "cpu")
     started = time.monotonic()
-    with pytest.raises(RuntimeError, match=r"server exited \([1-9]"):
+    with pytest.raises(RuntimeError, match=r"vggexport serve exited \([1-9]"):
         server.wait_ready(timeout=300)
     assert time.monotonic() - started < 60  # it died, so the wait is over long before its 300 s
 

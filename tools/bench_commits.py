@@ -1,7 +1,7 @@
 """`vggexport serve` of two commits side by side: the same model, clients and checks, rounds alternating.
 
     python tools/bench_commits.py --baseline REV [--candidate REV] [--model artifacts/vgg11_bn/model.onnx]
-                                  [--seconds 5] [--rounds 3] [--clients 1 8 64] [--instances 1] [--logs DIR]
+                                  [--seconds 5] [--rounds 4] [--clients 1 8 64] [--instances 1] [--logs DIR]
 
 For a change to the serving path, measured in one run on the one machine, since the
 machines are shared and noisy. The baseline is `git archive REV vggexport` unpacked
@@ -20,12 +20,12 @@ import argparse
 import io as io_module
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
@@ -108,46 +108,34 @@ def start(args: argparse.Namespace, found: dict[str, tuple[Path, str]], logs: Pa
           threads: int) -> dict[str, peer_servers.ServerProcess]:
     from vggexport.serve.smoke import free_port
 
-    servers: dict[str, peer_servers.ServerProcess] = {}
-    try:  # both load at once; neither is measured while the other starts
-        for name in NAMES:
-            servers[name] = peer_servers.start_vggexport(
-                args.model, logs, free_port(), free_port(), args.instances,
-                threads if args.instances > 1 else None, root=found[name][0], name=name)
-        for server in servers.values():
-            server.wait_ready(args.ready_timeout)
-    except BaseException:
-        rounds.stop_all(servers)
-        raise
-    return servers
+    def starter(name: str) -> Callable[[], peer_servers.ServerProcess]:
+        return lambda: peer_servers.start_vggexport(args.model, logs, free_port(), free_port(), args.instances,
+                                                    threads if args.instances > 1 else None, root=found[name][0],
+                                                    name=name)
+
+    return rounds.start_pair({name: starter(name) for name in NAMES}, args.ready_timeout)
 
 
 def main() -> int:
     args = parse_args()
     started = time.perf_counter()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through the finally that stops both
+    rounds.exit_on_sigterm()
     if not args.model.is_file():
         raise SystemExit(f"no model at {args.model}: train and verify one (vggexport pipeline) or pass --model")
-    import numpy as np
 
     logs = args.logs or Path(tempfile.mkdtemp(prefix="bench-commits-"))
     logs.mkdir(parents=True, exist_ok=True)
     found = trees(args, logs)
-    cores = len(os.sched_getaffinity(0))
-    if not 1 <= args.instances <= cores:
-        raise SystemExit(f"--instances must be 1 to {cores} (the cores this process may use), not {args.instances}")
+    threads = rounds.threads_per_instance(args.instances)
     io = rounds.model_io(args.model)
-    images = np.random.default_rng(0).standard_normal((args.images, *io["input"][1]), dtype=np.float32)
-    inputs = logs / "inputs.f32"
-    inputs.write_bytes(images.tobytes())
-    expected = rounds.offline_answers(args.model, images)
+    inputs, expected = rounds.inputs_and_answers(args.model, io, args.images, logs)
     print(f"CPU: {os.cpu_count()} cores; flags: {rounds.cpu_flags()}", flush=True)
     for name in NAMES:
         print(f"{name}: {found[name][1]}", flush=True)
     print(f"model {args.model}; client: {v2_http.client_name(args.client)}, {args.client_processes} process(es); "
           f"{args.rounds} rounds x {args.seconds:g} s (+{args.warmup:g} s warm-up), alternating ABBA; logs in {logs}",
           flush=True)
-    servers = start(args, found, logs, cores // args.instances)
+    servers = start(args, found, logs, threads)
     try:
         rows, problems = rounds.measure(servers, args, io, inputs, expected)
     finally:
@@ -156,7 +144,8 @@ def main() -> int:
     for problem in problems:
         print(f"WRONG: {problem}")
     checked = sum(r["requests"] for rs in rows.values() for r in rs)
-    print(f"answers checked against offline ONNX Runtime: {checked:.0f}; run took {time.perf_counter() - started:.0f} s")
+    print(f"answers checked against offline ONNX Runtime: {checked:.0f}; "
+          f"run took {time.perf_counter() - started:.0f} s")
     return 1 if problems else 0
 
 

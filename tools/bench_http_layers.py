@@ -1,6 +1,6 @@
 """The HTTP layer under `vggexport serve`: uvicorn (what it runs) against granian, the same app, side by side.
 
-    python tools/bench_http_layers.py [--model artifacts/vgg11_bn/model.onnx] [--seconds 4] [--rounds 3]
+    python tools/bench_http_layers.py [--model artifacts/vgg11_bn/model.onnx] [--seconds 4] [--rounds 4]
                                       [--clients 1 8 64]
 
 Both servers run the one app factory `vggexport serve --workers N` workers run
@@ -42,17 +42,18 @@ def start(model: Path, logs: Path) -> dict[str, peer_servers.ServerProcess]:
     from vggexport.serve.app import CONFIG_ENV
     from vggexport.serve.smoke import free_port
 
-    servers = {"uvicorn": peer_servers.start_vggexport(model, logs, free_port(), 0)}
-    port = free_port()
-    config = {"config": {"model": str(model.resolve()), "provider": "cpu"},
-              "listen": {"host": "127.0.0.1", "grpc_port": 0}}
-    env = {**peer_servers.vggexport_launch(ROOT)[1], CONFIG_ENV: json.dumps(config)}
-    servers["granian"] = peer_servers.ServerProcess(
-        "granian", [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
-                    "vggexport.serve.app:app_from_environment", "--host", "127.0.0.1", "--port", str(port),
-                    "--workers", "1", "--log-level", "warning"], port, logs / "granian.log", env, cwd=ROOT)
-    return servers
+    def granian() -> peer_servers.ServerProcess:
+        port = free_port()
+        config = {"config": {"model": str(model.resolve()), "provider": "cpu"},
+                  "listen": {"host": "127.0.0.1", "grpc_port": 0}}
+        env = {**peer_servers.vggexport_launch(ROOT)[1], CONFIG_ENV: json.dumps(config)}
+        return peer_servers.ServerProcess(
+            "granian", [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
+                        "vggexport.serve.app:app_from_environment", "--host", "127.0.0.1", "--port", str(port),
+                        "--workers", "1", "--log-level", "warning"], port, logs / "granian.log", env, cwd=ROOT)
 
+    return rounds.start_pair({"uvicorn": lambda: peer_servers.start_vggexport(model, logs, free_port(), 0),
+                              "granian": granian}, 120)
 
 def main() -> int:
     args = parse_args()
@@ -60,23 +61,16 @@ def main() -> int:
         print("error: granian is not installed here (pip install granian); it is not a vggexport dependency",
               file=sys.stderr)
         return 2
-    import numpy as np
-
+    rounds.exit_on_sigterm()
     io = rounds.model_io(args.model)
-    images = np.random.default_rng(0).standard_normal((64, *io["input"][1])).astype(np.float32)
-    expected = rounds.offline_answers(args.model, images)
     logs = Path(tempfile.mkdtemp(prefix="bench-http-layers-"))
-    inputs = logs / "inputs.raw"
-    inputs.write_bytes(images.tobytes())
+    inputs, expected = rounds.inputs_and_answers(args.model, io, 64, logs)
     print(f"CPU flags: {rounds.cpu_flags()}; {os.cpu_count()} cores; logs in {logs}", flush=True)
     servers = start(args.model, logs)
     try:
-        for server in servers.values():
-            server.wait_ready(120)
         rows, problems = rounds.measure(servers, args, io, inputs, expected)
     finally:
-        for server in servers.values():
-            server.stop()
+        rounds.stop_all(servers)
     rounds.report_pair(rows, args.clients, *LAYERS)
     for problem in problems:
         print(f"WRONG: {problem}", file=sys.stderr)

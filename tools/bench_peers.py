@@ -1,6 +1,6 @@
 """`vggexport serve` beside NVIDIA Triton (Python backend, one ONNX Runtime CPU session), same model, same clients.
 
-    python tools/bench_peers.py [--model artifacts/vgg11_bn/model.onnx] [--seconds 5] [--rounds 3]
+    python tools/bench_peers.py [--model artifacts/vgg11_bn/model.onnx] [--seconds 5] [--rounds 4]
                                 [--clients 1 8 64] [--instances 1] [--venv DIR] [--logs DIR]
 
 Both servers run at once on 127.0.0.1 with dynamic batching at max batch 64 and no
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -62,18 +61,12 @@ def start_servers(args: argparse.Namespace, io: dict[str, Any], logs: Path,
     venv = peer_servers.ensure_venv(args.venv, args.python, logs / "triton-venv-pip.log")
     report = peer_servers.write_repository(logs / "triton-repository", io["name"], args.model, io, threads,
                                            args.instances)
-    servers: dict[str, peer_servers.ServerProcess] = {}
-    try:  # both load at once; neither is measured while the other starts
-        servers["vggexport"] = peer_servers.start_vggexport(
+    servers = rounds.start_pair({
+        "vggexport": lambda: peer_servers.start_vggexport(
             args.model, logs, free_port(), free_port(), args.instances,
-            threads if args.instances > 1 else None)  # one instance: the serve default, which is `threads`
-        servers["triton"] = peer_servers.start_triton(venv, logs / "triton-repository", logs, free_port(),
-                                                      free_port())
-        for server in servers.values():
-            server.wait_ready(args.ready_timeout)
-    except BaseException:
-        rounds.stop_all(servers)
-        raise
+            threads if args.instances > 1 else None),  # one instance: the serve default, which is `threads`
+        "triton": lambda: peer_servers.start_triton(venv, logs / "triton-repository", logs, free_port(), free_port()),
+    }, args.ready_timeout)
     return servers, report
 
 
@@ -105,7 +98,8 @@ def report(rows: dict[tuple[str, int], list[dict[str, float]]], clients: list[in
     best = {c: (rounds.median_round(rows[("vggexport", c)]), rounds.median_round(rows[("triton", c)])) for c in clients}
     for c, (v, t) in best.items():
         print(f"{c:>7}  {'':14}{v['rate']:8.0f} {v['p50']:9.2f} {v['p99']:9.2f}   {t['rate']:8.0f} {t['p50']:9.2f} "
-              f"{t['p99']:9.2f}   {v['rate'] / t['rate']:6.2f} {v['p50'] / t['p50']:6.2f} {v['p99'] / t['p99']:6.2f}")
+              f"{t['p99']:9.2f}   {rounds.ratio(v['rate'], t['rate']):6.2f} {rounds.ratio(v['p50'], t['p50']):6.2f} "
+              f"{rounds.ratio(v['p99'], t['p99']):6.2f}")
     print("\nCPU in the median round's window (cores: of one core; the idle peer is the server not being driven):")
     for c, pair in best.items():
         for name, row in zip(SERVERS, pair):
@@ -129,24 +123,16 @@ def report(rows: dict[tuple[str, int], list[dict[str, float]]], clients: list[in
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    # A SIGTERM unwinds like Ctrl-C, through the finally that stops both servers.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    rounds.exit_on_sigterm()
     if not args.model.is_file():
         raise SystemExit(f"no model at {args.model}: train and verify one (vggexport pipeline) or pass --model")
-    import numpy as np
     from bench_serve import raw_session  # the server's own runner at batch 64, as bench_serve measures it
 
     logs = args.logs or Path(tempfile.mkdtemp(prefix="bench-peers-"))
     logs.mkdir(parents=True, exist_ok=True)
-    cores = len(os.sched_getaffinity(0))  # what vggexport serve gives ORT by default (session_options)
-    if not 1 <= args.instances <= cores:
-        raise SystemExit(f"--instances must be 1 to {cores} (the cores this process may use), not {args.instances}")
-    threads = cores // args.instances
+    threads = rounds.threads_per_instance(args.instances)
     io = rounds.model_io(args.model)
-    images = np.random.default_rng(0).standard_normal((args.images, *io["input"][1]), dtype=np.float32)
-    inputs = logs / "inputs.f32"
-    inputs.write_bytes(images.tobytes())
-    expected = rounds.offline_answers(args.model, images)
+    inputs, expected = rounds.inputs_and_answers(args.model, io, args.images, logs)
     print(f"model {args.model} ({io['name']}: {io['input']} -> {io['output']}); logs in {logs}", flush=True)
     servers, session_report = start_servers(args, io, logs, threads)
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
 
+import peer_servers
+import rounds
 from loadgen import closed_loop
 from v2_http import binary_request
 
@@ -36,43 +37,9 @@ from vggexport.serve.runner import ServingRunner
 from vggexport.serve.smoke import free_port
 
 
-class Server:
-    def __init__(self, model: Path, log: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        command = [sys.executable, "-m", "vggexport", "serve", "--model", str(model), "--port", str(self.port),
-                   "--grpc-port", "0", *extra]
-        self.started = time.perf_counter()
-        with open(log, "w") as handle:
-            self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
-                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-    def wait_ready(self, timeout: float) -> float:
-        import httpx
-
-        while time.perf_counter() - self.started < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited ({self.process.returncode}); its output:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return time.perf_counter() - self.started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
-        self.stop()
-        raise TimeoutError(f"server not ready in {timeout:.0f} s; its output:\n{self.log.read_text()}")
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-        self.process.wait(timeout=60)
+def start_server(model: Path, logs: Path, name: str, provider: str, *extra: str) -> peer_servers.ServerProcess:
+    """`vggexport serve` on a free port (gRPC off), its output in ``logs/<name>.log``."""
+    return peer_servers.start_vggexport(model, logs, free_port(), 0, name=name, provider=provider, extra=extra)
 
 
 def ensure_model(model: Path | None, folder: Path) -> Path:
@@ -80,8 +47,9 @@ def ensure_model(model: Path | None, folder: Path) -> Path:
         return model
     subprocess.run([sys.executable, "-m", "vggexport", "train", "--dataset", "synthetic", "--max-steps", "1",
                     "--artifacts", str(folder)], check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "vggexport", "onnx", "--artifacts", str(folder)], check=True,
-                   capture_output=True)
+    for step in ("onnx", "verify"):  # verified: serve refuses a model parity.json has not passed
+        subprocess.run([sys.executable, "-m", "vggexport", step, "--artifacts", str(folder)], check=True,
+                       capture_output=True)
     return folder / "vgg11_bn" / "model.onnx"
 
 
@@ -113,6 +81,7 @@ def main() -> None:
     parser.add_argument("--startup-only", action="store_true", help="Only time start-up and measure RSS (5 starts).")
     parser.add_argument("--ready-timeout", type=float, default=120.0)
     args = parser.parse_args()
+    rounds.exit_on_sigterm()  # through the finally that stops the server (a session of its own)
     with tempfile.TemporaryDirectory() as tmp:
         logs = args.logs or Path(tmp)
         logs.mkdir(parents=True, exist_ok=True)
@@ -127,11 +96,11 @@ def main() -> None:
         body, headers = binary_request(image.tobytes(), list(image.shape))
         results: dict[tuple[str, int], float] = {}
         for mode, max_batch in (("batching", "64"), ("no batching", "1")):
-            server = Server(model, logs / f"server-{max_batch}.log", "--provider", args.provider, "--max-batch-size",
-                            max_batch, "--max-queue-delay-ms", str(args.delay_ms), "--max-queue-size", "4096")
-            ready = server.wait_ready(args.ready_timeout)
-            print(f"{mode}: ready in {ready:.2f} s, RSS {server.rss_mb():.0f} MB", flush=True)
+            server = start_server(model, logs, f"server-{max_batch}", args.provider, "--max-batch-size", max_batch,
+                                  "--max-queue-delay-ms", str(args.delay_ms), "--max-queue-size", "4096")
             try:
+                ready = server.wait_ready(args.ready_timeout)
+                print(f"{mode}: ready in {ready:.2f} s, RSS {server.rss_mb():.0f} MB", flush=True)
                 for clients in args.clients:
                     url = f"{server.url}/v2/models/{name}/infer"
                     # 1 s of warm-up, then the timed window (tools/loadgen.py)
@@ -156,11 +125,13 @@ def main() -> None:
 def startup(model: Path, provider: str, logs: Path, timeout: float) -> None:
     times, rss = [], []
     for attempt in range(5):
-        server = Server(model, logs / f"startup-{attempt}.log", "--provider", provider)
-        times.append(server.wait_ready(timeout))
-        rss.append(server.rss_mb())
-        maps = Path(f"/proc/{server.process.pid}/maps").read_text()
-        server.stop()
+        server = start_server(model, logs, f"startup-{attempt}", provider)
+        try:
+            times.append(server.wait_ready(timeout))
+            rss.append(server.rss_mb())
+            maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+        finally:
+            server.stop()
     has_cuda = any(name in maps for name in ("libcudart", "libcublas", "libcudnn", "libonnxruntime_providers_cuda"))
     print(f"ready in {statistics.median(times):.2f} s (median of 5, launch to 200 on /v2/health/ready; "
           f"min {min(times):.2f}), RSS {statistics.median(rss):.0f} MB, torch loaded: {'libtorch' in maps}, "

@@ -114,7 +114,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--recipe", default="default", help="also time the 32x32 step of this recipe (fast: full width)")
+    parser.add_argument("--recipe", default="default",
+                        help="also time the 32x32 step of this recipe (fast: full width)")
     args = parser.parse_args()
     common = dict(data_dir=args.data_dir, device=args.device, artifacts="/tmp/vggexport-bench", seed=0, epochs=1)
     ours, trainer = our_loop(TrainConfig(**common, image_size=224, width=1.0, head=512, batch_size=16), args.steps)
@@ -128,7 +129,8 @@ def main() -> None:
     size = 2048 if trainer.device.type == "cuda" else 1024
     fp32 = matmul_gflops(torch.float32, trainer.device, size)
     bf16 = matmul_gflops(torch.bfloat16, trainer.device, size)
-    print(f"32x32 default model (width {trainer.model_config.width}, batch 256): {ips:.0f} img/s = {achieved:.1f} GFLOP/s; "
+    print(f"32x32 default model (width {trainer.model_config.width}, batch 256): {ips:.0f} img/s = "
+          f"{achieved:.1f} GFLOP/s; "
           f"fp32 matmul {fp32:.1f} GFLOP/s ({achieved / fp32:.0%}), bf16 matmul {bf16:.1f} GFLOP/s "
           f"({achieved / bf16:.0%})")
 

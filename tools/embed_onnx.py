@@ -12,6 +12,7 @@ JSON line per image: index, label, probability.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -89,6 +90,8 @@ def main(model_path: str, *image_paths: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        raise SystemExit(__doc__)
-    main(*sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a vggexport .onnx (its metadata_props say how to prepare images)")
+    parser.add_argument("images", nargs="+", help="one .npy of uint8 images, or image files")
+    args = parser.parse_args()
+    main(args.model, *args.images)

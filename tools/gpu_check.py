@@ -37,7 +37,8 @@ def placeholders(root: Path, python: str, out: Path) -> dict[str, str]:
     models = sorted(art.glob("*/model.onnx"))  # the folder is named by the trained model (vgg11_bn by default)
     folder = models[0].parent if models else art / "vgg11_bn"
     return {"py": python, "data": str(root / "carried" / layout.DATA), "art": str(art), "work": str(work),
-            "out": str(out), "folder": str(folder), "model": str(folder / "model.onnx"), "ckpt": str(folder / "best.pt")}
+            "out": str(out), "folder": str(folder), "model": str(folder / "model.onnx"),
+            "ckpt": str(folder / "best.pt")}
 
 
 def run_steps(root: Path, python: str, out: Path, mode: str, steps: tuple[plan.Step, ...] = plan.STEPS,

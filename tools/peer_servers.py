@@ -39,6 +39,7 @@ class ServerProcess:
                  cwd: Path | None = None) -> None:
         self.name, self.port, self.log = name, port, log
         self.url = f"http://127.0.0.1:{port}"
+        self.started = time.perf_counter()  # wait_ready counts from the launch
         with open(log, "w") as handle:
             # Its own session: a Ctrl-C reaches only this script, which then stops the group in order.
             self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd,
@@ -49,17 +50,25 @@ class ServerProcess:
             return json.loads(response.read() or b"{}")
 
     def wait_ready(self, timeout: float) -> float:
-        started = time.perf_counter()
-        while time.perf_counter() - started < timeout:
+        """Seconds from the launch to the first 200 on /v2/health/ready (polled every 20 ms: it is a start-up time
+        tools/bench_serve.py reports); an error at once if the server exits first."""
+        while time.perf_counter() - self.started < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited ({self.process.returncode}); its log {self.log}:\n"
                                    f"{self.log.read_text()[-3000:]}")
             try:
                 self.get("/v2/health/ready")
-                return time.perf_counter() - started
+                return time.perf_counter() - self.started
             except OSError:  # refused, or 503/400 before the model is loaded
-                time.sleep(0.1)
+                time.sleep(0.02)
         raise TimeoutError(f"{self.name} not ready in {timeout:.0f} s; its log: {self.log}")
+
+    def rss_mb(self) -> float:
+        """The server process's resident memory (VmRSS), in MB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
 
     def batch_counts(self, model: str) -> tuple[float, float]:
         """(images inferred, batches run) so far: both keep Triton's counters, Triton in its stats JSON
@@ -122,16 +131,17 @@ def vggexport_launch(root: Path) -> tuple[list[str], dict[str, str]]:
 
 
 def start_vggexport(model: Path, logs: Path, port: int, grpc_port: int, instances: int = 1,
-                    threads: int | None = None, *, root: Path = ROOT, name: str = "vggexport") -> ServerProcess:
-    """`vggexport serve` as tools/bench_serve.py starts it (--model), on the CPU, its batching defaults.
+                    threads: int | None = None, *, root: Path = ROOT, name: str = "vggexport", provider: str = "cpu",
+                    extra: tuple[str, ...] = ()) -> ServerProcess:
+    """`vggexport serve --model`, on the CPU unless ``provider`` says otherwise, with its batching defaults unless
+    ``extra`` options change them; logged to ``logs/<name>.log``.
 
     instances > 1: that many batches run at once from the one queue (--instances, Triton's instance group), each
-    on `threads` intra-op threads. ``root``: the tree whose vggexport/ it imports (``vggexport_launch``), logged
-    to ``logs/<name>.log``.
+    on `threads` intra-op threads. ``root``: the tree whose vggexport/ it imports (``vggexport_launch``).
     """
     start, env = vggexport_launch(root)
-    command = [*start, "serve", "--model", str(model.resolve()), "--provider", "cpu",
-               "--port", str(port), "--grpc-port", str(grpc_port)]
+    command = [*start, "serve", "--model", str(model.resolve()), "--provider", provider,
+               "--port", str(port), "--grpc-port", str(grpc_port), *extra]
     if instances > 1:
         command += ["--instances", str(instances)]
     if threads is not None:

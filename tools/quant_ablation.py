@@ -53,13 +53,15 @@ def main() -> None:
     args = parser.parse_args()
     fp32 = args.model_dir / "model.onnx"
     ckpt = load_checkpoint(args.model_dir / "best.pt")
-    batches = [(b.inputs, b.labels) for b in dataset_batches(ckpt, args.data_dir, None, ExportSpec(), with_pixels=False)()]
+    batches = [(b.inputs, b.labels)
+               for b in dataset_batches(ckpt, args.data_dir, None, ExportSpec(), with_pixels=False)()]
     labels = np.concatenate([y for _, y in batches])
     speed_input = batches[0][0][:64]
     with tempfile.TemporaryDirectory() as tmp:
         files = {"fp32": fp32, "fp16": make_variant(fp32, "fp16", Path(tmp) / "fp16.onnx")}
         for i, (name, options) in enumerate(CHOICES.items()):
-            config = CalibrationConfig(data_dir=args.data_dir, samples=args.samples, **options)  # type: ignore[arg-type]
+            config = CalibrationConfig(data_dir=args.data_dir, samples=args.samples,
+                                       **options)  # type: ignore[arg-type]
             files[name] = make_variant(fp32, "int8", Path(tmp) / f"{i}.int8.onnx", config)
         runners = {name: OnnxRuntimeRunner(path).activate() for name, path in files.items()}
         outputs = {name: np.concatenate([r.infer(x) for x, _ in batches]) for name, r in runners.items()}

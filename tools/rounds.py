@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,21 @@ def cpu_flags() -> str:
     return "unknown"
 
 
+def exit_on_sigterm() -> None:
+    """A SIGTERM unwinds like Ctrl-C, through the ``finally`` that stops the servers: they run in sessions of their
+    own (``start_new_session``), so no signal to this tool reaches them, and only that ``finally`` stops them."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def threads_per_instance(instances: int) -> int:
+    """ORT's intra-op threads in each of ``instances``: the cores this process may use, split between them (what
+    vggexport serve gives ORT by default)."""
+    cores = len(os.sched_getaffinity(0))
+    if not 1 <= instances <= cores:
+        raise SystemExit(f"--instances must be 1 to {cores} (the cores this process may use), not {instances}")
+    return cores // instances
+
+
 def model_io(model: Path) -> dict[str, Any]:
     """The served name and the ONNX's input and output, from the same session the server would open."""
     from vggexport.serve.runner import ServingRunner
@@ -75,6 +93,17 @@ def offline_answers(model: Path, images: Any) -> Any:
 
     with ServingRunner(model, provider="cpu") as runner:
         return np.concatenate([runner.infer_all(images[i:i + 1])[0] for i in range(len(images))])
+
+
+def inputs_and_answers(model: Path, io: dict[str, Any], count: int, folder: Path) -> tuple[Path, Any]:
+    """``count`` distinct images (seed 0, the same in every tool) in the file the load generator sends them from,
+    and the offline answer to each."""
+    import numpy as np
+
+    images = np.random.default_rng(0).standard_normal((count, *io["input"][1]), dtype=np.float32)
+    inputs = folder / "inputs.f32"
+    inputs.write_bytes(images.tobytes())
+    return inputs, offline_answers(model, images)
 
 
 def check_answers(result: loadgen.Round, expected: Any, io: dict[str, Any]) -> tuple[float, list[str]]:
@@ -109,6 +138,27 @@ def stop_all(servers: dict[str, peer_servers.ServerProcess]) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def start_pair(starters: dict[str, Callable[[], peer_servers.ServerProcess]],
+               timeout: float) -> dict[str, peer_servers.ServerProcess]:
+    """Start every server, then wait for all: they load at once, and none is measured while another starts. If one
+    fails to start or to become ready, those already started are stopped before the error goes on."""
+    servers: dict[str, peer_servers.ServerProcess] = {}
+    try:
+        for name, start in starters.items():
+            servers[name] = start()
+        for server in servers.values():
+            server.wait_ready(timeout)
+    except BaseException:
+        stop_all(servers)
+        raise
+    return servers
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """NaN where the denominator is zero (a server that answered nothing in its round), never a ZeroDivisionError."""
+    return numerator / denominator if denominator else float("nan")
 
 
 def measure(servers: dict[str, peer_servers.ServerProcess], args: argparse.Namespace, io: dict[str, Any],

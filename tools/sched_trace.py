@@ -10,8 +10,12 @@ moves it to another CPU's queue. For each such wait the report sums how long som
 than the one it was queued on stood idle meanwhile. Much of it: the kernel (or the
 hypervisor under it) left a CPU idle while work waited. Little of it: CPUs were idle at
 other moments than the waits, so the load is bursty, not badly placed. Reported per thread
-of the process --pid names, and for every other task by name. A CPU whose switches do not
-follow one from another (some guest kernels record every switch into idle on a CPU and
+of the process --pid names and for the five other tasks that waited longest, by name (a task
+that waited under 0.5 % of the window is left out); then, per CPU, how much of the waiting
+queued there met another CPU idle, and how much of the CPU's idle time met a wait queued
+elsewhere (any task's but perf's, kernel threads included); then every task's waiting added
+up, with how many overlaps there were and their median and longest. A CPU whose switches do
+not follow one from another (some guest kernels record every switch into idle on a CPU and
 none out of it) has an idle time the trace does not know: it is named, and left out.
 tools/serve_threads.py --sched-trace runs it over its loaded window.
 """
@@ -219,9 +223,10 @@ def report(trace: Trace, pid: int) -> list[str]:
                          f"for {100 * idle_with_work_elsewhere(trace, cpu) / idle_time:.0f}% of that idle time")
     every = sum(t.runnable for t in tallies.values())
     wasted = sum(t.while_idle for t in tallies.values())
+    spread = (f"; {len(overlaps)} overlaps, median {statistics.median(overlaps) * 1e6:.0f} us, "
+              f"longest {max(overlaps) * 1e6:.0f} us" if overlaps else "")
     lines.append(f"all tasks: waited {pct(every):.1f}% of the window, another CPU idle meanwhile "
-                 f"{pct(wasted):.1f}% of the window" + (f"; those overlaps: median {statistics.median(overlaps) * 1e6:.0f} us, "
-                                          f"longest {max(overlaps) * 1e6:.0f} us" if overlaps else ""))
+                 f"{pct(wasted):.1f}% of the window{spread}")
     return lines
 
 
@@ -247,14 +252,19 @@ def start_record(data: Path, seconds: float) -> subprocess.Popen[str]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "(no message)"
+
+
 def finish(recording: subprocess.Popen[str], data: Path, pid: int) -> list[str]:
     _, errors = recording.communicate(timeout=120)
     if recording.returncode != 0:
-        raise RuntimeError(f"perf sched record failed: {errors.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"perf sched record failed: {last_line(errors)}")
     done = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,pid,tid,cpu,time,event,trace"],
                           capture_output=True, text=True, check=False, timeout=300)
     if done.returncode != 0:
-        raise RuntimeError(f"perf script failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"perf script failed: {last_line(done.stderr)}")
     return report(parse(done.stdout), pid)
 
 

@@ -21,12 +21,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serve import Server  # noqa: E402
+import peer_servers  # noqa: E402
 
 from vggexport.serve.smoke import free_port  # noqa: E402
 
 
-def ask(server: Server, grpc_port: int, name: str, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ask(server: peer_servers.ServerProcess, grpc_port: int, name: str,
+        batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
@@ -41,7 +42,8 @@ def ask(server: Server, grpc_port: int, name: str, batch: np.ndarray) -> tuple[n
     return over_http, over_grpc
 
 
-def concurrent_answers(server: Server, name: str, batch: np.ndarray, count: int) -> list[np.ndarray]:
+def concurrent_answers(server: peer_servers.ServerProcess, name: str, batch: np.ndarray,
+                       count: int) -> list[np.ndarray]:
     """``count`` HTTP requests at once, a client each (tritonclient's HTTP client is not shared across threads)."""
     import tritonclient.http as httpclient
 
@@ -79,8 +81,8 @@ def main() -> int:
         return 2
     args.logs.mkdir(parents=True, exist_ok=True)
     grpc_port = free_port()
-    server = Server(models[0], args.logs / "serve.log", "--provider", args.provider, "--grpc-port", str(grpc_port),
-                    "--instances", str(args.instances))
+    server = peer_servers.start_vggexport(models[0], args.logs, free_port(), grpc_port, args.instances,
+                                          name="serve", provider=args.provider)
     together: list[np.ndarray] = []
     try:
         print(f"ready in {server.wait_ready(args.ready_timeout):.1f} s, RSS {server.rss_mb():.0f} MB", flush=True)

@@ -77,11 +77,12 @@ def context_switches(recording: subprocess.Popen[str], data: Path, pid: int) -> 
         return ["  context switches (perf sched):", *(f"  {line}" for line in sched_trace.finish(recording, data, pid))]
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         recording.kill()
+        recording.wait()
         return [f"  context switches: not recorded ({exc})"]
 
 
-def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path, io: dict[str, Any],
-              expected: object, trace: bool = False) -> tuple[list[str], list[str]]:
+def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path, inputs: Path,
+              io: dict[str, Any], expected: object, trace: bool = False) -> tuple[list[str], list[str]]:
     from vggexport.serve.smoke import free_port
 
     instances, threads_each = (int(x) for x in layout.split("x"))
@@ -96,7 +97,7 @@ def one_round(model: Path, layout: str, clients: int, seconds: float, logs: Path
                 recordings.append(sched_trace.start_record(data, max(seconds - 0.5, 0.5)))
             return time.perf_counter(), machine(), threads(pid), server.batch_counts(io["name"])
 
-        result = loadgen.drive(f"{server.url}/v2/models/{io['name']}/infer", logs / "inputs.raw", [1, *io["input"][1]],
+        result = loadgen.drive(f"{server.url}/v2/models/{io['name']}/infer", inputs, [1, *io["input"][1]],
                                clients=clients, seconds=seconds, warmup=1.0, names=(io["input"][0], io["output"][0]),
                                probe=probe)
     except BaseException:
@@ -132,18 +133,15 @@ def main() -> int:
     if args.sched_trace and shutil.which("perf") is None:
         print("error: --sched-trace needs Linux perf (with the sched tracepoints) on PATH", file=sys.stderr)
         return 2
-    import numpy as np
-
+    rounds.exit_on_sigterm()  # through one_round's finally: no server (a session of its own) is left running
     io = rounds.model_io(args.model)
     logs = Path(tempfile.mkdtemp(prefix="serve-threads-"))
-    images = np.random.default_rng(0).standard_normal((64, *io["input"][1])).astype(np.float32)
-    (logs / "inputs.raw").write_bytes(images.tobytes())
-    expected = rounds.offline_answers(args.model, images)
+    inputs, expected = rounds.inputs_and_answers(args.model, io, 64, logs)
     problems: list[str] = []
     print(f"CPU flags: {rounds.cpu_flags()}; {os.cpu_count()} cores; {args.clients} clients; logs in {logs}")
     for round_no in range(1, args.rounds + 1):
         for layout in args.layouts:
-            lines, wrong = one_round(args.model, layout, args.clients, args.seconds, logs, io, expected,
+            lines, wrong = one_round(args.model, layout, args.clients, args.seconds, logs, inputs, io, expected,
                                      args.sched_trace)
             print(f"round {round_no}, " + "\n".join(lines), flush=True)
             problems += wrong

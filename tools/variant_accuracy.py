@@ -65,7 +65,8 @@ def logits(path: Path, pixels: np.ndarray, batch: int = 500) -> tuple[np.ndarray
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path)
-    parser.add_argument("raw", type=Path, help="Folder with t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz]")
+    parser.add_argument("raw", type=Path,
+                        help="Folder with t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz]")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = parser.parse_args()
     pixels = read_idx(find(args.raw, "t10k-images-idx3-ubyte"))[:, None]
@@ -90,7 +91,8 @@ def main() -> int:
                               "top1_agreement": agreement, "size_ratio": path.stat().st_size / fp32_path.stat().st_size,
                               "max_abs_logit_diff": float(np.abs(out - reference).max()),
                               "from_this_fp32": meta.get("fp32_sha256") == fp32_sha, "meets_target": ok,
-                              "precision_metadata": meta.get("precision"), "how": meta.get("calibration") or meta.get("conversion")}
+                              "precision_metadata": meta.get("precision"),
+                              "how": meta.get("calibration") or meta.get("conversion")}
         r = results[precision]
         print(f"{precision}: accuracy {accuracy:.4f} ({r['points_vs_fp32']:+.2f} points), agreement {agreement:.4f}, "
               f"size {r['size_ratio']:.1%} of fp32, max |logit diff| {r['max_abs_logit_diff']:.3f}, made from this "

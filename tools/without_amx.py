@@ -50,9 +50,13 @@ def withhold_amx() -> None:
         sys.exit("without_amx: AMX permission was still granted; the filter did not take")
 
 
+USAGE = "usage: without_amx.py SCRIPT [ARGUMENTS...]   (the script's own options follow it)"
+
+
 def main() -> None:
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(f"{USAGE}\n\n{__doc__}")
+        sys.exit(0 if len(sys.argv) >= 2 else 2)
     withhold_amx()
     print("AMX withheld: arch_prctl(ARCH_REQ_XCOMP_PERM) is refused in this process", flush=True)
     sys.argv = sys.argv[1:]

@@ -17,7 +17,7 @@ PLAN_TARGET_S = 11 * 60  # the machine's start, every carrying call and the run
 RUN_DEADLINE_S = 540  # no step starts, or runs on, past this: the summary and the archive still fit in 600 s
 MACHINE_START_S = 120  # estimate: "a minute or more" (device README)
 CARRY_CALL_S = 15  # estimate: a call that carries <= 60 MiB and copies it into /tmp ("a few seconds each")
-# Measured here on 2026-12-01 (onnxruntime-gpu 1.31.1 in xz parts of 55 MiB; the 45 wheels pip resolved; the
+# Measured here on 2026-12-01 (onnxruntime-gpu 1.31.1 in xz parts, layout.PART_MIB each; the 45 wheels pip resolved; the
 # four Fashion-MNIST files): used by --plan where nothing is built yet.
 ORT_XZ_MIB = 194.4  # onnxruntime-gpu 1.31.1 packed (tools/ort_gpu_parts.sh), measured 2026-12-01
 ESTIMATED_SIZES = {"parts": [layout.PART_MIB * layout.MIB] * int(ORT_XZ_MIB // layout.PART_MIB)
