@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 # Tests never touch the network: data comes from ../shared or is generated.
 os.environ["VGGEXPORT_OFFLINE"] = "1"
 # Hypothesis (and Schemathesis through it) keeps a cache in ./.hypothesis; a run leaves nothing in the checkout.
-os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(os.environ.get("TMPDIR", "/tmp")) / "vggexport-hypothesis"))
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY",
+                      str(Path(os.environ.get("TMPDIR", "/tmp")) / "vggexport-hypothesis"))
 # Two compute threads at most; under pytest-xdist the workers split the cores between them, and the commands a
 # test starts inherit the same count (OMP_NUM_THREADS): two workers never run four compute threads on two cores,
 # where each parallel region waits for its slowest, descheduled thread.
@@ -36,8 +37,9 @@ if WORKERS > 1:
 # ../shared/data beside the checkout; VGGEXPORT_TEST_DATA points elsewhere (the CI rules' own tests use it).
 REAL_DATA = Path(os.environ.get("VGGEXPORT_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 TINY = {"width": 0.0625, "head": 32, "dropout": 0.0}
-# Fixtures shared by the signing tests of store/, serve/, deploy/ and report/ (key pairs, signed folders).
-pytest_plugins = ["tests.signed_folders"]
+# Fixtures of more than one folder: the signing tests' key pairs and signed folders (store/, serve/, deploy/,
+# report/), and the browser of the page tests (serve/, report/).
+pytest_plugins = ["tests.signed_folders", "tests.browser.chromium"]
 
 
 def in_ci() -> bool:
@@ -346,7 +348,8 @@ def renamed_report(report: dict[str, Any], runtime: str, *, passed: bool = True,
 
 
 def record_verdict(report: Any, model: Path) -> None:
-    """Merge ``report``'s verdict on ``model`` into parity.json as verify does (vggexport.store.parity_record.write_parity)."""
+    """Merge ``report``'s verdict on ``model`` into parity.json as verify does
+    (vggexport.store.parity_record.write_parity)."""
     from vggexport.store.fileio import sha256_file
     from vggexport.store.parity_record import write_parity
 

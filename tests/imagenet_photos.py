@@ -26,7 +26,8 @@ def framed_photo(path: Path, size: tuple[int, int], seed: int) -> Path:
     """
     rng = np.random.default_rng(seed)
     width, height = size
-    pixels = np.array(Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC))
+    blocks = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    pixels = np.array(blocks.resize(size, Image.Resampling.BICUBIC))
     band = max(size) // 5
     for region in (np.s_[:, :band], np.s_[:, width - band :], np.s_[:band], np.s_[height - band :]):
         pixels[region] = rng.integers(0, 256, 3)
@@ -58,8 +59,8 @@ def random_vgg11_bn(folder: Path) -> tuple[Path, torch.nn.Module]:
                 module.running_var.uniform_(0.5, 2.0)
         # A random VGG answers one class for every image; cancelling its mean response in the last
         # bias makes the top-1 follow the image, so a wrong resize or crop changes it.
-        calibration = torch.stack([WEIGHTS.transforms()(Image.open(framed_photo(folder / f"c{i}.jpg", (280, 260), 100 + i)))
-                                   for i in range(8)])
+        photos = [framed_photo(folder / f"c{i}.jpg", (280, 260), 100 + i) for i in range(8)]
+        calibration = torch.stack([WEIGHTS.transforms()(Image.open(photo)) for photo in photos])
         model.classifier[6].bias -= model(calibration).mean(0)
     path = folder / "vgg11_bn-random.pth"
     torch.save(model.state_dict(), path)

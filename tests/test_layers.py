@@ -155,3 +155,14 @@ def test_the_top_level_keeps_a_few_shared_modules() -> None:
     folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
     assert len(modules) <= 11, modules
     assert folders == ["backend", "cli", "data", "deploy", "export", "report", "serve", "store", "training", "verify"]
+
+
+def test_no_line_is_longer_than_the_configured_line_length() -> None:
+    """pyproject.toml's line-length (ruff's) in the package, the tools and the tests: held here, where CI runs it."""
+    found = re.search(r"^line-length = (\d+)$", (ROOT / "pyproject.toml").read_text(), re.M)
+    assert found, "pyproject.toml has no line-length"
+    limit = int(found.group(1))
+    long = [f"{path.relative_to(ROOT)}:{n} ({len(line)})" for folder in ("vggexport", "tools", "tests")
+            for path in sorted((ROOT / folder).rglob("*.py"))
+            for n, line in enumerate(path.read_text().splitlines(), 1) if len(line) > limit]
+    assert long == [], long

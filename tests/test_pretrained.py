@@ -183,11 +183,13 @@ def hostile_weights(case: str, folder: Path, real: Path) -> tuple[str, Path | st
     return "torchvision:vgg11_bn", path
 
 
-EXPECTED = {"missing": "no weights file", "truncated": "truncated", "empty": "truncated", "module pickle": "weights_only",
-            "plain pickle": "weights_only", "not tensors": "not a state_dict", "wrong shapes": "(expected (64, 3, 3, 3))",
-            "nan": "NaN", "vgg11 weights as vgg16_bn": "they are vgg11_bn's", "bn weights as plain vgg11": "vgg11_bn's",
-            "unknown model": "unknown model 'torchvision:vgg12'", "other family": "unknown model 'torchvision:resnet18'",
-            "no prefix": "unknown model 'vgg11_bn'", "download offline": "VGGEXPORT_OFFLINE"}
+EXPECTED = {"missing": "no weights file", "truncated": "truncated", "empty": "truncated",
+            "module pickle": "weights_only", "plain pickle": "weights_only", "not tensors": "not a state_dict",
+            "wrong shapes": "(expected (64, 3, 3, 3))", "nan": "NaN",
+            "vgg11 weights as vgg16_bn": "they are vgg11_bn's", "bn weights as plain vgg11": "vgg11_bn's",
+            "unknown model": "unknown model 'torchvision:vgg12'",
+            "other family": "unknown model 'torchvision:resnet18'", "no prefix": "unknown model 'vgg11_bn'",
+            "download offline": "VGGEXPORT_OFFLINE"}
 HOSTILE = ("missing", "truncated", "empty", "module pickle", "plain pickle", "not tensors", "wrong shapes", "nan",
            "vgg11 weights as vgg16_bn", "bn weights as plain vgg11", "unknown model", "other family", "no prefix",
            "download offline")

@@ -61,7 +61,8 @@ class ModelConfig:
         if self.cfg not in CFGS:
             raise ValueError(f"unknown cfg {self.cfg!r}: choose one of {', '.join(CFGS)}")
         if self.image_size < DOWNSAMPLE or self.image_size % DOWNSAMPLE:
-            raise ValueError(f"image_size must be a multiple of {DOWNSAMPLE} and >= {DOWNSAMPLE}, got {self.image_size}")
+            raise ValueError(f"image_size must be a multiple of {DOWNSAMPLE} and >= {DOWNSAMPLE}, "
+                             f"got {self.image_size}")
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
             raise ValueError("mean and std need one value per input channel")
         if self.class_names and len(self.class_names) != self.num_classes:

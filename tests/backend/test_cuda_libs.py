@@ -91,7 +91,8 @@ def test_the_real_wheels_load_in_a_torch_free_process() -> None:
     major = str(getattr(ort, "cuda_version", "") or "").split(".")[0]
     if not major.isdigit() or find_cuda_libraries(int(major)).not_in_wheels():
         pytest.skip("no CUDA build of onnxruntime, or no nvidia-* wheels here")
-    script = ("import json, sys; from vggexport.backend.cuda_libs import find_cuda_libraries, load_cuda_libraries as load; "
+    script = ("import json, sys; "
+              "from vggexport.backend.cuda_libs import find_cuda_libraries, load_cuda_libraries as load; "
               f"problems = load(find_cuda_libraries({major})); maps = open('/proc/self/maps').read(); "
               "print(json.dumps([problems, 'torch' in sys.modules, "
               "[n for n in ('libcudart', 'libcublasLt', 'libcublas.', 'libcurand', 'libcudnn.') if n not in maps]]))")

@@ -45,9 +45,9 @@ def require_browser(chromium: Path | None = None) -> None:
 
 
 class SharedBrowser:
-    """One Playwright and one Chromium at a time, whichever test modules import the fixture.
+    """One Playwright and one Chromium at a time, whichever test modules use the fixture.
 
-    Each module that imports ``browser`` gets its own fixture definition; Playwright's sync API allows one
+    Each module that uses ``browser`` gets its own instance of the fixture; Playwright's sync API allows one
     running instance per thread, so they must share it, and it stops when the last user is done. The fixture
     is module-scoped: Playwright's sync API keeps an event loop running in the main thread while it lives, and
     a later module's ``asyncio.run`` (the batcher's tests) refuses to start under a running loop.

@@ -33,7 +33,8 @@ def make_checkpoint(folder: Path, **overrides: object) -> Checkpoint:
     return load_checkpoint(path)
 
 
-@pytest.fixture(scope="module", params=[(c, bn) for c in CFGS for bn in (False, True)], ids=lambda p: f"{p[0]}-bn{int(p[1])}")
+@pytest.fixture(scope="module", params=[(c, bn) for c in CFGS for bn in (False, True)],
+                ids=lambda p: f"{p[0]}-bn{int(p[1])}")
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Checkpoint, Path, Path]:
     cfg, batch_norm = request.param
     folder = tmp_path_factory.mktemp(f"export-{cfg}-{batch_norm}")
@@ -46,7 +47,8 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
             elif key.endswith("running_mean"):
                 state[key].uniform_(-0.2, 0.2)
         ckpt = load_checkpoint(save_checkpoint(folder / "best.pt", model_config=ckpt.model_config, state=ckpt.payload))
-    return ckpt, export_onnx(ckpt, folder / "model.onnx", ExportSpec()), export_torchscript(ckpt, folder / "m.torchscript.pt")
+    return (ckpt, export_onnx(ckpt, folder / "model.onnx", ExportSpec()),
+            export_torchscript(ckpt, folder / "m.torchscript.pt"))
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "torchscript"])

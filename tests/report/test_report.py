@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.browser.chromium import (  # noqa: F401  (browser is a fixture)
+from tests.browser.chromium import (  # the browser fixture comes through pytest_plugins (tests/conftest.py)
     assert_not_uniform,
     broken_images,
-    browser,
     overflows_horizontally,
     save_screenshot,
     watched_page,

@@ -17,9 +17,11 @@ from vggexport.data.synthetic import make_synthetic
 from vggexport.training.batches import Split
 from vggexport.training.evaluator import Evaluator
 
-# fp32 pinned (auto is bf16 on CPUs with it). No batch norm, dropout or augmentation: then 2 processes x 32 samples must make the same update as 1 x 64.
+# fp32 pinned (auto is bf16 on CPUs with it). No batch norm, dropout or augmentation: then 2 processes x 32 samples
+# must make the same update as 1 x 64.
 ARGS = ["train", "--dataset", "synthetic", "--width", "0.0625", "--head", "32", "--epochs", "1", "--max-steps", "6",
-        "--batch-size", "64", "--device", "cpu", "--precision", "fp32", "--no-batch-norm", "--dropout", "0", "--crop-padding", "0"]
+        "--batch-size", "64", "--device", "cpu", "--precision", "fp32", "--no-batch-norm", "--dropout", "0",
+        "--crop-padding", "0"]
 
 
 def run(artifacts: Path, nproc: int, args: list[str] = ARGS) -> subprocess.CompletedProcess[str]:

@@ -38,7 +38,8 @@ def verified(exported_artifacts: Path) -> tuple[Path, str]:
     from vggexport.cli import cli
 
     result = CliRunner().invoke(cli, ["verify", "--artifacts", str(exported_artifacts)])
-    return exported_artifacts / "vgg11_bn", result.output if result.exit_code == 0 else f"exit {result.exit_code}: {result.output}"
+    said = result.output if result.exit_code == 0 else f"exit {result.exit_code}: {result.output}"
+    return exported_artifacts / "vgg11_bn", said
 
 
 def test_verify_checks_every_artifact_and_records_each_file(verified: tuple[Path, str]) -> None:
@@ -137,7 +138,8 @@ def test_a_runtime_error_is_that_runtimes_failure(run_cli: Cli, verified: tuple[
     assert "[ONNXRuntimeError]" in runtime["error"] and "Reshape" in runtime["error"], runtime["error"]
 
 
-def test_a_non_finite_reference_is_an_error_of_its_own(run_cli: Cli, verified: tuple[Path, str], tmp_path: Path) -> None:
+def test_a_non_finite_reference_is_an_error_of_its_own(run_cli: Cli, verified: tuple[Path, str],
+                                                       tmp_path: Path) -> None:
     folder, _ = verified
     ckpt = load_checkpoint(folder / "best.pt")
     state = dict(ckpt.payload)

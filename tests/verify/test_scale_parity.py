@@ -68,7 +68,8 @@ def copies(ckpt: Checkpoint, spread: float, folder: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module", params=KINDS)
-def planted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Checkpoint, dict[str, Path]]:
+def planted(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> tuple[Checkpoint, dict[str, Path]]:
     folder = tmp_path_factory.mktemp(f"scale-{request.param}")
     ckpt, spread = checkpoint_of(request.param, folder)
     return ckpt, copies(ckpt, spread, folder)

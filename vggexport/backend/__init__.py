@@ -1,1 +1,2 @@
-"""One runner contract for every runtime (Polygraphy's backend/): base, onnxrt (torch-free), pytorch, and the registry."""
+"""One runner contract for every runtime (Polygraphy's backend/): base, onnxrt (torch-free), pytorch, and the
+registry."""

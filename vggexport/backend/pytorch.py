@@ -1,4 +1,5 @@
-"""The PyTorch runners: eager (the reference), TorchScript and ``torch.export`` programs; torch is imported on activation."""
+"""The PyTorch runners: eager (the reference), TorchScript and ``torch.export`` programs; torch is imported on
+activation."""
 
 from __future__ import annotations
 

@@ -274,7 +274,8 @@ serving_options = compose(
     click.option("--preprocessing-model", type=click.Path(dir_okay=False), default=None,
                  help="uint8 ONNX for /classify [default: model.preprocessing.onnx beside the model]."),
     click.option("--threads", type=click.IntRange(min=1), default=None,
-                 help="ONNX Runtime intra-op threads; the runs share the session's pool [default: cores - instances + 1]."),
+                 help="ONNX Runtime intra-op threads; the runs share the session's pool "
+                      "[default: cores - instances + 1]."),
     click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Batches run at once from the one queue, on the one session (Triton's instance_group count)."),
     click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,

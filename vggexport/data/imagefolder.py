@@ -115,7 +115,8 @@ def load_image_folder(data_dir: str | os.PathLike[str] | None, *, image_size: in
     default torchvision's proportion), the policy the exported graph applies when serving.
     """
     if data_dir is None or not Path(data_dir).is_dir():
-        raise DataNotFoundError(f"imagefolder needs --data-dir pointing at a folder of class sub-folders (got {data_dir})")
+        raise DataNotFoundError("imagefolder needs --data-dir pointing at a folder of class sub-folders "
+                                f"(got {data_dir})")
     train_dir, eval_dir = split_folders(Path(data_dir))
     classes = sorted(p.name for p in train_dir.iterdir()
                      if p.is_dir() and p.name not in ("val", "test") and not p.name.startswith("."))

@@ -6,7 +6,8 @@ import torch
 
 from vggexport.data.dataset import ImageData, channel_stats
 
-def make_synthetic(*, num_classes: int = 10, size: int = 28, train: int = 2048, test: int = 512, seed: int = 0) -> ImageData:
+def make_synthetic(*, num_classes: int = 10, size: int = 28, train: int = 2048, test: int = 512,
+                   seed: int = 0) -> ImageData:
     """Learnable fake data: each class is a fixed blurry pattern plus noise. For smoke tests."""
     generator = torch.Generator().manual_seed(seed)
     prototypes = torch.rand(num_classes, 1, size // 4, size // 4, generator=generator)

@@ -1,1 +1,2 @@
-"""Export: one spec, the self-describing metadata, TorchScript, ONNX, torch.export, and the reduced-precision variants."""
+"""Export: one spec, the self-describing metadata, TorchScript, ONNX, torch.export, and the reduced-precision
+variants."""

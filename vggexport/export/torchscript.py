@@ -33,7 +33,8 @@ def export_torchscript(ckpt: Checkpoint, out: str | Path) -> Path:
     return written
 
 
-def load_torchscript(source: ModelSource, device: torch.device | str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+def load_torchscript(source: ModelSource,
+                     device: torch.device | str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """The module and its metadata from a path or from bytes already read (then exactly those bytes)."""
     artifact = read_checked(source, f"no TorchScript model at {source}: run `vggexport torchscript` first")
     extra = {TORCHSCRIPT_CONFIG: "", TORCHSCRIPT_METADATA: ""}

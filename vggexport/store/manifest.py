@@ -39,7 +39,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        raise VggExportError(f"{path} is not valid JSON; delete it and re-run the commands that made the artifacts") from None
+        raise VggExportError(f"{path} is not valid JSON; delete it and re-run the commands that made the "
+                             "artifacts") from None
     return data if isinstance(data, dict) else {}
 
 

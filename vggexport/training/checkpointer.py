@@ -71,7 +71,8 @@ class Checkpointer:
             plot_curves(self.out_dir / paths.CURVES, records, title)
 
     def write_sample(self, folder: Path, model: Any, optimizer: Any) -> None:
-        """One checkpoint, metrics file and curves of the size this run writes, into ``folder`` (the budget times it)."""
+        """One checkpoint, metrics file and curves of the size this run writes, into ``folder`` (the budget
+        times it)."""
         save_checkpoint(folder / "timing.pt", model_config=self.model_config,
                         state={"model": model.state_dict(), "optimizer": optimizer.state_dict()})
         records = [{"record": "epoch", "epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5}]

@@ -38,7 +38,8 @@ def resolve_model_config(config: TrainConfig, model_config: ModelConfig, data: I
     changes: dict[str, Any] = {"model_name": config.name or "", "resize_size": data.resize_size}
     if config.init is not None:
         if data.in_channels != 3:
-            raise VggExportError(f"--init {config.init} needs RGB images; {data.name} has {data.in_channels} channel(s)")
+            raise VggExportError(f"--init {config.init} needs RGB images; {data.name} has {data.in_channels} "
+                                 "channel(s)")
         pretrained = TorchvisionSource.parse(config.init).model_config()
         # The imported features expect ImageNet's normalization, not this folder's statistics.
         changes.update(mean=pretrained.mean, std=pretrained.std)

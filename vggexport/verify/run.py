@@ -73,7 +73,8 @@ class ParityReport:
         return all(r.passed for r in self.runtimes)
 
     def summary(self) -> str:
-        lines = [f"{r.label}: {problem}" for r in self.runtimes for problem in ([r.error] if r.error else []) + r.failures]
+        lines = [f"{r.label}: {problem}" for r in self.runtimes
+                 for problem in ([r.error] if r.error else []) + r.failures]
         return "\n".join(lines) or "all runtimes agree"
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,7 +120,8 @@ class FailureSaver:
         written = []
         for key, parts in self.kept.items():
             arrays = dict(zip(("inputs", "reference", "candidate", "labels"), map(np.concatenate, zip(*parts))))
-            written.append(write_atomic(Path(self.folder or ".") / f"{key}.npz", lambda tmp, a=arrays: save_npz(tmp, a)))
+            written.append(write_atomic(Path(self.folder or ".") / f"{key}.npz",
+                                        lambda tmp, a=arrays: save_npz(tmp, a)))
         return written
 
 
@@ -141,7 +143,8 @@ def compare_candidate(reference_outputs: dict[str, list[np.ndarray]], candidate:
             atol, rtol, range_tol = spec.tolerances(reference_provider, runner.provider)
             result.tolerances = {"atol": atol, "rtol": rtol, "range_tol": range_tol}
             for name, check in checks.items():
-                if (candidate.takes_pixels and not check.has_pixels) or (check.pixels_only and not candidate.takes_pixels):
+                if ((candidate.takes_pixels and not check.has_pixels)
+                        or (check.pixels_only and not candidate.takes_pixels)):
                     continue  # a pixel-input model cannot take float tensors, nor a float model raw photos
                 comparison = Comparison(atol, rtol, range_tol)
                 for reference, batch in zip(reference_outputs[name], check.batches()):
@@ -152,8 +155,8 @@ def compare_candidate(reference_outputs: dict[str, list[np.ndarray]], candidate:
                         key = f"{candidate.artifact or 'model'}-{runner.name}-{name}"
                         saver.add(key, mask, given, reference, output, batch.labels)
                 result.checks[name] = comparison
-                result.failures += [f"[{name}] {f}" for f in
-                                    comparison.failures(spec, judge_top1=check.judge_top1, criterion=candidate.criterion)]
+                failures = comparison.failures(spec, judge_top1=check.judge_top1, criterion=candidate.criterion)
+                result.failures += [f"[{name}] {f}" for f in failures]
     except KeyboardInterrupt:
         raise
     except Exception as exc:
@@ -163,7 +166,8 @@ def compare_candidate(reference_outputs: dict[str, list[np.ndarray]], candidate:
     return result
 
 
-def reference_pass(reference: Runner, checks: dict[str, Check], spec: ExportSpec) -> tuple[dict[str, list[np.ndarray]], RuntimeParity]:
+def reference_pass(reference: Runner, checks: dict[str, Check],
+                   spec: ExportSpec) -> tuple[dict[str, list[np.ndarray]], RuntimeParity]:
     """Reference outputs once per check (real data is preprocessed per pass, so never twice)."""
     outputs: dict[str, list[np.ndarray]] = {}
     result = RuntimeParity(reference.name, reference.provider)
@@ -201,7 +205,8 @@ def run_parity(reference: Runner, candidates: Iterable[Runner | Candidate], chec
 def array_batches(arrays: np.ndarray, labels: np.ndarray | None, batch_size: int) -> Batches:
     def produce() -> Iterator[Batch]:
         for start in range(0, len(arrays), batch_size):
-            yield Batch(arrays[start : start + batch_size], None if labels is None else labels[start : start + batch_size])
+            yield Batch(arrays[start : start + batch_size],
+                        None if labels is None else labels[start : start + batch_size])
     return produce
 
 
@@ -232,7 +237,8 @@ def assert_parity(reference: Any, candidate: Any, inputs: np.ndarray | None = No
         name = "real" if labels is not None else "given"
         checks = {name: Check(array_batches(inputs.astype(np.float32), labels, 256), judge_top1=labels is not None)}
     elif input_shape is not None:
-        checks = {k: Check(array_batches(v, None, len(v))) for k, v in random_inputs(input_shape, spec.batch_sizes).items()}
+        checks = {k: Check(array_batches(v, None, len(v)))
+                  for k, v in random_inputs(input_shape, spec.batch_sizes).items()}
     else:
         raise ValueError("assert_parity needs inputs or input_shape")
     report = run_parity(as_runner(reference), [as_runner(candidate)], checks, spec)
