@@ -38,7 +38,9 @@ async def v2_server(connection: str = "keep-alive") -> tuple[asyncio.AbstractSer
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                # Content-Length's own line: Inference-Header-Content-Length ends the same way and comes first
+                length = next(int(line.split(b":", 1)[1]) for line in head.lower().split(b"\r\n")
+                              if line.startswith(b"content-length:"))
                 await reader.readexactly(length)
                 writer.write(answer)
                 if connection == "close":
@@ -60,14 +62,15 @@ def test_closed_loop_counts_and_keeps_every_distinct_answer(client: str, connect
                   for i in range(3)]
         headers = v2_http.binary_request(b"\0" * 16, [1, 1, 2, 2])[1]
         async with server:
-            return await loadgen.closed_loop(f"http://127.0.0.1:{port}/v2/models/m/infer", 4, 0.5, bodies, headers,
+            # 1 s: on shared CI cores this process can be descheduled for most of a shorter window
+            return await loadgen.closed_loop(f"http://127.0.0.1:{port}/v2/models/m/infer", 4, 1.0, bodies, headers,
                                              warmup=0.1, client=client)
 
     result = asyncio.run(run())
     assert result.errors == 0, result.first_error
     assert result.requests > 10 and len(result.latencies) == result.requests
     assert result.answers == {i: {LOGITS.tobytes()} for i in range(3)}  # each input asked for, one answer each
-    assert 0 < result.cpu_s and result.rate == result.requests / 0.5
+    assert 0 < result.cpu_s and result.rate == result.requests / 1.0
 
 
 def test_a_refused_connection_is_an_error_not_a_crash() -> None:

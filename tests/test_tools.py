@@ -169,4 +169,4 @@ def test_sched_trace_adds_up_two_other_cpus_idle_at_different_moments() -> None:
     )
     assert trace.complete == {0, 1, 2} and trace.waits == [(10, [(2, 1.1, 1.3)])]
     assert "waited  50.0% of the window, another CPU idle meanwhile  50.0%" in waited_line(lines)
-    assert lines[-1].endswith("; 1 overlaps, median 200000 us, longest 200000 us"), lines[-1]
+    assert lines[-1].endswith("; overlaps: 1, median 200000 us, longest 200000 us"), lines[-1]

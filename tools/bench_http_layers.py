@@ -55,6 +55,7 @@ def start(model: Path, logs: Path) -> dict[str, peer_servers.ServerProcess]:
     return rounds.start_pair({"uvicorn": lambda: peer_servers.start_vggexport(model, logs, free_port(), 0),
                               "granian": granian}, 120)
 
+
 def main() -> int:
     args = parse_args()
     if importlib.util.find_spec("granian") is None:

@@ -38,8 +38,10 @@ from vggexport.serve.smoke import free_port
 
 
 def start_server(model: Path, logs: Path, name: str, provider: str, *extra: str) -> peer_servers.ServerProcess:
-    """`vggexport serve` on a free port (gRPC off), its output in ``logs/<name>.log``."""
-    return peer_servers.start_vggexport(model, logs, free_port(), 0, name=name, provider=provider, extra=extra)
+    """`vggexport serve` on a free port (gRPC off), its output in ``logs/<name>.log``; in this tool's process
+    group, where the GPU run's runner, ending an overdue step, signals it too."""
+    return peer_servers.start_vggexport(model, logs, free_port(), 0, name=name, provider=provider, extra=extra,
+                                        new_session=False)
 
 
 def ensure_model(model: Path | None, folder: Path) -> Path:
@@ -81,7 +83,7 @@ def main() -> None:
     parser.add_argument("--startup-only", action="store_true", help="Only time start-up and measure RSS (5 starts).")
     parser.add_argument("--ready-timeout", type=float, default=120.0)
     args = parser.parse_args()
-    rounds.exit_on_sigterm()  # through the finally that stops the server (a session of its own)
+    rounds.exit_on_sigterm()  # through the finally that stops the server
     with tempfile.TemporaryDirectory() as tmp:
         logs = args.logs or Path(tmp)
         logs.mkdir(parents=True, exist_ok=True)

@@ -36,14 +36,16 @@ class ServerProcess:
     """A server in its own process group, output to a log file (never an unread pipe, which could fill and block)."""
 
     def __init__(self, name: str, command: list[str], port: int, log: Path, env: dict[str, str],
-                 cwd: Path | None = None) -> None:
-        self.name, self.port, self.log = name, port, log
+                 cwd: Path | None = None, new_session: bool = True) -> None:
+        """``new_session``: a session of its own, so a Ctrl-C reaches only the tool, which then stops the group in
+        order. False for the GPU run's steps: its runner ends an overdue step by signalling the step's process
+        group, and the server must be in it, or it would outlive the step that started it."""
+        self.name, self.port, self.log, self.own_group = name, port, log, new_session
         self.url = f"http://127.0.0.1:{port}"
         self.started = time.perf_counter()  # wait_ready counts from the launch
         with open(log, "w") as handle:
-            # Its own session: a Ctrl-C reaches only this script, which then stops the group in order.
             self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                            start_new_session=True)
+                                            start_new_session=new_session)
 
     def get(self, path: str) -> dict:
         with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as response:
@@ -61,7 +63,8 @@ class ServerProcess:
                 return time.perf_counter() - self.started
             except OSError:  # refused, or 503/400 before the model is loaded
                 time.sleep(0.02)
-        raise TimeoutError(f"{self.name} not ready in {timeout:.0f} s; its log: {self.log}")
+        raise TimeoutError(f"{self.name} not ready in {timeout:.0f} s; its log {self.log}:\n"
+                           f"{self.log.read_text()[-3000:]}")
 
     def rss_mb(self) -> float:
         """The server process's resident memory (VmRSS), in MB."""
@@ -100,13 +103,19 @@ class ServerProcess:
         return total
 
     def stop(self) -> None:
-        """SIGTERM to the whole group (Triton then stops its stub), SIGKILL if it has not ended in 30 s."""
+        """SIGTERM to the whole group (Triton then stops its stub), SIGKILL if it has not ended in 30 s; to the
+        process alone where it shares the tool's group."""
         if self.process.poll() is None:
+            def send(sig: signal.Signals) -> None:
+                if self.own_group:
+                    os.killpg(self.process.pid, sig)
+                else:
+                    self.process.send_signal(sig)
             try:
-                os.killpg(self.process.pid, signal.SIGTERM)
+                send(signal.SIGTERM)
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                send(signal.SIGKILL)
                 self.process.wait()
             except ProcessLookupError:
                 pass
@@ -132,7 +141,7 @@ def vggexport_launch(root: Path) -> tuple[list[str], dict[str, str]]:
 
 def start_vggexport(model: Path, logs: Path, port: int, grpc_port: int, instances: int = 1,
                     threads: int | None = None, *, root: Path = ROOT, name: str = "vggexport", provider: str = "cpu",
-                    extra: tuple[str, ...] = ()) -> ServerProcess:
+                    extra: tuple[str, ...] = (), new_session: bool = True) -> ServerProcess:
     """`vggexport serve --model`, on the CPU unless ``provider`` says otherwise, with its batching defaults unless
     ``extra`` options change them; logged to ``logs/<name>.log``.
 
@@ -146,7 +155,8 @@ def start_vggexport(model: Path, logs: Path, port: int, grpc_port: int, instance
         command += ["--instances", str(instances)]
     if threads is not None:
         command += ["--threads", str(threads)]
-    return ServerProcess("vggexport serve", command, port, logs / f"{name}.log", env, cwd=root)
+    return ServerProcess("vggexport serve", command, port, logs / f"{name}.log", env, cwd=root,
+                         new_session=new_session)
 
 
 def ort_version() -> str:

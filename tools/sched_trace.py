@@ -223,7 +223,7 @@ def report(trace: Trace, pid: int) -> list[str]:
                          f"for {100 * idle_with_work_elsewhere(trace, cpu) / idle_time:.0f}% of that idle time")
     every = sum(t.runnable for t in tallies.values())
     wasted = sum(t.while_idle for t in tallies.values())
-    spread = (f"; {len(overlaps)} overlaps, median {statistics.median(overlaps) * 1e6:.0f} us, "
+    spread = (f"; overlaps: {len(overlaps)}, median {statistics.median(overlaps) * 1e6:.0f} us, "
               f"longest {max(overlaps) * 1e6:.0f} us" if overlaps else "")
     lines.append(f"all tasks: waited {pct(every):.1f}% of the window, another CPU idle meanwhile "
                  f"{pct(wasted):.1f}% of the window{spread}")

@@ -2,7 +2,7 @@
 official tritonclient; both answers must be finite and agree. The GPU run's serving check.
 
     python tools/serve_probe.py --artifacts ART [--provider cuda|cpu|auto] [--instances N] [--logs DIR]
-                                [--ready-timeout 90]
+                                [--ready-timeout 60]
 
 With ``--instances N`` > 1 the server runs N batches at once on its one session (each instance warmed up on its
 own thread), and 8 × N concurrent HTTP requests follow: each answer must be finite, lie within 1e-3 of the largest
@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+TOOLS = Path(__file__).resolve().parent
+sys.path[:0] = [str(TOOLS), str(TOOLS.parent)]  # the tools beside it, and this checkout's vggexport
 
 import peer_servers  # noqa: E402
+import rounds  # noqa: E402
 
 from vggexport.serve.smoke import free_port  # noqa: E402
 
@@ -73,8 +75,13 @@ def main() -> int:
     parser.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="cuda")
     parser.add_argument("--instances", type=int, default=1, help="vggexport serve --instances [default: 1]")
     parser.add_argument("--logs", type=Path, default=Path("serve-probe-logs"))
-    parser.add_argument("--ready-timeout", type=float, default=90.0)
+    parser.add_argument("--ready-timeout", type=float, default=60.0,
+                        help="[default: 60, under the GPU run's 90 s limit of this step, so the tool ends it]")
     args = parser.parse_args()
+    if args.instances < 1:
+        print(f"error: --instances must be >= 1, not {args.instances}", file=sys.stderr)
+        return 2
+    rounds.exit_on_sigterm()  # through the finally that stops the server
     models = sorted(args.artifacts.glob("*/model.onnx"))
     if not models:
         print(f"error: no */model.onnx under {args.artifacts}", file=sys.stderr)
@@ -82,7 +89,7 @@ def main() -> int:
     args.logs.mkdir(parents=True, exist_ok=True)
     grpc_port = free_port()
     server = peer_servers.start_vggexport(models[0], args.logs, free_port(), grpc_port, args.instances,
-                                          name="serve", provider=args.provider)
+                                          name="serve", provider=args.provider, new_session=False)
     together: list[np.ndarray] = []
     try:
         print(f"ready in {server.wait_ready(args.ready_timeout):.1f} s, RSS {server.rss_mb():.0f} MB", flush=True)
