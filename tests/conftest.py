@@ -1,24 +1,27 @@
-"""Shared fixtures: a tiny VGG, a trained tiny checkpoint, the real-data path, markers, a CLI runner, verdicts."""
+"""Shared fixtures: a tiny VGG, a trained tiny checkpoint, the real-data path, markers, a CLI runner, and the
+exported and verified tiny models the tests of every stage read. Servers: tests/serve_process.py; verdicts:
+tests/verdicts.py."""
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 import torch
 from click.testing import CliRunner, Result
 
+from tests.serve_process import ServerProcess
 from vggexport.model import VGG, ModelConfig
-from vggexport.serve.smoke import free_port
 
 if TYPE_CHECKING:
     from tests.test_readme_torchvision import SectionRun
 
+# Helpers with asserts of their own (not test modules, conftests or plugins) get pytest's assert rewriting too.
+pytest.register_assert_rewrite("tests.serve.batching")
 # Tests never touch the network: data comes from ../shared or is generated.
 os.environ["VGGEXPORT_OFFLINE"] = "1"
 # Hypothesis (and Schemathesis through it) keeps a cache in ./.hypothesis; a run leaves nothing in the checkout.
@@ -194,49 +197,6 @@ def trained_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-class ServerProcess:
-    """A real `vggexport serve` process on 127.0.0.1."""
-
-    def __init__(self, model: Path, *extra: str, command: list[str] | None = None, gate: bool = False,
-                 **popen: object) -> None:
-        """``gate``: keep serve's verified-only gate (tests of the server itself serve unverified tiny models)."""
-        import subprocess
-        import sys
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.model = model
-        base = command or [sys.executable, "-m", "vggexport", "serve", "--model", str(model),
-                           *([] if gate else ["--allow-unverified"])]
-        # Never a fixed port: gRPC is off unless a test asks for it (8001 may be taken on the machine).
-        grpc = [] if "--grpc-port" in extra or "--grpc-port" in base else ["--grpc-port", "0"]
-        self.process = subprocess.Popen([*base, "--port", str(self.port), *grpc, *extra], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, **popen)  # type: ignore[call-overload]
-
-    def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
-        import time
-
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited early: {self.process.stdout.read() if self.process.stdout else ''}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise TimeoutError("server did not become ready")
-
-    def stop(self) -> int:
-        import signal
-
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-
 class Exported(NamedTuple):
     folder: Path  # <artifacts>/vgg11_bn
     output: str  # what `vggexport export` printed
@@ -263,7 +223,7 @@ def served_onnx(exported_tiny: Exported) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(served_onnx: Path):  # type: ignore[no-untyped-def]
+def server(served_onnx: Path) -> Iterator[ServerProcess]:
     process = ServerProcess(served_onnx, "--max-batch-size", "64", "--max-queue-delay-ms", "5",
                             "--max-body-mb", "1", "--provider", "cpu").wait_ready()
     yield process
@@ -322,40 +282,6 @@ def int8(artifacts: Path) -> Path:
     result = Cli()("onnx", "--artifacts", artifacts, "--precision", "int8", *VARIANT_CALIBRATION)
     assert result.exit_code == 0, result.output
     return artifacts / "vgg11_bn" / "model.int8.onnx"
-
-
-def renamed_report(report: dict[str, Any], runtime: str, *, passed: bool = True, samples: int | None = None) -> Any:
-    """A verify report (``ParityReport.to_dict()`` of a real run) with its results renamed to ``runtime``, as a
-    run on that runtime would have recorded them: how the tests get a CUDA verdict on a machine without a GPU.
-    ``samples``: the real check covered only that many images."""
-    from types import SimpleNamespace
-
-    data = copy.deepcopy(report)
-    on_cuda = runtime.endswith("-cuda")
-    if on_cuda:  # verify on a GPU compares with PyTorch on the GPU, at CUDA's looser tolerances
-        data["runtimes"][0]["provider"] = "cuda"
-    for result in data["runtimes"][1:]:
-        result["runtime"] = runtime
-        if on_cuda:
-            result["provider"] = "CUDAExecutionProvider"
-            result["tolerances"] = {"atol": data["cuda_atol"], "rtol": data["cuda_rtol"]}
-        if not passed:
-            result["passed"], result["failures"] = False, ["[real] top-1 agreement 97.00% < 100.00%"]
-        for name, check in result["checks"].items():
-            if samples is not None and name.startswith("real"):
-                check["samples"], data["real_complete"] = samples, False
-    return SimpleNamespace(to_dict=lambda: data)
-
-
-def record_verdict(report: Any, model: Path) -> None:
-    """Merge ``report``'s verdict on ``model`` into parity.json as verify does
-    (vggexport.store.parity_record.write_parity)."""
-    from vggexport.store.fileio import sha256_file
-    from vggexport.store.parity_record import write_parity
-
-    checkpoint = model.parent / "best.pt"
-    write_parity(report, [(model, "onnx", model.name.endswith(".preprocessing.onnx"), sha256_file(model))],
-                  checkpoint, sha256_file(checkpoint))
 
 
 # torchvision's full-size VGG: built once, and the README section's commands run on it once (~4 min here).

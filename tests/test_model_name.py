@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TINY_TRAIN_ARGS, Cli, ServerProcess
+from tests.conftest import TINY_TRAIN_ARGS, Cli
+from tests.serve_process import ServerProcess
 from vggexport.checkpoint import load_checkpoint
 
 NAME = "shirts-v2"

@@ -57,7 +57,7 @@ def test_tampered_onnx_is_refused_by_verify_and_serve(run_cli: Cli, pipeline_run
                                                        tmp_path: Path) -> None:
     import shutil
 
-    from tests.conftest import ServerProcess
+    from tests.serve_process import ServerProcess
 
     copy = tmp_path / "vgg11_bn"
     shutil.copytree(pipeline_run[0], copy)

@@ -23,7 +23,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from tests.conftest import Cli, ServerProcess
+from tests.conftest import Cli
+from tests.serve_process import ServerProcess
 from tests.imagenet_photos import CLASSES, PHOTO_SIZES, WEIGHTS, framed_photo, photo_folder
 from tests.test_readme_torchvision import SectionRun
 from vggexport.checkpoint import load_checkpoint

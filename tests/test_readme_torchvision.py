@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.serve_process import ServerProcess
 from tests.imagenet_photos import framed_photo, photo_folder
 
 ROOT = Path(__file__).resolve().parents[1]

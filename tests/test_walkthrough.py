@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REAL_DATA, ServerProcess
+from tests.conftest import REAL_DATA
+from tests.serve_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "--width 0.0625 --head 32 --epochs 1 --max-steps 20"

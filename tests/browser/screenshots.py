@@ -12,7 +12,7 @@ import io
 from pathlib import Path
 
 from tests.browser.chromium import ARGS, CHROMIUM, watched_page
-from tests.conftest import ServerProcess
+from tests.serve_process import ServerProcess
 
 
 def small_png(png: bytes) -> bytes:

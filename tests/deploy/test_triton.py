@@ -21,7 +21,7 @@ def verified_dir(verified_tiny: Path, tmp_path_factory: pytest.TempPathFactory) 
     CUDA verdict KIND_GPU needs: once per module, only read (``model_dir`` is the copy tests may change)."""
     import json
 
-    from tests.conftest import record_verdict, renamed_report
+    from tests.verdicts import record_verdict, renamed_report
 
     folder = Path(shutil.copytree(verified_tiny, tmp_path_factory.mktemp("triton") / "vgg11_bn"))
     report = json.loads((verified_tiny.parent / "cpu-report.json").read_text())

@@ -9,10 +9,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from tests.conftest import Exported, ServerProcess
+from tests.conftest import Exported
+from tests.serve_process import ServerProcess
 from vggexport.serve.smoke import free_port
+
+MODEL = "vgg11_bn"  # the served name of the tiny trained model
+INFER = f"/v2/models/{MODEL}/infer"
+
+
+def inputs(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` FP32 images of the tiny model's input shape."""
+    return np.random.default_rng(seed).standard_normal((n, 1, 32, 32), dtype=np.float32)
 
 
 class Served(ServerProcess):

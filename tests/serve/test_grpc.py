@@ -8,13 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.serve.conftest import Served
-
-MODEL = "vgg11_bn"
-
-
-def batch(n: int = 3) -> np.ndarray:
-    return np.random.default_rng(1).standard_normal((n, 1, 32, 32), dtype=np.float32)
+from tests.serve.conftest import MODEL, Served, inputs
 
 
 def test_health_and_metadata_over_grpc(server: Served) -> None:
@@ -37,7 +31,7 @@ def test_grpc_and_http_clients_give_identical_outputs(server: Served, class_coun
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
-    x = batch()
+    x = inputs(3, seed=1)
     answers = []
     for module, client in ((grpcclient, grpcclient.InferenceServerClient(server.grpc_url)),
                            (httpclient, httpclient.InferenceServerClient(server.url.removeprefix("http://")))):
@@ -111,7 +105,7 @@ def test_cuda_server_answers_like_the_cpu_one(served_folder) -> None:  # type: i
 
     from tests.serve.conftest import Served
 
-    x = batch(8)
+    x = inputs(8, seed=1)
     answers = []
     for provider in ("cpu", "cuda"):
         process = Served(served_folder / "model.onnx", "--provider", provider).wait_ready(timeout=180)

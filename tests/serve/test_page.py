@@ -16,7 +16,7 @@ from tests.browser.chromium import (  # the browser fixture comes through pytest
     save_screenshot,
     watched_page,
 )
-from tests.conftest import ServerProcess
+from tests.serve_process import ServerProcess
 
 MODEL = "vgg11_bn"
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, ServerProcess
+from tests.conftest import Cli
+from tests.serve_process import ServerProcess
 from tests.signed_folders import BREAKS, GATE_SAYS, MODEL_SIGNING, one_line_error
 from vggexport.store.manifest import update_manifest
 

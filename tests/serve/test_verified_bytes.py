@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.broken_models import BREAKERS, broken_copy, replace_hostile
-from tests.conftest import ServerProcess
+from tests.serve_process import ServerProcess
 from vggexport.errors import VggExportError
 from vggexport.store.fileio import sha256_file
 from vggexport.backend.onnxrt import OnnxRuntimeRunner
@@ -167,7 +167,7 @@ def gate(folder: Path, provider: str, gpus: int, monkeypatch: pytest.MonkeyPatch
 
 def test_a_failed_verdict_refuses_whichever_runtime_passed(folder: Path, cpu_report: dict[str, object],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.conftest import record_verdict, renamed_report
+    from tests.verdicts import record_verdict, renamed_report
 
     record_verdict(renamed_report(cpu_report, "onnxruntime-cuda", passed=False), folder / "model.onnx")
     for provider in ("cuda", "cpu"):  # CUDA failed, the CPU passed: neither ships
@@ -189,7 +189,7 @@ def test_the_gate_judges_by_the_resolved_provider(folder: Path, cpu_report: dict
     for provider, gpus in (("auto", 0), ("cpu", 1)):
         assert gate(folder, provider, gpus, monkeypatch) == "ok" and capsys.readouterr().err == ""
     # CUDA-only record: a CPU deployment needs a CPU verdict (any machine can give one).
-    from tests.conftest import record_verdict, renamed_report
+    from tests.verdicts import record_verdict, renamed_report
 
     (folder / "parity.json").unlink()
     record_verdict(renamed_report(cpu_report, "onnxruntime-cuda"), folder / "model.onnx")
@@ -203,7 +203,7 @@ def test_auto_gated_as_cuda_is_gated_again_when_the_session_falls_back_to_the_cp
     """auto resolved to CUDA (a GPU is there) but ORT's CUDA provider did not start: the CPU verdict decides."""
     import functools
 
-    from tests.conftest import record_verdict, renamed_report
+    from tests.verdicts import record_verdict, renamed_report
     from vggexport.backend import onnxrt as onnx_io
     from vggexport.serve import gate as serving_gate
     from vggexport.serve import service
@@ -248,7 +248,7 @@ def test_an_older_record_is_refused_with_one_line(folder: Path, tmp_path: Path) 
 
 def test_triton_gates_kind_gpu_as_cuda_and_kind_cpu_as_the_cpu(folder: Path, cpu_report: dict[str, object],
                                                                tmp_path: Path) -> None:
-    from tests.conftest import record_verdict, renamed_report
+    from tests.verdicts import record_verdict, renamed_report
     from vggexport.deploy.triton import TritonConfig, write_repository
 
     (folder / "parity.json").unlink()

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cli, ServerProcess
+from tests.conftest import Cli
+from tests.serve_process import ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,7 @@ def verdicts_of(folder: Path, name: str = "model.onnx") -> dict[str, Any]:
 def test_each_runtime_keeps_its_own_verdict_of_the_same_bytes(run_cli: Cli, exported: Path) -> None:
     """A CPU verify does not erase the CUDA verdict of the same bytes, nor the reverse; each keeps its own
     reference, tolerances and samples. (No GPU here: the CUDA verdict is a real CPU report renamed.)"""
-    from tests.conftest import record_verdict, renamed_report
+    from tests.verdicts import record_verdict, renamed_report
     from vggexport.store.fileio import sha256_file
     from vggexport.store.parity_record import write_parity
 
