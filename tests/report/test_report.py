@@ -27,7 +27,7 @@ SAMPLES = 128
 
 
 @pytest.fixture(scope="module")
-def verified_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def imperfect_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model of its own, trained one epoch, exported and verified: unlike the shared trained model
     (which scores 1.0), it still makes mistakes for the report's gallery and confusion matrix to show."""
     from click.testing import CliRunner
@@ -42,8 +42,8 @@ def verified_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(verified_folder: Path) -> Path:
-    return build_report(ReportConfig(folder=verified_folder, samples=SAMPLES, mistakes=6, bench_seconds=0.1))
+def report(imperfect_folder: Path) -> Path:
+    return build_report(ReportConfig(folder=imperfect_folder, samples=SAMPLES, mistakes=6, bench_seconds=0.1))
 
 
 def references(html: str) -> list[str]:
@@ -61,8 +61,8 @@ def test_report_is_one_self_contained_file_with_every_section(report: Path) -> N
     assert len(re.findall(r'<img src="data:image/png;base64,', html)) >= 3 + 6  # curves, confusion, speed, gallery
 
 
-def test_report_numbers_match_the_model(report: Path, verified_folder: Path) -> None:
-    parity = json.loads((verified_folder / "parity.json").read_text())
+def test_report_numbers_match_the_model(report: Path, imperfect_folder: Path) -> None:
+    parity = json.loads((imperfect_folder / "parity.json").read_text())
     reference = next(r["checks"]["real"]["reference_accuracy"] for entry in parity["files"].values()
                      for r in entry["runtimes"] if "real" in r.get("checks", {}))
     html = report.read_text()
@@ -71,17 +71,17 @@ def test_report_numbers_match_the_model(report: Path, verified_folder: Path) -> 
     assert f"of {SAMPLES:,})" in html
     for runtime in ("pytorch", "torchscript", "onnxruntime-cpu"):
         assert re.search(rf"<td>{runtime}</td><td>[^<]+</td><td>[^<]+</td><td class=\"num\">64</td>", html), runtime
-    manifest = json.loads((verified_folder / "manifest.json").read_text())
+    manifest = json.loads((imperfect_folder / "manifest.json").read_text())
     for name in ("best.pt", "model.onnx", "model.torchscript.pt", "parity.json"):
         assert manifest["artifacts"][name]["sha256"] in html, name
     assert manifest["artifacts"]["report.html"]["sha256"]  # the report itself is recorded
 
 
-def test_evaluation_counts_every_image_and_keeps_the_surest_mistakes(verified_folder: Path) -> None:
+def test_evaluation_counts_every_image_and_keeps_the_surest_mistakes(imperfect_folder: Path) -> None:
     from vggexport.checkpoint import load_checkpoint
     from vggexport.report.evaluation import evaluate_test_set
 
-    ckpt = load_checkpoint(verified_folder / "best.pt")
+    ckpt = load_checkpoint(imperfect_folder / "best.pt")
     full = evaluate_test_set(ckpt, data_dir=None, samples=None, keep_mistakes=5, batch_size=100)
     assert full.samples == 512 and full.confusion.shape == (10, 10)
     assert full.accuracy == pytest.approx(ckpt.metrics["test_accuracy"], abs=1e-9)  # training's own number
@@ -94,9 +94,9 @@ def test_evaluation_counts_every_image_and_keeps_the_surest_mistakes(verified_fo
     assert [m.index for m in one_batch.mistakes] == [m.index for m in full.mistakes]
 
 
-def test_cli_report_without_bench(run_cli: Cli, verified_folder: Path, tmp_path: Path) -> None:
+def test_cli_report_without_bench(run_cli: Cli, imperfect_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.html"
-    result = run_cli("report", "--artifacts", verified_folder.parent, "--samples", 32, "--no-bench", "--out", out)
+    result = run_cli("report", "--artifacts", imperfect_folder.parent, "--samples", 32, "--no-bench", "--out", out)
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output and "data: synthetic data (generated)\n" in result.output
     html = out.read_text()
@@ -110,10 +110,10 @@ def test_missing_checkpoint_is_a_one_line_error(run_cli: Cli, tmp_path: Path) ->
     assert not (tmp_path / "nothing_here" / "report.html").exists()
 
 
-def test_truncated_checkpoint_is_a_one_line_error(run_cli: Cli, verified_folder: Path, tmp_path: Path) -> None:
+def test_truncated_checkpoint_is_a_one_line_error(run_cli: Cli, imperfect_folder: Path, tmp_path: Path) -> None:
     folder = tmp_path / "vgg11_bn"
     folder.mkdir()
-    (folder / "best.pt").write_bytes((verified_folder / "best.pt").read_bytes()[:1000])
+    (folder / "best.pt").write_bytes((imperfect_folder / "best.pt").read_bytes()[:1000])
     result = run_cli("report", "--artifacts", tmp_path)
     assert result.exit_code != 0 and result.output.startswith("error: ") and result.output.count("\n") == 1
     assert not (folder / "report.html").exists()
@@ -122,13 +122,13 @@ def test_truncated_checkpoint_is_a_one_line_error(run_cli: Cli, verified_folder:
 @pytest.mark.parametrize("args, message", [(("--samples", "0"), "--samples"), (("--bench-seconds", "nan"), "nan"),
                                            (("--bench-seconds", "1e9"), "--bench-seconds"),
                                            (("--mistakes", "-1"), "--mistakes")])
-def test_bad_options_are_refused(run_cli: Cli, verified_folder: Path, args: tuple[str, ...], message: str) -> None:
-    result = run_cli("report", "--artifacts", verified_folder.parent, *args)
+def test_bad_options_are_refused(run_cli: Cli, imperfect_folder: Path, args: tuple[str, ...], message: str) -> None:
+    result = run_cli("report", "--artifacts", imperfect_folder.parent, *args)
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
 
 
-def test_more_samples_than_the_test_split_uses_all_of_it(verified_folder: Path, tmp_path: Path) -> None:
-    html = build_report(ReportConfig(folder=verified_folder, samples=10**9, bench=False, mistakes=0,
+def test_more_samples_than_the_test_split_uses_all_of_it(imperfect_folder: Path, tmp_path: Path) -> None:
+    html = build_report(ReportConfig(folder=imperfect_folder, samples=10**9, bench=False, mistakes=0,
                                      out=str(tmp_path / "r.html"))).read_text()
     assert "of 512)" in html and "No mistakes" not in html.split('id="mistakes"')[0]
 
@@ -139,10 +139,10 @@ def test_name_must_be_a_plain_folder(run_cli: Cli, tmp_path: Path, name: str) ->
     assert result.exit_code != 0 and "--name" in result.output and result.output.count("\n") == 1
 
 
-def test_card_says_which_epoch_the_shipped_weights_are_from(report: Path, verified_folder: Path) -> None:
+def test_card_says_which_epoch_the_shipped_weights_are_from(report: Path, imperfect_folder: Path) -> None:
     from vggexport.checkpoint import load_checkpoint
 
-    payload = load_checkpoint(verified_folder / "best.pt").payload
+    payload = load_checkpoint(imperfect_folder / "best.pt").payload
     html = report.read_text()
     assert payload["selected_epoch"] == 1  # best.pt records the shipped weights' epoch as selected_epoch
     assert f"best.pt, saved after epoch 1, step {payload['selected_step']}</td>" in html and "epoch ?" not in html
@@ -165,10 +165,10 @@ def test_card_leaves_an_unknown_epoch_out(tmp_path: Path) -> None:
     assert "<td>last.pt, saved after epoch 3, step 96</td>" in card_section(last, {}, [], 1, None).body
 
 
-def test_missing_pieces_become_notes(verified_folder: Path, tmp_path: Path) -> None:
+def test_missing_pieces_become_notes(imperfect_folder: Path, tmp_path: Path) -> None:
     folder = tmp_path / "bare"
     folder.mkdir()
-    shutil.copy(verified_folder / "best.pt", folder / "best.pt")  # no manifest, metrics, exports or parity
+    shutil.copy(imperfect_folder / "best.pt", folder / "best.pt")  # no manifest, metrics, exports or parity
     html = build_report(ReportConfig(folder=folder, samples=16, bench=False)).read_text()
     assert "No metrics.jsonl" in html and "No parity.json: not verified" in html
     assert "No exported artifact and no parity result" in html and "No manifest.json" in html
@@ -182,10 +182,10 @@ def test_missing_pieces_become_notes(verified_folder: Path, tmp_path: Path) -> N
     ('{"files": {"model.onnx": {"verdict": 3, "checks": {"real": {"accuracy": "high", "max_abs": Infinity}}}}}',
      "[]\n"),
 ])
-def test_hostile_parity_and_metrics_files_do_not_crash(verified_folder: Path, tmp_path: Path, parity_text: str,
+def test_hostile_parity_and_metrics_files_do_not_crash(imperfect_folder: Path, tmp_path: Path, parity_text: str,
                                                        metrics_text: str) -> None:
     folder = tmp_path / "hostile"
-    shutil.copytree(verified_folder, folder)
+    shutil.copytree(imperfect_folder, folder)
     (folder / "parity.json").write_text(parity_text)
     (folder / "metrics.jsonl").write_text(metrics_text)
     html = build_report(ReportConfig(folder=folder, samples=8, bench=False)).read_text()
@@ -193,11 +193,12 @@ def test_hostile_parity_and_metrics_files_do_not_crash(verified_folder: Path, tm
     assert "Traceback" not in html
 
 
-def test_unreadable_test_data_is_a_note(verified_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreadable_test_data_is_a_note(imperfect_folder: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from vggexport.checkpoint import load_checkpoint, save_checkpoint
     from vggexport.model import ModelConfig
 
-    ckpt = load_checkpoint(verified_folder / "best.pt")
+    ckpt = load_checkpoint(imperfect_folder / "best.pt")
     folder = tmp_path / "vgg11_bn"
     folder.mkdir()
     config = ModelConfig.from_dict({**ckpt.model_config.to_dict(), "dataset": "mnist"})
@@ -209,12 +210,12 @@ def test_unreadable_test_data_is_a_note(verified_folder: Path, tmp_path: Path, m
     assert "No test-set evaluation:" in html and "mnist" in html
 
 
-def test_benchmark_reports_a_broken_runtime_as_a_row(verified_folder: Path, tmp_path: Path) -> None:
+def test_benchmark_reports_a_broken_runtime_as_a_row(imperfect_folder: Path, tmp_path: Path) -> None:
     from vggexport.checkpoint import load_checkpoint
     from vggexport.report.bench import measure
 
     folder = tmp_path / "bench"
-    shutil.copytree(verified_folder, folder)
+    shutil.copytree(imperfect_folder, folder)
     (folder / "model.truncated.onnx").write_bytes((folder / "model.onnx").read_bytes()[:500])
     timings = measure(folder, load_checkpoint(folder / "best.pt"), seconds=0.05)
     by_file = {(t.file, t.batch): t for t in timings}
@@ -285,8 +286,8 @@ def test_report_renders_in_chromium(browser, report: Path) -> None:  # type: ign
 
 
 @pytest.mark.gpu
-def test_report_on_cuda_times_the_cuda_runtimes(verified_folder: Path, tmp_path: Path) -> None:
-    out = build_report(ReportConfig(folder=verified_folder, samples=SAMPLES, device="cuda", bench_seconds=0.2,
+def test_report_on_cuda_times_the_cuda_runtimes(imperfect_folder: Path, tmp_path: Path) -> None:
+    out = build_report(ReportConfig(folder=imperfect_folder, samples=SAMPLES, device="cuda", bench_seconds=0.2,
                                     out=str(tmp_path / "cuda.html")))
     html = out.read_text()
     assert "PyTorch eager fp32 on cuda" in html
@@ -295,12 +296,12 @@ def test_report_on_cuda_times_the_cuda_runtimes(verified_folder: Path, tmp_path:
     assert "error:" not in html.split('id="speed"')[1].split("</section>")[0]
 
 
-def test_cuda_device_without_cuda_is_a_one_line_error(run_cli: Cli, verified_folder: Path) -> None:
+def test_cuda_device_without_cuda_is_a_one_line_error(run_cli: Cli, imperfect_folder: Path) -> None:
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    result = run_cli("report", "--artifacts", verified_folder.parent, "--device", "cuda", "--no-bench")
+    result = run_cli("report", "--artifacts", imperfect_folder.parent, "--device", "cuda", "--no-bench")
     assert result.exit_code != 0 and result.output.startswith("error: ") and result.output.count("\n") == 1
 
 
