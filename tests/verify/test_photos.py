@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import Cli, tiny_config
@@ -25,8 +26,10 @@ def cropping_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder.mkdir()
     config = tiny_config(in_channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), num_classes=2,
                          class_names=CLASSES, dataset="imagenet", resize_size=40, model_name="tiny-imported")
-    ckpt = load_checkpoint(save_checkpoint(folder / "best.pt", model_config=config,
-                                           state={"model": build_model(config).state_dict()}))
+    with torch.random.fork_rng():  # the same weights whichever tests ran before on this worker
+        torch.manual_seed(0)
+        weights = build_model(config).state_dict()
+    ckpt = load_checkpoint(save_checkpoint(folder / "best.pt", model_config=config, state={"model": weights}))
     export_onnx(ckpt, folder / "model.onnx", ExportSpec())
     export_onnx(ckpt, folder / "model.preprocessing.onnx", ExportSpec(), preprocessing=True)
     return folder
