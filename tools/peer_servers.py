@@ -33,7 +33,8 @@ MODEL_PY = Path(__file__).resolve().parent / "triton_python" / "model.py"
 
 
 class ServerProcess:
-    """A server in its own process group, output to a log file (never an unread pipe, which could fill and block)."""
+    """A server, in its own process group unless told otherwise, its output in a log file (never an unread pipe,
+    which could fill and block)."""
 
     def __init__(self, name: str, command: list[str], port: int, log: Path, env: dict[str, str],
                  cwd: Path | None = None, new_session: bool = True) -> None:

@@ -58,8 +58,8 @@ def cpu_flags() -> str:
 
 
 def exit_on_sigterm() -> None:
-    """A SIGTERM unwinds like Ctrl-C, through the ``finally`` that stops the servers: they run in sessions of their
-    own (``start_new_session``), so no signal to this tool reaches them, and only that ``finally`` stops them."""
+    """A SIGTERM unwinds like Ctrl-C, through the ``finally`` that stops the servers: a server in a session of its
+    own (``ServerProcess``'s default) gets no signal sent to this tool, so only that ``finally`` stops it."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
