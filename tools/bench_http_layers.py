@@ -45,7 +45,7 @@ def start(model: Path, logs: Path) -> dict[str, peer_servers.ServerProcess]:
     def granian() -> peer_servers.ServerProcess:
         port = free_port()
         config = {"config": {"model": str(model.resolve()), "provider": "cpu"},
-                  "listen": {"host": "127.0.0.1", "grpc_port": 0}}
+                  "listen": {"host": "127.0.0.1", "grpc_port": 0, "own_process": True}}  # as `vggexport serve`
         env = {**peer_servers.vggexport_launch(ROOT)[1], CONFIG_ENV: json.dumps(config)}
         return peer_servers.ServerProcess(
             "granian", [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",

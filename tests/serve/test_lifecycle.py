@@ -145,24 +145,30 @@ def test_a_start_that_fails_stops_the_instance_threads_warm_up_started(served_fo
 
 def test_start_up_leaves_its_objects_frozen_out_of_the_collectors_reach(served_folder: Path) -> None:
     """A full collection under load walked some 70,000 start-up objects, 40-50 ms in which every request in flight
-    waited (BENCHMARKS.md); the lifespan's start freezes them (``gc.freeze``) before it says ready."""
+    waited (BENCHMARKS.md): in its own process (`vggexport serve`) the lifespan's start freezes them
+    (``gc.freeze``) before it says ready; an app built in code leaves its host process's collector alone."""
     import asyncio
     import gc
 
-    from vggexport.serve.app import create_app
+    from vggexport.serve.app import Listen, create_app
     from vggexport.serve.service import ServeConfig
 
-    app = create_app(ServeConfig(model=str(served_folder / "model.onnx"), provider="cpu", gate="off"),
-                     phase=lambda line: None)
-    frozen: list[int] = []
+    config = ServeConfig(model=str(served_folder / "model.onnx"), provider="cpu", gate="off")
 
-    async def start() -> None:
-        async with app.router.lifespan_context(app):
-            frozen.append(gc.get_freeze_count())
+    def frozen_while_serving(listen: Listen) -> int:
+        app = create_app(config, listen, phase=lambda line: None)
+        frozen: list[int] = []
 
-    gc.unfreeze()  # whatever another test left frozen in this process
-    try:
-        asyncio.run(start())
-    finally:
-        gc.unfreeze()  # the test process's own objects stay collectable
-    assert frozen and frozen[0] > 10_000, frozen
+        async def start() -> None:
+            async with app.router.lifespan_context(app):
+                frozen.append(gc.get_freeze_count())
+
+        gc.unfreeze()  # whatever another test left frozen in this process
+        try:
+            asyncio.run(start())
+        finally:
+            gc.unfreeze()  # the test process's own objects stay collectable
+        return frozen[0]
+
+    assert frozen_while_serving(Listen(own_process=True)) > 10_000
+    assert frozen_while_serving(Listen()) == 0

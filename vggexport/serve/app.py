@@ -54,6 +54,9 @@ GRPC_GRACE_S = 30.0  # also the longest a drain waits for requests in flight
 class Listen:
     host: str = "127.0.0.1"
     grpc_port: int = 0  # 0: no gRPC
+    # The process is the server's own (`vggexport serve` and its workers): its start-up objects may be frozen out
+    # of the garbage collector's reach. Off for an app built in code, whose process is someone else's.
+    own_process: bool = False
 
 
 def install_drain_hook(plane: DataPlane, grace_s: float) -> None:
@@ -140,7 +143,8 @@ def create_app(config: ServeConfig, listen: Listen | None = None,
                 phase(f"gRPC listening on {listen.host}:{listen.grpc_port}")
             await service.start()
             install_drain_hook(plane, GRPC_GRACE_S)
-            freeze_start_up_objects()
+            if listen.own_process:
+                freeze_start_up_objects()
             phase("ready")
             yield
         finally:  # each step runs even if the one before it raised
@@ -219,7 +223,7 @@ def serve_forever(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8
 
     phase = Phases(lambda message: print(message, flush=True))
     check_ports_free(host, port, grpc_port)
-    listen = Listen(host=host, grpc_port=grpc_port)
+    listen = Listen(host=host, grpc_port=grpc_port, own_process=True)
     app = create_app(config, listen, phase)  # also validates the model and provider before any worker starts
     service: ModelService = app.state.service
     grpc_note = f", gRPC on {host}:{grpc_port}" if grpc_port else ""
